@@ -1,0 +1,535 @@
+"""The command line: the only module that prints. Errors become `error:` and `fix:` lines."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from llm_backend.config import Profile, flatten, load_config
+from llm_backend.errors import BackendError, NotRunningError, StartFailed
+from llm_backend.lifecycle import Lifecycle, StartResult, Status, log_tail
+from llm_backend.monitor import MonitorEvent
+from llm_backend.state import StateStore
+
+app = typer.Typer(
+    help="Start, watch and stop an OpenAI-compatible LLM server on this machine.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+profiles_app = typer.Typer(help="List profiles, or show one with the source of each value.")
+engine_app = typer.Typer(help="Install engines.")
+app.add_typer(profiles_app, name="profiles")
+app.add_typer(engine_app, name="engine")
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+def make_lifecycle() -> Lifecycle:
+    """The lifecycle with host preparation wired in when that package is present."""
+    factory = None
+    try:
+        from llm_backend.host import host_preparation_factory
+    except ImportError:
+        pass
+    else:
+        factory = host_preparation_factory
+    return Lifecycle(store=StateStore(), host_prep_factory=factory)
+
+
+def fail(error: BackendError) -> None:
+    """Print one error with its remedy, the log tail when there is one, and exit non-zero."""
+    err_console.print(f"[red]error:[/red] {error.message}", soft_wrap=True)
+    tail = error.details.get("log_tail")
+    if tail:
+        err_console.print(f"[dim]last {len(tail)} log lines:[/dim]")
+        for line in tail:
+            err_console.print(f"  {line}", markup=False, soft_wrap=True)
+    if error.failure_class:
+        err_console.print(f"failure: {error.failure_class}")
+    if error.details.get("exit_code") is not None:
+        err_console.print(f"exit code: {error.details['exit_code']}")
+    err_console.print(f"[green]fix:[/green] {error.remedy}", soft_wrap=True)
+    raise typer.Exit(error.exit_code)
+
+
+def run_guarded(action: Callable[[], None]) -> None:
+    try:
+        action()
+    except BackendError as error:
+        fail(error)
+    except KeyboardInterrupt:
+        err_console.print("error: interrupted")
+        err_console.print("fix: run the command again; `llm-backend status` shows what is running")
+        raise typer.Exit(130) from None
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+# --- start -------------------------------------------------------------------------------
+
+
+class StartDisplay:
+    """A rich progress line on a terminal; plain timestamped lines otherwise."""
+
+    def __init__(self, profile: str, *, interactive: bool) -> None:
+        self.profile = profile
+        self.interactive = interactive
+        self.progress: Progress | None = None
+        self.task: Any = None
+        self.last_phase: str | None = None
+
+    def __enter__(self) -> StartDisplay:
+        if self.interactive:
+            self.progress = Progress(
+                SpinnerColumn(),
+                TextColumn("[bold]{task.fields[phase]}"),
+                BarColumn(),
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[eta]}"),
+                console=err_console,
+                transient=True,
+            )
+            self.progress.start()
+            self.task = self.progress.add_task("load", total=None, phase="launching", eta="")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def __call__(self, event: MonitorEvent) -> None:
+        eta = f"ETA {event.eta_s:.0f}s" if event.eta_s is not None else ""
+        if event.kind == "phase" and event.phase:
+            label = event.phase
+            if event.progress:
+                label += f" {event.progress[0]}/{event.progress[1]}"
+            if self.progress is not None:
+                completed = event.progress[0] if event.progress else None
+                total = event.progress[1] if event.progress else None
+                self.progress.update(
+                    self.task, phase=label, eta=eta, total=total, completed=completed or 0
+                )
+                self.progress.console.print(f"[dim]{event.elapsed_s:6.1f}s[/dim] {label}")
+            elif label != self.last_phase:
+                err_console.print(
+                    f"[{event.elapsed_s:6.1f}s] phase {label}" + (f" ({eta})" if eta else "")
+                )
+            self.last_phase = label
+        elif event.kind == "tick" and self.progress is not None:
+            self.progress.update(self.task, eta=eta)
+        elif event.kind == "ready":
+            err_console.print(f"[{event.elapsed_s:6.1f}s] ready")
+
+
+def ensure_llama_server(profile: Profile) -> None:
+    """Build llama-server into the cache when the profile needs it and none is found."""
+    if profile.engine != "llamacpp":
+        return
+    from llm_backend.engines.llamacpp import find_binary
+
+    if find_binary(profile) is not None:
+        return
+    err_console.print(
+        "no llama-server binary found: building it now "
+        "(same as `llm-backend engine install llama.cpp`, a few minutes)"
+    )
+    _install_llama_cpp()
+
+
+def print_started(result: StartResult) -> None:
+    if result.outcome == "already_running":
+        console.print(
+            f"already {result.state}: {result.profile} ({result.engine}, {result.runtime}) "
+            f"at {result.endpoint}, pid {result.pid}"
+        )
+        return
+    console.print(
+        f"[green]ready[/green] in {result.duration_s:.1f}s: {result.profile} "
+        f"({result.engine}, {result.runtime}), pid {result.pid}"
+    )
+    for line in result.host_restored:
+        console.print(f"host: {line}")
+    console.print(f"endpoint: {result.endpoint}/v1")
+    console.print(f"model:    {result.served_model_name}")
+    console.print("try:")
+    body = json.dumps(
+        {
+            "model": result.served_model_name,
+            "messages": [{"role": "user", "content": "Say hello in five words."}],
+        }
+    )
+    console.print(
+        f"  curl -s {result.endpoint}/v1/chat/completions "
+        f"-H 'Content-Type: application/json' -d '{body}'",
+        markup=False,
+        soft_wrap=True,
+    )
+
+
+@app.command()
+def start(
+    profile: Annotated[
+        str | None, typer.Option("--profile", "-p", help="Profile name, or 'auto'.")
+    ] = None,
+    runtime: Annotated[
+        str | None, typer.Option(help="native or docker (overrides the profile).")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port to serve on.")] = None,
+    timeout: Annotated[
+        float | None, typer.Option(help="Overall load timeout in seconds.")
+    ] = None,
+    no_host_prep: Annotated[
+        bool, typer.Option("--no-host-prep", help="Skip swap, OOM-daemon and cache steps.")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print what would be done; change nothing.")
+    ] = False,
+) -> None:
+    """Start the backend and wait until it answers; prints the endpoint and a curl line."""
+
+    def action() -> None:
+        lifecycle = make_lifecycle()
+        name = choose_profile(lifecycle, profile)
+        overrides: dict[str, Any] = {}
+        if runtime is not None:
+            overrides["runtime"] = runtime
+        if port is not None:
+            overrides["port"] = port
+        if timeout is not None:
+            overrides["load_timeout_s"] = timeout
+        if dry_run:
+            result = lifecycle.start(
+                profile_name=name, overrides=overrides, dry_run=True, host_prep=not no_host_prep
+            )
+            console.print(
+                f"dry run: {result.profile} ({result.engine}, {result.runtime}) would serve "
+                f"{result.served_model_name} at {result.endpoint}; nothing was changed"
+            )
+            for step in result.plan:
+                console.print(f"  {step}", markup=False, soft_wrap=True)
+            return
+        err_console.print(f"starting {name} ...")
+        with StartDisplay(name, interactive=err_console.is_terminal) as display:
+            result = lifecycle.start(
+                profile_name=name,
+                overrides=overrides,
+                host_prep=not no_host_prep,
+                on_event=display,
+                on_notice=lambda text: err_console.print(text),
+                ensure_binary=ensure_llama_server,
+            )
+        print_started(result)
+
+    run_guarded(action)
+
+
+def choose_profile(lifecycle: Lifecycle, requested: str | None) -> str:
+    """The profile to use: the one asked for, the user's default, or the automatic choice."""
+    name = requested or lifecycle.config.default_profile() or "auto"
+    if name != "auto":
+        return name
+    try:
+        from llm_backend.doctor import auto_profile
+    except ImportError:
+        return "smollm2-cpu"
+    choice = auto_profile(lifecycle.config)
+    for reason in choice.reasons:
+        err_console.print(f"[dim]auto: {reason}[/dim]")
+    return choice.profile
+
+
+# --- status / stop / restart / logs ------------------------------------------------------
+
+
+def render_status(status: Status) -> None:
+    colour = {"ready": "green", "failed": "red", "loading": "yellow"}.get(status.state, "white")
+    console.print(f"state:    [{colour}]{status.state}[/{colour}]")
+    if status.profile is None:
+        return
+    console.print(f"profile:  {status.profile} ({status.engine}, {status.runtime})")
+    console.print(f"endpoint: {status.endpoint}/v1")
+    if status.pid:
+        console.print(f"pid:      {status.pid}")
+    if status.phase and status.state != "ready":
+        console.print(f"phase:    {status.phase}")
+    if status.models:
+        console.print(f"models:   {', '.join(status.models)}")
+    if status.health_status is not None:
+        console.print(f"health:   {status.health_status} in {status.health_ms} ms")
+    if status.uptime_s is not None:
+        console.print(f"uptime:   {status.uptime_s:.0f}s")
+    if status.last_start_s is not None:
+        console.print(f"last start took {status.last_start_s:.1f}s")
+    if status.spec:
+        console.print(f"spec:     {status.spec}")
+    if status.host_prep:
+        console.print(f"host:     {status.host_prep}")
+    for key, value in status.extra.items():
+        console.print(f"{key}: {value}")
+    if status.failure:
+        console.print(
+            f"failure:  {status.failure.get('class')}: {status.failure.get('message')}"
+        )
+        if status.failure.get("remedy"):
+            console.print(f"fix:      {status.failure['remedy']}")
+
+
+@app.command()
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh every second.")] = False,
+) -> None:
+    """Show the backend's state; exit 0 only when it is ready."""
+
+    def action() -> None:
+        lifecycle = make_lifecycle()
+        while True:
+            current = lifecycle.status()
+            if as_json:
+                print_json(current.to_json())
+            else:
+                if watch:
+                    console.clear()
+                render_status(current)
+            if not watch:
+                break
+            time.sleep(1.0)
+        raise typer.Exit(0 if current.state == "ready" else 1)
+
+    run_guarded(action)
+
+
+@app.command()
+def stop(
+    force: Annotated[bool, typer.Option("--force", help="SIGKILL at once.")] = False,
+    timeout: Annotated[
+        float | None, typer.Option(help="Grace period in seconds before SIGKILL.")
+    ] = None,
+) -> None:
+    """Stop the backend: SIGTERM, grace period, SIGKILL; verify nothing is left."""
+
+    def action() -> None:
+        outcome = make_lifecycle().stop(force=force, grace_s=timeout)
+        if not outcome.was_running:
+            console.print("nothing was running")
+            return
+        how = "killed" if outcome.killed else "stopped"
+        console.print(f"{how} {outcome.profile} in {outcome.duration_s:.1f}s; no process left")
+
+    run_guarded(action)
+
+
+@app.command()
+def restart() -> None:
+    """Stop the backend and start it again with the same profile and options."""
+
+    def action() -> None:
+        lifecycle = make_lifecycle()
+        with StartDisplay("restart", interactive=err_console.is_terminal) as display:
+            result = lifecycle.restart(on_event=display, ensure_binary=ensure_llama_server)
+        print_started(result)
+
+    run_guarded(action)
+
+
+@app.command()
+def logs(
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
+    lines: Annotated[int, typer.Option("-n", help="How many lines to show.")] = 50,
+) -> None:
+    """Print the backend's log (the last one, even after it stopped)."""
+
+    def action() -> None:
+        store = StateStore()
+        record = store.load_instance()
+        path: Path | None = Path(record.log_path) if record else None
+        if path is None:
+            candidates = sorted(store.logs_dir().glob("*.log"), key=lambda p: p.stat().st_mtime)
+            path = candidates[-1] if candidates else None
+        if path is None or not path.exists():
+            raise NotRunningError("no log yet: nothing was started", remedy="llm-backend start")
+        for line in log_tail(path, lines):
+            console.print(line, markup=False, soft_wrap=True)
+        if follow:
+            from llm_backend.monitor import LogFollower
+
+            follower = LogFollower(path, path.stat().st_size)
+            while True:
+                for line in follower.read_lines():
+                    console.print(line, markup=False, soft_wrap=True)
+                time.sleep(0.2)
+
+    run_guarded(action)
+
+
+# --- chat --------------------------------------------------------------------------------
+
+
+@app.command()
+def chat(
+    prompt: Annotated[str, typer.Argument(help="What to ask.")],
+    max_tokens: Annotated[int, typer.Option(help="Most tokens to generate.")] = 256,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 0.0,
+) -> None:
+    """Stream one reply from the running backend and print its speed."""
+    from llm_backend.client import chat as run_chat
+
+    def action() -> None:
+        record = make_lifecycle().running_record()
+        try:
+            result = run_chat(
+                endpoint=record.endpoint,
+                model=record.served_model_name,
+                prompt=prompt,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                on_text=lambda text: (sys.stdout.write(text), sys.stdout.flush()),
+            )
+        except httpx.HTTPError as error:
+            raise BackendError(
+                f"chat request to {record.endpoint} failed: {error}",
+                remedy="llm-backend status; llm-backend logs -n 50",
+            ) from None
+        sys.stdout.write("\n")
+        speed = f"{result.tokens_per_s:.1f} tokens/s" if result.tokens_per_s else "? tokens/s"
+        ttft = (
+            f", first token after {result.time_to_first_token_s * 1000:.0f} ms"
+            if result.time_to_first_token_s is not None
+            else ""
+        )
+        err_console.print(
+            f"[dim]{result.completion_tokens} tokens in {result.duration_s:.2f}s: "
+            f"{speed}{ttft}[/dim]"
+        )
+
+    run_guarded(action)
+
+
+# --- profiles ----------------------------------------------------------------------------
+
+
+@profiles_app.callback(invoke_without_command=True)
+def profiles_list(ctx: typer.Context) -> None:
+    """List every profile and where it is defined."""
+    if ctx.invoked_subcommand is not None:
+        return
+
+    def action() -> None:
+        config = load_config()
+        table = Table("profile", "engine", "runtime", "source", "description")
+        default = config.default_profile()
+        for name in config.profile_names():
+            try:
+                profile = config.resolve(name).profile
+            except BackendError as error:
+                table.add_row(name, "?", "?", config.source_of(name), f"invalid: {error.message}")
+                continue
+            marker = " (default)" if name == default else ""
+            table.add_row(
+                name + marker, profile.engine, profile.runtime, config.source_of(name),
+                profile.description,
+            )
+        console.print(table)
+
+    run_guarded(action)
+
+
+@profiles_app.command("show")
+def profiles_show(
+    name: Annotated[str, typer.Argument(help="Profile name.")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Print every effective value of a profile and where it came from."""
+
+    def action() -> None:
+        resolved = load_config().resolve(name)
+        flat = flatten(resolved.profile)
+        if as_json:
+            print_json(
+                {
+                    key: {"value": value, "source": resolved.sources.get(key, "default")}
+                    for key, value in flat.items()
+                }
+            )
+            return
+        table = Table("key", "value", "source", title=f"profile {name}")
+        for key, value in flat.items():
+            table.add_row(key, json.dumps(value), resolved.sources.get(key, "default"))
+        console.print(table)
+        if len(resolved.chain) > 1:
+            console.print(f"extends: {' -> '.join(resolved.chain)}")
+
+    run_guarded(action)
+
+
+# --- engine install ----------------------------------------------------------------------
+
+
+def _install_llama_cpp() -> None:
+    from llm_backend.engines.llamacpp_build import install_llama_cpp
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+        disable=not err_console.is_terminal,
+    ) as progress:
+        task = progress.add_task("llama.cpp", total=100)
+        last_step: list[str] = [""]
+
+        def on_progress(step: str, fraction: float | None) -> None:
+            progress.update(
+                task, description=step,
+                completed=(fraction or 0) * 100 if fraction is not None else None,
+            )
+            if step != last_step[0]:
+                last_step[0] = step
+                if not err_console.is_terminal:
+                    err_console.print(f"llama.cpp: {step}")
+
+        result = install_llama_cpp(on_progress=on_progress)
+    if result.built:
+        console.print(f"built llama-server in {result.duration_s:.0f}s: {result.binary}")
+    else:
+        console.print(f"llama-server already installed: {result.binary}")
+
+
+@engine_app.command("install")
+def engine_install(
+    name: Annotated[str, typer.Argument(help="Engine to install: llama.cpp")],
+) -> None:
+    """Build llama.cpp's llama-server into the user's cache (a no-op when it is there)."""
+
+    def action() -> None:
+        if name not in ("llama.cpp", "llamacpp"):
+            raise BackendError(
+                f"cannot install engine {name!r}; installable: llama.cpp",
+                remedy="llm-backend engine install llama.cpp (SGLang: use its Docker image "
+                "or pip install sglang)",
+            )
+        _install_llama_cpp()
+
+    run_guarded(action)
+
+
+def main() -> None:
+    try:
+        app()
+    except StartFailed as error:  # pragma: no cover - typer handles exits itself
+        fail(error)

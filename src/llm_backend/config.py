@@ -1,0 +1,417 @@
+"""Profiles: pydantic models, TOML layers, precedence, `extends`, and where each value came from.
+
+Precedence (highest first): command line > ./llm-backend.toml > ~/.config/llm-backend/config.toml
+> environment (LLM_BACKEND_*) > built-in profile.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from llm_backend.errors import ConfigError
+
+ENV_PREFIX = "LLM_BACKEND_"
+LOCAL_CONFIG_NAME = "llm-backend.toml"
+SIZE_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
+
+EngineName = Literal["sglang", "llamacpp"]
+RuntimeName = Literal["native", "docker"]
+
+
+def parse_size(text: str) -> int:
+    """Turn '50G', '256M', '512MiB' or a plain byte count into bytes."""
+    match = SIZE_PATTERN.match(str(text))
+    if not match:
+        raise ValueError(f"{text!r} is not a size; use a number with K, M, G or T, like '50G'")
+    number = float(match.group(1))
+    unit = (match.group(2) or "B").upper().rstrip("B").rstrip("I")
+    power = {"": 0, "K": 1, "M": 2, "G": 3, "T": 4}[unit]
+    return int(number * 1024**power)
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SpeculativeConfig(StrictModel):
+    """Speculative decoding: EAGLE3 on SGLang, ngram-mod or a draft model on llama.cpp."""
+
+    enabled: bool = False
+    algorithm: str = "EAGLE3"
+    draft_model: str | None = None
+    num_steps: int = Field(default=3, ge=1, le=64)
+    eagle_topk: int = Field(default=1, ge=1, le=64)
+    num_draft_tokens: int = Field(default=4, ge=1, le=256)
+    draft_max: int | None = Field(default=None, ge=1, le=256)
+    draft_min: int | None = Field(default=None, ge=0, le=256)
+
+
+class DockerConfig(StrictModel):
+    """How the Docker runtime runs the engine: image, names, devices, mounts."""
+
+    image: str | None = None
+    image_aarch64: str | None = None
+    container_name: str = "llm-backend"
+    network: str = "llm-backend-network"
+    shm_size: str | None = None
+    gpus: str | None = None
+    ipc: str | None = None
+    volumes: list[str] = Field(default_factory=list)
+    publish_host: str = "127.0.0.1"
+    restart: str = "no"
+    command_prefix: list[str] = Field(default_factory=list)
+
+
+class HostPrepConfig(StrictModel):
+    """Reversible host changes made only while the model loads."""
+
+    enabled: bool = False
+    swap_size: str = "auto"
+    swap_file: str = "/var/lib/llm-backend/swapfile"
+    keep_swap_file: bool = False
+    pause_oom_daemons: list[str] = Field(
+        default_factory=lambda: ["earlyoom", "systemd-oomd", "nohang"]
+    )
+    drop_caches: bool = True
+    guard_soft_floor: str = "4G"
+    guard_hard_floor: str = "1G"
+    guard_interval_s: float = Field(default=0.5, gt=0, le=10)
+    expected_footprint: str | None = None
+
+    @field_validator("swap_size")
+    @classmethod
+    def _swap_size_is_size(cls, value: str) -> str:
+        if value != "auto":
+            parse_size(value)
+        return value
+
+    @field_validator("guard_soft_floor", "guard_hard_floor", "expected_footprint")
+    @classmethod
+    def _floor_is_size(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_size(value)
+        return value
+
+    @field_validator("pause_oom_daemons")
+    @classmethod
+    def _known_daemons(cls, value: list[str]) -> list[str]:
+        allowed = {"earlyoom", "systemd-oomd", "nohang"}
+        for daemon in value:
+            if daemon not in allowed:
+                raise ValueError(f"{daemon!r} is not a known OOM daemon; allowed: {sorted(allowed)}")
+        return value
+
+
+class Profile(StrictModel):
+    """One backend, fully resolved: what runs, how, where, and how long to wait."""
+
+    name: str
+    description: str = ""
+    engine: EngineName
+    runtime: RuntimeName = "native"
+    model: str
+    model_package: str | None = None
+    served_model_name: str | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(default=30000, ge=1, le=65535)
+    binary: str | None = None
+    context_length: int | None = Field(default=None, ge=1)
+    threads: int | None = Field(default=None, ge=1)
+    extra_args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    load_timeout_s: float = Field(default=600, gt=0)
+    stall_timeout_s: float = Field(default=120, gt=0)
+    stop_grace_s: float = Field(default=10, ge=0)
+    expected_load_s: float | None = Field(default=None, gt=0)
+    speculative: SpeculativeConfig = Field(default_factory=SpeculativeConfig)
+    docker: DockerConfig = Field(default_factory=DockerConfig)
+    host_prep: HostPrepConfig = Field(default_factory=HostPrepConfig)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def model_name(self) -> str:
+        return self.served_model_name or self.model
+
+
+@dataclass(frozen=True)
+class ResolvedProfile:
+    """A validated profile and, for every dotted key, the source of its value."""
+
+    profile: Profile
+    sources: dict[str, str]
+    chain: tuple[str, ...]
+
+
+@dataclass
+class Layer:
+    """One source of profile tables, in precedence order (later wins)."""
+
+    label: str
+    profiles: dict[str, dict[str, Any]]
+    default_profile: str | None = None
+    path: Path | None = None
+
+
+@dataclass
+class ConfigSet:
+    """Every layer that was read; resolves profiles by name."""
+
+    layers: list[Layer]
+    env_overrides: dict[str, tuple[Any, str]] = field(default_factory=dict)
+
+    def profile_names(self) -> list[str]:
+        names: list[str] = []
+        for layer in self.layers:
+            for name in layer.profiles:
+                if name not in names:
+                    names.append(name)
+        return names
+
+    def builtin_names(self) -> list[str]:
+        return list(self.layers[0].profiles) if self.layers else []
+
+    def default_profile(self) -> str | None:
+        """`default_profile` from the user files, highest precedence first; else from env."""
+        for layer in reversed(self.layers):
+            if layer.default_profile:
+                return layer.default_profile
+        return os.environ.get(f"{ENV_PREFIX}PROFILE") or None
+
+    def source_of(self, name: str) -> str:
+        for layer in reversed(self.layers):
+            if name in layer.profiles:
+                return layer.label
+        return "unknown"
+
+    def resolve(self, name: str, overrides: dict[str, Any] | None = None) -> ResolvedProfile:
+        """Merge the layers for `name` (following `extends`), apply env and CLI, validate."""
+        merged, sources, chain = self._merge(name, seen=())
+        merged.pop("extends", None)
+        sources.pop("extends", None)
+        for key, (value, label) in self.env_overrides.items():
+            if sources.get(key, "built-in").startswith("built-in"):
+                merged[key] = value
+                sources[key] = label
+        for dotted, value in (overrides or {}).items():
+            _set_dotted(merged, dotted, value)
+            sources[dotted] = "command line"
+        merged["name"] = name
+        sources["name"] = self.source_of(name)
+        try:
+            profile = Profile.model_validate(merged)
+        except ValidationError as error:
+            raise _config_error(name, error, sources) from None
+        return ResolvedProfile(profile=profile, sources=sources, chain=chain)
+
+    def _merge(
+        self, name: str, seen: tuple[str, ...]
+    ) -> tuple[dict[str, Any], dict[str, str], tuple[str, ...]]:
+        if name in seen:
+            cycle = " -> ".join([*seen, name])
+            raise ConfigError(
+                f"profile {name!r} extends itself through {cycle}",
+                remedy="remove one `extends` from that chain",
+            )
+        tables = [(layer, layer.profiles[name]) for layer in self.layers if name in layer.profiles]
+        if not tables:
+            known = ", ".join(sorted(self.profile_names())) or "none"
+            raise ConfigError(
+                f"unknown profile {name!r} (known profiles: {known})",
+                remedy="run `llm-backend profiles` to list them, or add "
+                f"[profiles.{name}] to ./{LOCAL_CONFIG_NAME}",
+            )
+        extends: str | None = None
+        for _, table in tables:
+            if "extends" in table:
+                extends = table["extends"]
+        if extends is not None and not isinstance(extends, str):
+            raise ConfigError(
+                f"profile {name!r}: key 'extends' = {extends!r} is not a profile name",
+                remedy=f'write extends = "smollm2-cpu" (a name from `llm-backend profiles`) '
+                f"in [profiles.{name}]",
+            )
+        merged: dict[str, Any] = {}
+        sources: dict[str, str] = {}
+        chain: tuple[str, ...] = (name,)
+        if extends is not None:
+            merged, sources, parent_chain = self._merge(extends, seen=(*seen, name))
+            chain = (name, *parent_chain)
+        for layer, table in tables:
+            _deep_merge(merged, table, sources, layer.label, prefix="")
+        return merged, sources, chain
+
+
+def _deep_merge(
+    target: dict[str, Any], overlay: dict[str, Any], sources: dict[str, str], label: str, prefix: str
+) -> None:
+    for key, value in overlay.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and isinstance(target.get(key), dict) and key != "env":
+            _deep_merge(target[key], value, sources, label, prefix=f"{dotted}.")
+        elif isinstance(value, dict) and key != "env":
+            target[key] = {}
+            _deep_merge(target[key], value, sources, label, prefix=f"{dotted}.")
+        else:
+            target[key] = copy.deepcopy(value)
+            sources[dotted] = label
+
+
+def _set_dotted(target: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = target
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+
+
+def _config_error(name: str, error: ValidationError, sources: dict[str, str]) -> ConfigError:
+    lines = []
+    first_source = None
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"])
+        value = item.get("input")
+        source = sources.get(key)
+        first_source = first_source or source
+        where = f" (from {source})" if source else ""
+        if item["type"] == "extra_forbidden":
+            allowed = _allowed_keys(tuple(str(p) for p in item["loc"][:-1]))
+            lines.append(
+                f"unknown key {key!r}{where}; allowed keys here: {', '.join(allowed)}"
+            )
+        else:
+            message = str(item["msg"]).removeprefix("Value error, ")
+            lines.append(f"key {key!r} = {value!r}{where} is invalid: {message}")
+    fix_place = first_source or f"./{LOCAL_CONFIG_NAME}"
+    return ConfigError(
+        f"profile {name!r}: " + "; ".join(lines),
+        remedy=f"correct that key in {fix_place} (see `llm-backend profiles show {name}`)",
+    )
+
+
+def _allowed_keys(path: tuple[str, ...]) -> list[str]:
+    model: type[BaseModel] = Profile
+    for part in path:
+        annotation = model.model_fields[part].annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+    return sorted(model.model_fields)
+
+
+# --- reading the layers -------------------------------------------------------------------
+
+
+def builtin_layer() -> Layer:
+    """The profiles shipped as TOML inside the package."""
+    profiles: dict[str, dict[str, Any]] = {}
+    folder = resources.files("llm_backend") / "profiles"
+    for entry in sorted(folder.iterdir(), key=lambda item: item.name):
+        if entry.name.endswith(".toml"):
+            data = tomllib.loads(entry.read_text(encoding="utf-8"))
+            for name, table in data.get("profiles", {}).items():
+                profiles[name] = table
+    return Layer(label="built-in", profiles=profiles)
+
+
+def read_layer(path: Path, label: str) -> Layer | None:
+    """Read one user file; a TOML error names the file, line and column."""
+    if not path.is_file():
+        return None
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(
+            f"{path} is not valid TOML: {error}",
+            remedy=f"fix the syntax of {path} at the place named above",
+        ) from None
+    unknown = sorted(set(data) - {"profiles", "default_profile"})
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown top-level key {unknown[0]!r}; allowed: default_profile, profiles",
+            remedy=f"put profile settings under [profiles.NAME] in {path}",
+        )
+    profiles = data.get("profiles", {})
+    if not isinstance(profiles, dict):
+        raise ConfigError(
+            f"{path}: 'profiles' must be a table of tables, got {profiles!r}",
+            remedy=f"write [profiles.NAME] sections in {path}",
+        )
+    default = data.get("default_profile")
+    if default is not None and not isinstance(default, str):
+        raise ConfigError(
+            f"{path}: default_profile = {default!r} is not a profile name",
+            remedy=f'write default_profile = "smollm2-cpu" in {path}',
+        )
+    return Layer(label=label, profiles=profiles, default_profile=default, path=path)
+
+
+ENV_KEYS: dict[str, str] = {
+    "PORT": "port",
+    "HOST": "host",
+    "RUNTIME": "runtime",
+    "BINARY": "binary",
+    "MODEL": "model",
+    "LOAD_TIMEOUT_S": "load_timeout_s",
+    "STALL_TIMEOUT_S": "stall_timeout_s",
+    "STOP_GRACE_S": "stop_grace_s",
+    "THREADS": "threads",
+    "CONTEXT_LENGTH": "context_length",
+}
+
+
+def env_overrides(environ: dict[str, str] | None = None) -> dict[str, tuple[Any, str]]:
+    """LLM_BACKEND_PORT and friends: values every profile takes unless a file sets them."""
+    environ = dict(os.environ if environ is None else environ)
+    found: dict[str, tuple[Any, str]] = {}
+    for suffix, key in ENV_KEYS.items():
+        variable = f"{ENV_PREFIX}{suffix}"
+        if variable in environ and environ[variable] != "":
+            found[key] = (environ[variable], f"env {variable}")
+    return found
+
+
+def user_config_path() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "llm-backend" / "config.toml"
+
+
+def load_config(cwd: Path | None = None, config_file: Path | None = None) -> ConfigSet:
+    """Read the built-in profiles, the user's config, ./llm-backend.toml and the environment."""
+    layers = [builtin_layer()]
+    global_layer = read_layer(user_config_path(), "~/.config/llm-backend/config.toml")
+    if global_layer:
+        layers.append(global_layer)
+    local_path = config_file or (cwd or Path.cwd()) / LOCAL_CONFIG_NAME
+    local_label = str(config_file) if config_file else f"./{LOCAL_CONFIG_NAME}"
+    if config_file is not None and not config_file.is_file():
+        raise ConfigError(
+            f"config file {config_file} does not exist",
+            remedy="pass an existing file to --config, or leave it out",
+        )
+    local_layer = read_layer(local_path, local_label)
+    if local_layer:
+        layers.append(local_layer)
+    return ConfigSet(layers=layers, env_overrides=env_overrides())
+
+
+def flatten(model: BaseModel, prefix: str = "") -> dict[str, Any]:
+    """Every leaf value of a profile as dotted keys, for `profiles show`."""
+    flat: dict[str, Any] = {}
+    for key in type(model).model_fields:
+        value = getattr(model, key)
+        if isinstance(value, BaseModel):
+            flat.update(flatten(value, prefix=f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

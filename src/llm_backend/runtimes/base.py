@@ -1,0 +1,70 @@
+"""What a runtime is: launch, inspect, signal and stop a server; it knows nothing of LLMs."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llm_backend.config import Profile
+from llm_backend.state import InstanceRecord
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """Everything a runtime needs to start one server; the log always lands in `log_path`."""
+
+    profile: Profile
+    argv: list[str]
+    env: dict[str, str]
+    log_path: Path
+    health_path: str = "/health"
+
+
+@dataclass(frozen=True)
+class Launched:
+    """What the runtime started, to be kept in the instance record."""
+
+    pid: int | None
+    pid_create_time: float | None
+    runtime_info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StopResult:
+    """How a stop went: whether SIGKILL was needed and whether anything is left."""
+
+    was_running: bool
+    killed: bool
+    duration_s: float
+    leftovers: list[str] = field(default_factory=list)
+
+
+class Runtime(ABC):
+    """How a server runs: a process group we own, or a Docker Compose service."""
+
+    name: str
+
+    @abstractmethod
+    def launch(self, *, spec: LaunchSpec) -> Launched:
+        """Start the server detached from the caller, output into `spec.log_path`."""
+
+    @abstractmethod
+    def is_alive(self, *, record: InstanceRecord) -> bool:
+        """True while the recorded server (not a reused pid) is running."""
+
+    @abstractmethod
+    def exit_code(self, *, record: InstanceRecord) -> int | None:
+        """The server's exit code once it has exited, if it can be known."""
+
+    @abstractmethod
+    def stop(self, *, record: InstanceRecord, grace_s: float, force: bool = False) -> StopResult:
+        """Graceful stop with escalation; afterwards nothing of the server is left."""
+
+    def check(self, *, profile: Profile) -> None:
+        """Raise a BackendError if this runtime cannot run the profile here."""
+
+    def describe(self, *, profile: Profile, argv: list[str]) -> list[str]:
+        """What `start --dry-run` shows this runtime would do."""
+        return [" ".join(argv)]
