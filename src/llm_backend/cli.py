@@ -348,7 +348,9 @@ def restart() -> None:
 
 @app.command()
 def logs(
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new lines.")
+    ] = False,
     lines: Annotated[int, typer.Option("-n", help="How many lines to show.")] = 50,
 ) -> None:
     """Print the backend's log (the last one, even after it stopped)."""
@@ -379,6 +381,11 @@ def logs(
 # --- chat --------------------------------------------------------------------------------
 
 
+def write_now(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
 @app.command()
 def chat(
     prompt: Annotated[str, typer.Argument(help="What to ask.")],
@@ -397,7 +404,7 @@ def chat(
                 prompt=prompt,
                 max_tokens=max_tokens,
                 temperature=temperature,
-                on_text=lambda text: (sys.stdout.write(text), sys.stdout.flush()),
+                on_text=write_now,
             )
         except httpx.HTTPError as error:
             raise BackendError(

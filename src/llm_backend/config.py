@@ -107,7 +107,9 @@ class HostPrepConfig(StrictModel):
         allowed = {"earlyoom", "systemd-oomd", "nohang"}
         for daemon in value:
             if daemon not in allowed:
-                raise ValueError(f"{daemon!r} is not a known OOM daemon; allowed: {sorted(allowed)}")
+                raise ValueError(
+                    f"{daemon!r} is not a known OOM daemon; allowed: {sorted(allowed)}"
+                )
         return value
 
 
@@ -254,7 +256,11 @@ class ConfigSet:
 
 
 def _deep_merge(
-    target: dict[str, Any], overlay: dict[str, Any], sources: dict[str, str], label: str, prefix: str
+    target: dict[str, Any],
+    overlay: dict[str, Any],
+    sources: dict[str, str],
+    label: str,
+    prefix: str,
 ) -> None:
     for key, value in overlay.items():
         dotted = f"{prefix}{key}"

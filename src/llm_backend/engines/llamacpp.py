@@ -60,12 +60,24 @@ class LlamaCppLogReader(LogReader):
 
     PHASE_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
         (re.compile(r"llama_server: initializing|build: \d+"), "init"),
-        (re.compile(r"load_model: loading model|llama_model_loader: loaded meta data"), "load_weights"),
-        (re.compile(r"load_model: initializing, n_slots|llama_context: constructing|kv_unified"), "kv_cache"),
-        (re.compile(r"speculative decoding context initialized|loading draft model"), "draft_model"),
+        (
+            re.compile(r"load_model: loading model|llama_model_loader: loaded meta data"),
+            "load_weights",
+        ),
+        (
+            re.compile(r"load_model: initializing, n_slots|llama_context: constructing"),
+            "kv_cache",
+        ),
+        (
+            re.compile(r"speculative decoding context initialized|loading draft model"),
+            "draft_model",
+        ),
         (re.compile(r"warming up the model|model loaded"), "warmup"),
-        (re.compile(r"listening on http|HTTP server is listening|server is listening on"), "server_up"),
-        (re.compile(r"all slots are idle|main: model loaded"), "ready"),
+        (
+            re.compile(r"listening on http|HTTP server is listening|server is listening on"),
+            "server_up",
+        ),
+        (re.compile(r"all slots are idle"), "ready"),
     )
     FAILURE_PATTERNS: tuple[tuple[re.Pattern[str], str, str, str], ...] = (
         (
