@@ -31,6 +31,8 @@ profiles_app = typer.Typer(help="List profiles, or show one with the source of e
 engine_app = typer.Typer(help="Install engines.")
 app.add_typer(profiles_app, name="profiles")
 app.add_typer(engine_app, name="engine")
+host_app = typer.Typer(help="Host preparation: the sudoers rules it needs.")
+app.add_typer(host_app, name="host")
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -39,13 +41,16 @@ err_console = Console(stderr=True, highlight=False)
 def make_lifecycle() -> Lifecycle:
     """The lifecycle with host preparation wired in when that package is present."""
     factory = None
+    host_status = None
     try:
         from llm_backend.host import host_preparation_factory
+        from llm_backend.host import host_status as read_host_status
     except ImportError:
         pass
     else:
         factory = host_preparation_factory
-    return Lifecycle(store=StateStore(), host_prep_factory=factory)
+        host_status = read_host_status
+    return Lifecycle(store=StateStore(), host_prep_factory=factory, host_status=host_status)
 
 
 def fail(error: BackendError) -> None:
@@ -258,6 +263,8 @@ def choose_profile(lifecycle: Lifecycle, requested: str | None) -> str:
 def render_status(status: Status) -> None:
     colour = {"ready": "green", "failed": "red", "loading": "yellow"}.get(status.state, "white")
     console.print(f"state:    [{colour}]{status.state}[/{colour}]")
+    if status.host_prep:
+        render_host_prep(status.host_prep)
     if status.profile is None:
         return
     console.print(f"profile:  {status.profile} ({status.engine}, {status.runtime})")
@@ -276,8 +283,6 @@ def render_status(status: Status) -> None:
         console.print(f"last start took {status.last_start_s:.1f}s")
     if status.spec:
         console.print(f"spec:     {status.spec}")
-    if status.host_prep:
-        console.print(f"host:     {status.host_prep}")
     for key, value in status.extra.items():
         console.print(f"{key}: {value}")
     if status.failure:
@@ -531,6 +536,177 @@ def engine_install(
                 "or pip install sglang)",
             )
         _install_llama_cpp()
+
+    run_guarded(action)
+
+
+# --- doctor ------------------------------------------------------------------------------
+
+CHECK_COLOURS = {"pass": "green", "warn": "yellow", "fail": "red", "skipped": "magenta"}
+
+
+def render_checks(checks: Any, *, indent: str = "  ") -> None:
+    """One line per check (`pass  name  summary`), and a `fix:` line under warn and fail."""
+    for check in checks:
+        colour = CHECK_COLOURS.get(check.status, "white")
+        console.print(
+            f"{indent}[{colour}]{check.status:<7}[/{colour}] {check.name:<14} {check.summary}",
+            soft_wrap=True,
+        )
+        if check.fix and check.status != "pass":
+            console.print(f"{indent}{'':<7} {'':<14} [green]fix:[/green] {check.fix}",
+                          soft_wrap=True)
+
+
+@app.command()
+def doctor(
+    profile: Annotated[
+        str | None, typer.Option("--profile", "-p", help="Profile to check, or 'auto'.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Check that this machine can run a profile: GPU, memory, disk, Docker, port, model files."""
+    from llm_backend.doctor import auto_profile, run_checks
+    from llm_backend.hardware import describe_host
+
+    def action() -> None:
+        config = load_config()
+        name = profile or config.default_profile() or "auto"
+        choice = None
+        if name == "auto":
+            choice = auto_profile(config, describe_host())
+            name = choice.profile
+        overrides = {"runtime": choice.runtime} if choice and choice.runtime else None
+        resolved = config.resolve(name, overrides).profile
+        report = run_checks(resolved, with_hardware=True, auto=choice)
+        if as_json:
+            print_json(report.to_json())
+        else:
+            console.print(f"doctor: {report.profile} ({report.engine}, {report.runtime})")
+            for reason in choice.reasons if choice else ():
+                console.print(f"  [dim]auto: {reason}[/dim]", soft_wrap=True)
+            render_checks(report.checks)
+            counts = report.counts()
+            verdict = "[green]ok[/green]" if report.ok else "[red]not ready[/red]"
+            console.print(
+                f"{verdict}: {counts['pass']} pass, {counts['warn']} warn, {counts['fail']} fail"
+                + (f", {counts['skipped']} skipped" if counts["skipped"] else "")
+                + f" ({report.duration_s:.1f}s)"
+            )
+        raise typer.Exit(0 if report.ok else 1)
+
+    run_guarded(action)
+
+
+# --- host preparation: recovery first, `recover`, `host sudoers` -------------------------
+
+
+@app.callback()
+def before_every_command(ctx: typer.Context) -> None:
+    # Every command first finishes a host preparation whose `start` died (journal in the
+    # state dir): same boot, undo it; after a reboot, only clean up the swap file.
+    if ctx.resilient_parsing or ctx.invoked_subcommand in ("recover", "host"):
+        return
+    try:
+        from llm_backend.host import recover as recover_host
+    except ImportError:
+        return
+    try:
+        report = recover_host(StateStore())
+    except (BackendError, OSError) as error:
+        message = error.message if isinstance(error, BackendError) else str(error)
+        err_console.print(
+            f"warning: could not undo an interrupted host preparation: {message}", soft_wrap=True
+        )
+        err_console.print("fix: llm-backend recover (as root, or with the sudoers rules)")
+        return
+    if report.found and report.busy_pid is None and (
+        report.restored or report.errors
+    ) and report.phase_before != "left_on":
+        print_recovery(report, to=err_console)
+
+
+def print_recovery(report: Any, *, to: Console) -> None:
+    """What recovery found and undid, one line each."""
+    boot = "same boot" if report.same_boot else "after a reboot"
+    to.print(
+        f"host: undid the host preparation of a `start` that did not finish "
+        f"(profile {report.profile}, interrupted while {report.phase_before}, {boot}):",
+        soft_wrap=True,
+    )
+    for line in report.restored:
+        to.print(f"  {line}", markup=False, soft_wrap=True)
+    for item in report.left_on:
+        to.print(
+            f"  warning: swap file {item['path']} is still on: {item['reason']}",
+            markup=False,
+            soft_wrap=True,
+        )
+    for line in report.errors:
+        to.print(f"  error: {line}", markup=False, soft_wrap=True)
+
+
+def render_host_prep(host_prep: dict[str, Any]) -> None:
+    steps = ", ".join(f"{name} {state}" for name, state in host_prep.get("steps", {}).items())
+    owner = " (in progress)" if host_prep.get("in_progress") else ""
+    console.print(f"host:     {host_prep.get('phase')}{owner}: {steps or 'no steps'}")
+    if host_prep.get("warning"):
+        console.print(f"warning:  {host_prep['warning']}", markup=False, soft_wrap=True)
+
+
+@app.command()
+def recover(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Undo host changes left by a `start` that was killed, and report what was restored."""
+
+    def action() -> None:
+        from llm_backend.errors import HostPrepError
+        from llm_backend.host import recover as recover_host
+
+        report = recover_host(StateStore())
+        if as_json:
+            print_json(report.to_json())
+        elif not report.found:
+            console.print("nothing to recover: no unfinished host preparation")
+        elif report.busy_pid is not None:
+            console.print(
+                f"host preparation is in progress (pid {report.busy_pid}, profile "
+                f"{report.profile}); nothing to recover"
+            )
+        else:
+            print_recovery(report, to=console)
+        if report.errors:
+            raise HostPrepError(
+                "recovery could not undo every host change: " + "; ".join(report.errors),
+                remedy="fix the cause named above, then run `llm-backend recover` again",
+            )
+        if report.left_on:
+            raise typer.Exit(1)
+
+    run_guarded(action)
+
+
+@host_app.command("sudoers")
+def host_sudoers(
+    profile: Annotated[
+        str | None, typer.Option("--profile", "-p", help="Profile whose swap file to allow.")
+    ] = None,
+    user: Annotated[str | None, typer.Option(help="User to allow (default: you).")] = None,
+) -> None:
+    """Print a minimal sudoers file (exact commands) for host preparation without root."""
+
+    def action() -> None:
+        import getpass
+        import os
+
+        from llm_backend.host import sudoers_text
+
+        lifecycle = make_lifecycle()
+        name = choose_profile(lifecycle, profile)
+        resolved = lifecycle.resolve(name).profile
+        who = user or os.environ.get("SUDO_USER") or getpass.getuser()
+        sys.stdout.write(sudoers_text(resolved, who))
 
     run_guarded(action)
 

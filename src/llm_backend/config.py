@@ -69,6 +69,40 @@ class DockerConfig(StrictModel):
     publish_host: str = "127.0.0.1"
     restart: str = "no"
     command_prefix: list[str] = Field(default_factory=list)
+    project_name: str | None = None  # Compose project; default: container_name
+    init: bool = True  # tini as PID 1, so SIGTERM reaches a server that has no handler yet
+    healthcheck: bool = True
+    healthcheck_command: list[str] | None = None  # default: curl on the engine's /health
+    healthcheck_interval_s: float = Field(default=10, gt=0)
+    healthcheck_timeout_s: float = Field(default=5, gt=0)
+    healthcheck_retries: int = Field(default=3, ge=1)
+    healthcheck_start_period_s: float | None = Field(default=None, ge=0)  # default: load
+
+    @field_validator("restart")
+    @classmethod
+    def _restart_policy(cls, value: str) -> str:
+        if not re.fullmatch(r"no|always|unless-stopped|on-failure(:\d+)?", value):
+            raise ValueError(
+                f"{value!r} is not a restart policy; allowed: no, always, unless-stopped, "
+                "on-failure, on-failure:N"
+            )
+        return value
+
+    @field_validator("shm_size")
+    @classmethod
+    def _shm_is_size(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_size(value)
+        return value
+
+    @field_validator("container_name", "project_name")
+    @classmethod
+    def _docker_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", value):
+            raise ValueError(
+                f"{value!r} is not a Docker name; use letters, digits, '_', '.' and '-'"
+            )
+        return value
 
 
 class HostPrepConfig(StrictModel):
@@ -86,12 +120,13 @@ class HostPrepConfig(StrictModel):
     guard_hard_floor: str = "1G"
     guard_interval_s: float = Field(default=0.5, gt=0, le=10)
     expected_footprint: str | None = None
+    swapoff_timeout_s: float = Field(default=120, gt=0, le=3600)
 
     @field_validator("swap_size")
     @classmethod
     def _swap_size_is_size(cls, value: str) -> str:
-        if value != "auto":
-            parse_size(value)
+        if value != "auto" and parse_size(value) < 1024**2:
+            raise ValueError(f"{value!r} is too small for a swap file; use 'auto' or at least '1M'")
         return value
 
     @field_validator("guard_soft_floor", "guard_hard_floor", "expected_footprint")

@@ -173,10 +173,12 @@ class Lifecycle:
         store: StateStore | None = None,
         config: ConfigSet | None = None,
         host_prep_factory: HostPrepFactory | None = None,
+        host_status: Callable[[StateStore], dict[str, Any] | None] | None = None,
     ) -> None:
         self.store = store or StateStore()
         self._config = config
         self.host_prep_factory = host_prep_factory
+        self.host_status = host_status
         self._runtimes: dict[str, Runtime] = {}
 
     @property
@@ -265,7 +267,8 @@ class Lifecycle:
                 ensure_binary(profile)
             engine.check_profile(profile=profile, for_container=for_container)
             runtime.check(profile=profile)
-            check_port_free(profile.host, profile.port)
+            if not runtime.will_adopt(profile=profile):  # an adopted server holds the port
+                check_port_free(profile.host, profile.port)
             if preparation:
                 preparation.check()
             argv = engine.build_argv(profile=profile, for_container=for_container)
@@ -324,6 +327,7 @@ class Lifecycle:
                         env=dict(profile.env),
                         log_path=log_path,
                         health_path=engine.health_path,
+                        state_dir=self.store.root,
                     )
                 )
                 record = self.transition(
@@ -482,7 +486,7 @@ class Lifecycle:
     def status(self) -> Status:
         record = self.refresh()
         if record is None:
-            return Status(state="stopped")
+            return Status(state="stopped", host_prep=self._host_prep_status())
         base = Status(
             state=record.state,
             profile=record.profile,
@@ -495,6 +499,7 @@ class Lifecycle:
             log_path=record.log_path,
             last_start_s=record.start_duration_s
             or self.store.last_start_duration(record.profile),
+            host_prep=self._host_prep_status(),
         )
         if record.state not in ACTIVE_STATES:
             return base
@@ -509,8 +514,13 @@ class Lifecycle:
                 "health_ms": health_ms,
                 "health_status": health_status,
                 "models": models,
+                "extra": {**base.extra, **self.runtime(record.runtime).details(record=record)},
             }
         )
+
+    def _host_prep_status(self) -> dict[str, Any] | None:
+        """The journaled host changes in effect (or left on), from `llm_backend.host`."""
+        return self.host_status(self.store) if self.host_status else None
 
     # --- stop --------------------------------------------------------------------------
 
