@@ -7,17 +7,19 @@ and failed from any step.
 from __future__ import annotations
 
 import contextlib
+import http.client
+import json
 import os
 import signal
 import socket
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
-import httpx
 import psutil
 
 from llm_backend.config import ConfigSet, Profile, ResolvedProfile, load_config
@@ -599,21 +601,34 @@ def _phase_recorder(
     return handle
 
 
+def _get(url: str, timeout_s: float = 2.0) -> tuple[int, bytes]:
+    """One GET with the standard library: `status` stays fast without importing httpx."""
+    parts = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port,
+                                            timeout=timeout_s)
+    try:
+        connection.request("GET", parts.path or "/")
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
 def _health(endpoint: str, engine: Engine) -> tuple[int | None, float | None]:
     started = time.perf_counter()
     try:
-        response = httpx.get(endpoint + engine.health_path, timeout=2.0, trust_env=False)
-    except httpx.HTTPError:
+        status, _ = _get(endpoint + engine.health_path)
+    except (OSError, http.client.HTTPException):
         return None, None
-    return response.status_code, round((time.perf_counter() - started) * 1000, 1)
+    return status, round((time.perf_counter() - started) * 1000, 1)
 
 
 def _models(endpoint: str, engine: Engine) -> list[str]:
     try:
-        response = httpx.get(endpoint + engine.models_path, timeout=2.0, trust_env=False)
-        data = response.json().get("data", [])
+        status, body = _get(endpoint + engine.models_path)
+        data = json.loads(body).get("data", []) if status == 200 else []
         return [str(item.get("id")) for item in data if isinstance(item, dict)]
-    except (httpx.HTTPError, ValueError, AttributeError):
+    except (OSError, http.client.HTTPException, ValueError, AttributeError):
         return []
 
 

@@ -11,10 +11,12 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import httpx
+from typing import TYPE_CHECKING
 
 from llm_backend.engines.base import Engine, Failure, LogReader, PhaseEvent, SpecStats
+
+if TYPE_CHECKING:
+    import httpx
 
 LOG_TAIL_LINES = 30
 FAILURE_EXIT_GRACE_S = 5.0
@@ -97,6 +99,8 @@ class Monitor:
     reader: LogReader | None = None
 
     def run(self) -> MonitorResult:
+        import httpx  # imported here: `status` and friends should not pay for it
+
         reader = self.reader or self.engine.log_reader()
         follower = LogFollower(self.log_path, self.log_offset)
         tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
@@ -220,6 +224,8 @@ class Monitor:
 
 
 def _probe(client: httpx.Client, url: str) -> int | None:
+    import httpx
+
     try:
         return client.get(url).status_code
     except httpx.HTTPError:

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Sets up llm-backend on a fresh Debian/Ubuntu machine:
+#   scripts/setup.sh          the package in .venv and a llama-server build in the user's cache
+#   scripts/setup.sh --test   also what the test suite needs: dev tools, earlyoom, a Docker
+#                             engine with Compose v2, and the local llama.cpp test image
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+with_tests=0
+[[ "${1:-}" == "--test" ]] && with_tests=1
+
+say() { printf '\n== %s\n' "$*"; }
+
+apt_install() {
+  local missing=()
+  for package in "$@"; do
+    dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+  done
+  ((${#missing[@]})) || return 0
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "error: missing system packages: ${missing[*]}" >&2
+    echo "fix: sudo apt-get install -y ${missing[*]}   (then run this script again)" >&2
+    exit 1
+  fi
+  say "installing system packages: ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+# Building llama-server needs CMake and a C++ compiler; the venv needs python3-venv.
+if command -v apt-get >/dev/null 2>&1; then
+  apt_install cmake g++ make python3-venv
+fi
+
+say "creating .venv and installing llm-backend"
+python3 -m venv .venv
+.venv/bin/pip install -q --disable-pip-version-check --upgrade pip
+if ((with_tests)); then
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[dev,plot]'
+else
+  .venv/bin/pip install -q --disable-pip-version-check -e .
+fi
+
+say "making sure a llama-server binary exists (built once, then cached)"
+.venv/bin/llm-backend engine install llama.cpp
+
+if ((with_tests)); then
+  if command -v apt-get >/dev/null 2>&1; then
+    apt_install earlyoom docker.io util-linux procps
+  fi
+  # The tests start their own earlyoom processes; the packaged service must not run.
+  if [[ -x scripts/ci-docker.sh ]]; then
+    say "starting the Docker engine and building the local test image"
+    scripts/ci-docker.sh
+  fi
+fi
+say "setup done"
