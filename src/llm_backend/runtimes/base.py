@@ -20,6 +20,7 @@ class LaunchSpec:
     env: dict[str, str]
     log_path: Path
     health_path: str = "/health"
+    state_dir: Path | None = None  # where a runtime keeps its own files (the compose file)
 
 
 @dataclass(frozen=True)
@@ -68,3 +69,14 @@ class Runtime(ABC):
     def describe(self, *, profile: Profile, argv: list[str]) -> list[str]:
         """What `start --dry-run` shows this runtime would do."""
         return [" ".join(argv)]
+
+    def will_adopt(self, *, profile: Profile) -> bool:
+        """True when a server of this profile already runs (not recorded) and `launch` adopts it.
+
+        The caller then skips its port-free check: the adopted server holds the port.
+        """
+        return False
+
+    def details(self, *, record: InstanceRecord) -> dict[str, Any]:
+        """Runtime facts for `status` (container, image, health); empty when there are none."""
+        return {}
