@@ -284,7 +284,10 @@ def render_status(status: Status) -> None:
     if status.spec:
         console.print(f"spec:     {status.spec}")
     for key, value in status.extra.items():
-        console.print(f"{key}: {value}")
+        if key == "docker" and isinstance(value, dict):
+            render_docker(value)
+        else:
+            console.print(f"{key}: {value}")
     if status.failure:
         console.print(
             f"failure:  {status.failure.get('class')}: {status.failure.get('message')}"
@@ -707,6 +710,71 @@ def host_sudoers(
         resolved = lifecycle.resolve(name).profile
         who = user or os.environ.get("SUDO_USER") or getpass.getuser()
         sys.stdout.write(sudoers_text(resolved, who))
+
+    run_guarded(action)
+
+
+# --- compose (the Docker runtime's file) -------------------------------------------------
+
+
+def render_docker(facts: dict[str, Any]) -> None:
+    """The container line of `status` for the docker runtime."""
+    if "error" in facts:
+        console.print(f"docker:   {facts['error']}", markup=False, soft_wrap=True)
+        return
+    health = f", {facts['health']}" if facts.get("health") else ""
+    adopted = ", adopted" if facts.get("adopted") else ""
+    console.print(
+        f"docker:   container {facts.get('container')} ({facts.get('state')}{health}{adopted}), "
+        f"image {facts.get('image')}",
+        markup=False,
+        soft_wrap=True,
+    )
+    console.print(
+        f"compose:  {facts.get('compose_file')} (project {facts.get('project')}, "
+        f"{facts.get('compose')})",
+        markup=False,
+        soft_wrap=True,
+    )
+
+
+@app.command()
+def compose(
+    profile: Annotated[
+        str | None, typer.Option("--profile", "-p", help="Profile name (default: the default).")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="File to write; default: stdout.")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port to serve on.")] = None,
+) -> None:
+    """Write the profile's docker-compose.yml: the file `start --runtime docker` runs."""
+
+    def action() -> None:
+        from llm_backend.compose import build_compose
+        from llm_backend.engines import get_engine
+
+        lifecycle = make_lifecycle()
+        name = choose_profile(lifecycle, profile)
+        overrides: dict[str, Any] = {"runtime": "docker"}
+        if port is not None:
+            overrides["port"] = port
+        resolved = lifecycle.resolve(name, overrides).profile
+        engine = get_engine(resolved.engine)
+        engine.check_profile(profile=resolved, for_container=True)
+        argv = engine.build_argv(profile=resolved, for_container=True)
+        document = build_compose(profile=resolved, argv=argv, health_path=engine.health_path)
+        if output is None:
+            sys.stdout.write(document.text())
+            return
+        document.write(output)
+        console.print(
+            f"wrote {output}: project {document.project}, container {document.container_name}, "
+            f"image {document.image}, port {document.port}",
+            markup=False,
+            soft_wrap=True,
+        )
+        console.print(f"run it by hand: docker compose -f {output} up -d", markup=False)
 
     run_guarded(action)
 
