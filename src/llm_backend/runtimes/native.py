@@ -104,13 +104,12 @@ class NativeRuntime(Runtime):
         killed = False
         if not force:
             self._signal(pgid, members, signal.SIGTERM)
-            _, alive = psutil.wait_procs(members, timeout=grace_s)
-            members = [process for process in alive if process.is_running()]
+            members = _wait_gone(members, timeout_s=grace_s)
             self._reap(record)
         if members or force:
             killed = True
             self._signal(pgid, members, signal.SIGKILL)
-            psutil.wait_procs(members, timeout=5)
+            _wait_gone(members, timeout_s=5)
         self._reap(record)
         leftovers = [
             f"pid {process.pid} ({_name(process)})"
@@ -151,6 +150,25 @@ class NativeRuntime(Runtime):
         if child is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 child.wait(timeout=0.1)
+
+
+def _wait_gone(members: list[psutil.Process], *, timeout_s: float) -> list[psutil.Process]:
+    """Wait until every process has exited; a zombie counts as exited, since its reaping
+    is up to its parent (often init, which may take its time)."""
+    deadline = time.monotonic() + timeout_s
+    alive = members
+    while True:
+        alive = [process for process in alive if _running(process)]
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.02)
+
+
+def _running(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _name(process: psutil.Process) -> str:
