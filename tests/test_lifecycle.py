@@ -349,3 +349,17 @@ def _group_alive(pgid: int) -> bool:
         except (ProcessLookupError, psutil.Error):
             continue
     return False
+
+
+def test_engine_install_is_a_noop_when_the_binary_is_cached(world: Env) -> None:
+    started = time.monotonic()
+    result = world.run("engine", "install", "llama.cpp", check=True)
+    assert "already installed" in result.stdout
+    assert time.monotonic() - started < 30
+
+
+def test_engine_install_of_an_unknown_engine_is_refused(world: Env) -> None:
+    result = world.run("engine", "install", "vllm")
+    assert result.returncode == 1
+    assert "cannot install engine 'vllm'" in result.stderr
+    assert "fix:" in result.stderr
