@@ -282,7 +282,7 @@ def render_status(status: Status) -> None:
     if status.last_start_s is not None:
         console.print(f"last start took {status.last_start_s:.1f}s")
     if status.spec:
-        console.print(f"spec:     {status.spec}")
+        console.print(f"spec:     {render_spec(status.spec)}")
     for key, value in status.extra.items():
         if key == "docker" and isinstance(value, dict):
             render_docker(value)
@@ -784,3 +784,86 @@ def main() -> None:
         app()
     except StartFailed as error:  # pragma: no cover - typer handles exits itself
         fail(error)
+# --- diagnose ----------------------------------------------------------------------------
+
+
+def render_spec(spec: dict[str, Any]) -> str:
+    """`accept length 2.17, accept rate 0.54, gen throughput 178.9 tok/s (log)`."""
+    parts = []
+    if spec.get("accept_length") is not None:
+        parts.append(f"accept length {spec['accept_length']:.2f}")
+    if spec.get("accept_rate") is not None:
+        parts.append(f"accept rate {spec['accept_rate']:.2f}")
+    if spec.get("gen_throughput") is not None:
+        parts.append(f"gen throughput {spec['gen_throughput']:.1f} tok/s")
+    text = ", ".join(parts) or "no figures yet"
+    return text + (f" ({spec['source']})" if spec.get("source") else "")
+
+
+@app.command()
+def diagnose(
+    logfile: Annotated[str, typer.Argument(help="A saved server log, or - for stdin.")],
+    engine: Annotated[
+        str | None, typer.Option(help="sglang or llamacpp (guessed from the log if left out).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Read a server log: the phase timeline, and the failure with its fix. Exit 0 if ready."""
+    from llm_backend.diagnose import diagnose_lines
+
+    def action() -> None:
+        if engine is not None and engine not in ("sglang", "llamacpp"):
+            raise BackendError(
+                f"unknown engine {engine!r}; diagnose reads sglang and llamacpp logs",
+                remedy="pass --engine sglang or --engine llamacpp, or leave it out to guess",
+            )
+        if logfile == "-":
+            lines = sys.stdin.read().splitlines()
+        else:
+            path = Path(logfile)
+            if not path.is_file():
+                raise BackendError(
+                    f"log file {logfile} does not exist",
+                    remedy="pass a saved log (`llm-backend logs -n 1000 > server.log`) or - "
+                    "to read stdin",
+                )
+            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        result = diagnose_lines(lines, engine)
+        if as_json:
+            print_json(result.to_json())
+        else:
+            console.print(f"engine:  {result.engine} ({result.line_count} lines)")
+            for phase in result.phases:
+                at = f"{phase.at_s:7.1f}s " if phase.at_s is not None else "         "
+                progress = ""
+                if phase.progress is not None:
+                    done, total = phase.progress
+                    progress = f" {done}/{total or '?'}"
+                console.print(f"  {at}{phase.name}{progress}", markup=False)
+            if not result.phases:
+                console.print("  (no startup phase found in this log)")
+            console.print(f"ready:   {'yes' if result.ready else 'no'}")
+            if result.spec is not None:
+                console.print(
+                    "spec:    "
+                    + render_spec(
+                        {
+                            "accept_length": result.spec.accept_length,
+                            "accept_rate": result.spec.accept_rate,
+                            "gen_throughput": result.spec.gen_throughput,
+                        }
+                    )
+                )
+            if result.failure is not None:
+                console.print(
+                    f"failure: {result.failure.failure_class}: {result.failure.message}",
+                    markup=False, soft_wrap=True,
+                )
+                if result.failure.line:
+                    console.print(f"line:    {result.failure.line}", markup=False, soft_wrap=True)
+                console.print(f"fix:     {result.failure.remedy}", markup=False, soft_wrap=True)
+        raise typer.Exit(0 if result.ready and result.failure is None else 1)
+
+    run_guarded(action)
+
+

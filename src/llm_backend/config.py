@@ -174,6 +174,11 @@ class Profile(StrictModel):
     host_prep: HostPrepConfig = Field(default_factory=HostPrepConfig)
 
     @property
+    # SGLang, native runtime: the interpreter that has sglang installed.
+    python: str = "python3"
+    # Launcher before the engine's flags; empty means the engine's own
+    # (SGLang: `python -m sglang.launch_server`). Tests point it at a stand-in.
+    command: list[str] = Field(default_factory=list)
     def endpoint(self) -> str:
         return f"http://{self.host}:{self.port}"
 

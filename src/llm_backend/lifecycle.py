@@ -235,9 +235,12 @@ class Lifecycle:
         )
         if dry_run:
             engine.check_profile(profile=profile, for_container=for_container)
+            flag_note = check_engine_flags(profile, engine, for_container=for_container)
             argv = engine.build_argv(profile=profile, for_container=for_container)
             plan = [f"launch ({profile.runtime}): {line}" for line in runtime.describe(
                 profile=profile, argv=argv)]
+            if flag_note:
+                plan.insert(0, flag_note)
             host_plan = preparation.plan() if preparation else []
             return StartResult(
                 outcome="dry_run",
@@ -268,6 +271,9 @@ class Lifecycle:
             if ensure_binary is not None and not for_container:
                 ensure_binary(profile)
             engine.check_profile(profile=profile, for_container=for_container)
+            flag_note = check_engine_flags(profile, engine, for_container=for_container)
+            if flag_note:
+                on_notice(flag_note)
             runtime.check(profile=profile)
             if not runtime.will_adopt(profile=profile):  # an adopted server holds the port
                 check_port_free(profile.host, profile.port)
@@ -516,6 +522,7 @@ class Lifecycle:
                 "health_ms": health_ms,
                 "health_status": health_status,
                 "models": models,
+                "spec": _spec(record, engine) if health_status == 200 else None,
                 "extra": {**base.extra, **self.runtime(record.runtime).details(record=record)},
             }
         )
@@ -612,6 +619,63 @@ def _get(url: str, timeout_s: float = 2.0) -> tuple[int, bytes]:
         return response.status, response.read()
     finally:
         connection.close()
+
+
+def check_engine_flags(profile: Profile, engine: Engine, *, for_container: bool) -> str | None:
+    """Preflight for SGLang: its own parser (or the flag table) must accept the profile's flags.
+
+    Raises a bad_flag ConfigError before anything on the host changes; returns a line that
+    says what checked them (and which SGLang version).
+    """
+    from llm_backend.engines.sglang import SGLangEngine
+
+    if not isinstance(engine, SGLangEngine):
+        return None
+    from llm_backend.sglang_flags import check_profile_flags, raise_for_problems
+
+    check = check_profile_flags(
+        profile, engine.server_flags(profile=profile, for_container=for_container)
+    )
+    raise_for_problems(check, profile)
+    notes = f" ({'; '.join(check.notes)})" if check.notes else ""
+    return check.summary + notes
+
+
+def _spec(record: InstanceRecord, engine: Engine) -> dict[str, Any] | None:
+    """Speculative-decoding figures: the info endpoint first, else the latest decode log line."""
+    paths = [engine.info_path, getattr(engine, "info_fallback_path", None)]
+    for path in [path for path in paths if path]:
+        try:
+            status, body = _get(record.endpoint + path)
+        except (OSError, http.client.HTTPException):
+            break
+        if status == 404:
+            continue
+        try:
+            info = json.loads(body)
+        except ValueError:
+            break
+        stats = engine.spec_stats_from_info(info=info) if isinstance(info, dict) else None
+        if stats is not None:
+            return {
+                "accept_length": stats.accept_length,
+                "accept_rate": stats.accept_rate,
+                "gen_throughput": stats.gen_throughput,
+                "source": path,
+            }
+        break
+    reader = engine.log_reader()
+    for line in log_tail(record.log_path, 400):
+        reader.feed(line)
+    latest = reader.reading.spec
+    if latest is None:
+        return None
+    return {
+        "accept_length": latest.accept_length,
+        "accept_rate": latest.accept_rate,
+        "gen_throughput": latest.gen_throughput,
+        "source": "log",
+    }
 
 
 def _health(endpoint: str, engine: Engine) -> tuple[int | None, float | None]:

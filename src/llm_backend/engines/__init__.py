@@ -28,10 +28,7 @@ def get_engine(name: str) -> Engine:
 
 def _register_builtins() -> None:
     from llm_backend.engines.llamacpp import LlamaCppEngine
+    from llm_backend.engines.sglang import SGLangEngine
 
     register("llamacpp", LlamaCppEngine)
-    try:
-        from llm_backend.engines.sglang import SGLangEngine
-    except ImportError:  # the SGLang engine module is optional during development
-        return
     register("sglang", SGLangEngine)

@@ -1,0 +1,130 @@
+"""`llm-backend diagnose`: read a saved server log into a phase timeline and a failure.
+
+Works on any engine's log with that engine's own reader; the engine is guessed from the
+lines when not given.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from llm_backend.engines import get_engine
+from llm_backend.engines.base import Failure, PhaseEvent, SpecStats
+from llm_backend.engines.sglang import strip_prefix
+
+SGLANG_MARKERS = re.compile(
+    r"sglang|ServerArgs|\] (?:Load weight|Init torch distributed|Capture cuda graph)|"
+    r"Decode batch[.,]|Prefill batch[.,]|fired up and ready to roll|Scheduler hit an exception|"
+    r"Shuffling MoE weights|Capturing batches \(bs="
+)
+LLAMACPP_MARKERS = re.compile(
+    r"llama_model_loader|llama_context|llama-server|srv +\w+:|slot +\w+:|main: server is listening"
+)
+
+
+@dataclass(frozen=True)
+class PhaseEntry:
+    """One phase of the timeline: when it began (seconds from the first timestamp) and progress."""
+
+    name: str
+    line: str
+    progress: tuple[int, int] | None = None
+    at_s: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"name": self.name, "line": self.line}
+        if self.progress is not None:
+            done, total = self.progress
+            data["progress"] = {"done": done, "total": total or None}
+        if self.at_s is not None:
+            data["at_s"] = round(self.at_s, 3)
+        return data
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """What a log says: the phases it went through, whether it became ready, why it failed."""
+
+    engine: str
+    phases: tuple[PhaseEntry, ...]
+    ready: bool
+    failure: Failure | None
+    spec: SpecStats | None
+    line_count: int
+
+    def to_json(self) -> dict[str, Any]:
+        spec = None
+        if self.spec is not None:
+            spec = {
+                "accept_length": self.spec.accept_length,
+                "accept_rate": self.spec.accept_rate,
+                "gen_throughput": self.spec.gen_throughput,
+                "line": self.spec.line,
+            }
+        return {
+            "engine": self.engine,
+            "phases": [phase.to_json() for phase in self.phases],
+            "ready": self.ready,
+            "failure": self.failure.to_json() if self.failure else None,
+            "spec": spec,
+            "lines": self.line_count,
+        }
+
+
+def guess_engine(lines: list[str]) -> str:
+    """`sglang` or `llamacpp`, by which engine's marker lines appear more often."""
+    sglang = sum(1 for line in lines if SGLANG_MARKERS.search(line))
+    llamacpp = sum(1 for line in lines if LLAMACPP_MARKERS.search(line))
+    return "llamacpp" if llamacpp > sglang else "sglang"
+
+
+def _timestamp(line: str) -> datetime | None:
+    stamp, _ = strip_prefix(line)
+    if stamp is None:
+        return None
+    try:
+        return datetime.fromisoformat(stamp.replace("T", " "))
+    except ValueError:
+        return None
+
+
+def diagnose_lines(lines: Iterable[str], engine_name: str | None = None) -> Diagnosis:
+    """Feed every line through the engine's reader and collapse repeats into a timeline."""
+    text = [line.rstrip("\n") for line in lines]
+    name = engine_name or guess_engine(text)
+    reader = get_engine(name).log_reader()
+    first_time: datetime | None = None
+    timeline: list[PhaseEntry] = []
+    for line in text:
+        stamp = _timestamp(line)
+        if stamp is not None and first_time is None:
+            first_time = stamp
+        at_s = (stamp - first_time).total_seconds() if stamp and first_time else None
+        for event in reader.feed(line):
+            if not isinstance(event, PhaseEvent):
+                continue
+            if timeline and timeline[-1].name == event.name:
+                previous = timeline[-1]
+                timeline[-1] = PhaseEntry(
+                    name=previous.name,
+                    line=previous.line,
+                    progress=event.progress or previous.progress,
+                    at_s=previous.at_s,
+                )
+            else:
+                timeline.append(
+                    PhaseEntry(name=event.name, line=event.line, progress=event.progress,
+                               at_s=at_s)
+                )
+    return Diagnosis(
+        engine=name,
+        phases=tuple(timeline),
+        ready=reader.reading.ready,
+        failure=reader.reading.failure,
+        spec=reader.reading.spec,
+        line_count=len(text),
+    )

@@ -1,0 +1,400 @@
+"""SGLang: argv from a profile, its endpoints, and a reader of its old and new log formats.
+
+The reader maps SGLang's startup lines onto the design's phases (with progress for
+checkpoint shards, MoE weight shuffling and CUDA-graph batches), its failures onto the
+failure classes with a remedy each, and its decode lines onto speculative-decoding stats.
+Log formats changed in 2026 (`Decode batch.` -> `Decode batch,`, `Capture cuda graph` ->
+`Capture target verify CUDA graph`); both are read.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from dataclasses import dataclass
+from typing import Any
+
+from llm_backend.config import Profile
+from llm_backend.engines.base import Engine, Failure, LogReader, PhaseEvent, SpecStats
+from llm_backend.errors import ConfigError
+
+CONTAINER_PYTHON = "python3"
+LAUNCH_MODULE = "sglang.launch_server"
+
+# MoE layers of the models we ship profiles for (the shuffle log names the layer, not the total).
+MOE_LAYERS = {"gpt-oss-120b": 36, "gpt-oss-20b": 24}
+
+TIMESTAMP = re.compile(
+    r"^\[(\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2})(?:\.\d+)?(?:Z)?(?P<ranks>(?: [A-Z]+\d+)*)\] ?"
+)
+
+
+@dataclass(frozen=True)
+class FailurePattern:
+    """A log line that means one failure class, and what to do about it."""
+
+    pattern: re.Pattern[str]
+    failure_class: str
+    message: str
+    remedy: str
+
+
+GENERIC_CLASSES = frozenset({"child_crash", "exited"})
+
+FAILURE_PATTERNS: tuple[FailurePattern, ...] = (
+    FailurePattern(
+        re.compile(r"Not enough memory\. Please try to increase --mem-fraction-static"),
+        "out_of_memory",
+        "the KV cache pool does not fit in the memory left after the weights",
+        "raise --mem-fraction-static (e.g. 0.85), or lower --cuda-graph-max-bs-decode "
+        "and --max-running-requests in `extra_args`",
+    ),
+    FailurePattern(
+        re.compile(
+            r"OutOfMemoryError|CUDA out of memory|CUDA error: out of memory|"
+            r"RuntimeError: CUDA error: out of memory|Cannot allocate memory|"
+            r"std::bad_alloc|NPU out of memory",
+            re.I,
+        ),
+        "out_of_memory",
+        "SGLang ran out of GPU memory while loading",
+        "lower --mem-fraction-static (e.g. 0.80) or --context-length in `extra_args`, "
+        "or free the GPU (nvidia-smi) and start again",
+    ),
+    FailurePattern(
+        re.compile(
+            r"HarmonyError|error downloading or loading vocab file|"
+            r"TIKTOKEN_ENCODINGS_BASE is not set|o200k_base\.tiktoken",
+        ),
+        "offline_encoding",
+        "gpt-oss's harmony tokenizer could not load its vocab file (no internet?)",
+        "download o200k_base.tiktoken and cl100k_base.tiktoken into a folder, mount it and set "
+        "TIKTOKEN_ENCODINGS_BASE to it in the profile's `env` (see docs/sglang.md)",
+    ),
+    FailurePattern(
+        re.compile(
+            r"GatedRepoError|trying to access a gated repo|Cannot access gated repo|"
+            r"401 Client Error|403 Client Error.*huggingface",
+            re.I,
+        ),
+        "gated_model",
+        "Hugging Face refused the download: the model is gated or needs a token",
+        "accept the model's licence on huggingface.co and set HF_TOKEN in the profile's `env` "
+        "(or run `huggingface-cli login`)",
+    ),
+    FailurePattern(
+        re.compile(
+            r"is not a local folder and is not a valid model identifier|"
+            r"RepositoryNotFoundError|404 Client Error.*huggingface|"
+            r"Can't load the configuration of",
+        ),
+        "model_not_found",
+        "the model path is neither a local folder nor a Hugging Face model id",
+        "correct `model` (or the draft model) in the profile; check the spelling on "
+        "huggingface.co",
+    ),
+    FailurePattern(
+        re.compile(
+            r"address already in use|\[Errno 98\]|Port is already in use|"
+            r"is not available in \d+ seconds",
+            re.I,
+        ),
+        "port_in_use",
+        "a port SGLang needs is already in use",
+        "stop what holds the port (`ss -ltnp`), or start with --port N; for internal ports "
+        "set --nccl-port or --dist-init-addr",
+    ),
+    FailurePattern(
+        re.compile(
+            r"PTXASError|ptxas (?:fatal|error)|ptxas .*failed|CompilationError|"
+            r"no kernel image is available|nvcc fatal|Unsupported GPU architecture|"
+            r"sm_\d+a? is not supported|NinjaBuildError|error building extension",
+            re.I,
+        ),
+        "kernel_compile",
+        "a GPU kernel failed to compile or has no build for this GPU",
+        "use the image built for this GPU (profile `docker.image` / `docker.image_aarch64`), "
+        "or pick other kernels: --attention-backend triton, --moe-runner-backend triton",
+    ),
+    FailurePattern(
+        re.compile(
+            r"NCCL error|ncclInternalError|ncclSystemError|ncclUnhandledCudaError|"
+            r"ncclRemoteError|ProcessGroupNCCL.*(?:timeout|Timeout|error)|NCCL WARN",
+        ),
+        "nccl",
+        "NCCL (GPU-to-GPU communication) failed",
+        "check the GPUs and links (nvidia-smi topo -m); across nodes set NCCL_SOCKET_IFNAME, "
+        "GLOO_SOCKET_IFNAME and SGLANG_HOST_IP to the fast interface in `env`",
+    ),
+    FailurePattern(
+        re.compile(
+            r"(?:sglang serve|launch_server\.py|sglang): error: |"
+            r"^error: unrecognized arguments|ambiguous option: --"
+        ),
+        "bad_flag",
+        "SGLang refused a command-line flag",
+        "fix the flag in `extra_args` (`llm-backend start --dry-run` checks flags first)",
+    ),
+    FailurePattern(
+        re.compile(r"context_length \(\d+\) is greater than the derived context_length"),
+        "bad_flag",
+        "the context length is longer than the (draft) model's own",
+        'set env SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN = "1" in the profile, '
+        "or lower --context-length",
+    ),
+    FailurePattern(
+        re.compile(
+            r"Received sigquit from a child proces|Scheduler hit an exception|"
+            r"TpModelWorkerClient hit an exception|DetokenizerManager hit an exception|"
+            r"Initialization failed\. warmup error|"
+            r"CUDA error: an illegal memory access",
+        ),
+        "child_crash",
+        "an SGLang worker process crashed",
+        "read the traceback in `llm-backend logs -n 200`; then try --disable-cuda-graph or "
+        "another --attention-backend to narrow it down",
+    ),
+)
+
+PHASE_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"server_args=ServerArgs\(|Init torch distributed begin"), "init"),
+    (re.compile(r"Load weight begin|Loading safetensors checkpoint shards|"
+                r"Multi-thread loading shards|Loading pt checkpoint shards"), "load_weights"),
+    (re.compile(r"Shuffling MoE weights"), "moe_shuffle"),
+    (re.compile(r"KV Cache is allocated|Memory pool end|Use sliding window memory pool|"
+                r"Using KV cache dtype"), "kv_cache"),
+    (re.compile(r"Capture (?:draft (?:extend )?)?(?:cuda graph|\w+ \w+ CUDA graph) (?:begin|end)|"
+                r"Capture cuda graph bs|Capturing batches"), "cuda_graph"),
+    (re.compile(r"Uvicorn running on|Started server process|Application startup complete"),
+     "server_up"),
+    (re.compile(r'"GET /(?:get_)?model_info HTTP|"POST /generate HTTP'), "warmup"),
+    (re.compile(r"The server is fired up and ready to roll"), "ready"),
+)
+
+SHARDS = re.compile(r"checkpoint shards:\s+\d+% Completed \| (\d+)/(\d+)")
+MOE_LAYER = re.compile(r"Shuffling MoE weights.*\(layer: model\.layers\.(\d+)\.")
+CAPTURE_BS_LIST = re.compile(r"Capture cuda graph bs \[([\d, ]+)\]|\bbs=\[([\d, ]+)\]")
+CAPTURING = re.compile(r"Capturing batches \(bs=\d+ .*?\|\s*(\d+)/(\d+) \[")
+DRAFT_MARKERS = re.compile(r"Capture draft|Eagle3|EAGLE|draft model|Overriding the draft model")
+MODEL_PATH = re.compile(r"model_path='([^']+)'|--model-path[ =](\S+)")
+DECODE = re.compile(r"Decode batch[.,]")
+ACCEPT_LEN = re.compile(r"accept len: ([0-9.]+)")
+ACCEPT_RATE = re.compile(r"accept rate: ([0-9.]+)")
+GEN_THROUGHPUT = re.compile(r"gen throughput \(token/s\): ([0-9.]+)")
+
+
+def moe_layers_of(model: str) -> int | None:
+    """How many MoE layers a model we know has (the shuffle log names layers, not the total)."""
+    name = model.lower()
+    return next((layers for key, layers in MOE_LAYERS.items() if key in name), None)
+
+
+def strip_prefix(line: str) -> tuple[str | None, str]:
+    """Split `[2025-03-08 12:29:21 TP0] text` into its timestamp and the text."""
+    match = TIMESTAMP.match(line)
+    if not match:
+        return None, line
+    return match.group(1), line[match.end():]
+
+
+class SGLangLogReader(LogReader):
+    """Maps SGLang log lines (2024 to 2026 formats) onto phases, failures and spec stats."""
+
+    def __init__(self, moe_layers: int | None = None) -> None:
+        super().__init__()
+        self.moe_layers = moe_layers
+        self.kv_seen = False
+        self.graph_total: int | None = None
+
+    def read_line(self, line: str) -> list[PhaseEvent | Failure | SpecStats]:
+        events: list[PhaseEvent | Failure | SpecStats] = []
+        # tqdm bars arrive with carriage returns; the last segment is the current state.
+        segments = [part for part in line.split("\r") if part.strip()] or [line]
+        for segment in segments:
+            events += self._read_segment(segment.strip())
+        return events
+
+    def _read_segment(self, line: str) -> list[PhaseEvent | Failure | SpecStats]:
+        events: list[PhaseEvent | Failure | SpecStats] = []
+        _, text = strip_prefix(line)
+        if self.moe_layers is None and (model := MODEL_PATH.search(text)):
+            self.moe_layers = moe_layers_of(model.group(1) or model.group(2) or "")
+        failure = self._failure(text, line)
+        if failure is not None:
+            events.append(failure)
+        phase = self._phase(text, line)
+        if phase is not None:
+            events.append(phase)
+        if DECODE.search(text):
+            stats = _spec_from_decode(text, line)
+            if stats is not None:
+                events.append(stats)
+        return events
+
+    def _failure(self, text: str, line: str) -> Failure | None:
+        for item in FAILURE_PATTERNS:
+            if item.pattern.search(text):
+                failure = Failure(item.failure_class, item.message, item.remedy, line=line)
+                current = self.reading.failure
+                # A scheduler traceback is announced before its cause: let the cause win.
+                if (
+                    current is not None
+                    and current.failure_class in GENERIC_CLASSES
+                    and item.failure_class not in GENERIC_CLASSES
+                ):
+                    self.reading.failure = failure
+                return failure
+        return None
+
+    def _phase(self, text: str, line: str) -> PhaseEvent | None:
+        for pattern, name in PHASE_PATTERNS:
+            if not pattern.search(text):
+                continue
+            progress: tuple[int, int] | None = None
+            if name == "load_weights":
+                if self.kv_seen or DRAFT_MARKERS.search(text):
+                    name = "draft_model"
+                shards = SHARDS.search(text)
+                if shards:
+                    progress = (int(shards.group(1)), int(shards.group(2)))
+            elif name == "moe_shuffle":
+                layer = MOE_LAYER.search(text)
+                if layer:
+                    # Total 0 = unknown (a model we have no layer count for).
+                    total = self.moe_layers or 0
+                    done = int(layer.group(1)) + 1
+                    progress = (min(done, total) if total else done, total)
+            elif name == "kv_cache":
+                self.kv_seen = True
+            elif name == "cuda_graph":
+                listed = CAPTURE_BS_LIST.search(text)
+                if listed:
+                    sizes = (listed.group(1) or listed.group(2) or "").split(",")
+                    self.graph_total = len([size for size in sizes if size.strip()])
+                    progress = (0, self.graph_total)
+                capturing = CAPTURING.search(text)
+                if capturing:
+                    progress = (int(capturing.group(1)), int(capturing.group(2)))
+            return PhaseEvent(name=name, line=line, progress=progress)
+        return None
+
+
+def _spec_from_decode(text: str, line: str) -> SpecStats | None:
+    accept_len = ACCEPT_LEN.search(text)
+    accept_rate = ACCEPT_RATE.search(text)
+    throughput = GEN_THROUGHPUT.search(text)
+    if not (accept_len or accept_rate or throughput):
+        return None
+    return SpecStats(
+        accept_length=float(accept_len.group(1)) if accept_len else None,
+        accept_rate=float(accept_rate.group(1)) if accept_rate else None,
+        gen_throughput=float(throughput.group(1)) if throughput else None,
+        line=line,
+    )
+
+
+def spec_stats_from_server_info(info: dict[str, Any]) -> SpecStats | None:
+    """`avg_spec_accept_length` and `last_gen_throughput` from /server_info (or /get_server_info).
+
+    Current SGLang keeps them per DP rank in `internal_states`; some 2025 builds put them
+    at the top level.
+    """
+    states = info.get("internal_states")
+    candidates: list[dict[str, Any]] = []
+    if isinstance(states, list):
+        candidates += [state for state in states if isinstance(state, dict)]
+    candidates.append(info)
+    accept: float | None = None
+    throughput: float | None = None
+    for state in candidates:
+        if accept is None and isinstance(state.get("avg_spec_accept_length"), int | float):
+            accept = float(state["avg_spec_accept_length"])
+        if throughput is None and isinstance(state.get("last_gen_throughput"), int | float):
+            throughput = float(state["last_gen_throughput"])
+    if accept is None and throughput is None:
+        return None
+    return SpecStats(accept_length=accept, gen_throughput=throughput, line=None)
+
+
+class SGLangEngine(Engine):
+    """SGLang's `launch_server`: /health is 503 until warmup is done, then 200."""
+
+    name = "sglang"
+    info_path = "/server_info"
+    # Before 2026 the info endpoint was only /get_server_info; it still answers now.
+    info_fallback_path = "/get_server_info"
+
+    def launcher(self, *, profile: Profile, for_container: bool = False) -> list[str]:
+        """What runs before the flags: the profile's `command`, else python -m launch_server."""
+        if profile.command:
+            return list(profile.command)
+        python = CONTAINER_PYTHON if for_container else profile.python
+        return [python, "-m", LAUNCH_MODULE]
+
+    def server_flags(self, *, profile: Profile, for_container: bool = False) -> list[str]:
+        """SGLang's own flags for this profile, in the order its docs write them."""
+        flags = ["--model-path", profile.model]
+        if profile.served_model_name:
+            flags += ["--served-model-name", profile.served_model_name]
+        if profile.context_length:
+            flags += ["--context-length", str(profile.context_length)]
+        spec = profile.speculative
+        if spec.enabled:
+            flags += ["--speculative-algorithm", spec.algorithm]
+            if spec.draft_model:
+                flags += ["--speculative-draft-model-path", spec.draft_model]
+            flags += [
+                "--speculative-num-steps", str(spec.num_steps),
+                "--speculative-eagle-topk", str(spec.eagle_topk),
+                "--speculative-num-draft-tokens", str(spec.num_draft_tokens),
+            ]
+        flags += list(profile.extra_args)
+        host = "0.0.0.0" if for_container else profile.host
+        flags += ["--host", host, "--port", str(profile.port)]
+        return flags
+
+    def __init__(self) -> None:
+        self._moe_layers: int | None = None
+
+    def build_argv(self, *, profile: Profile, for_container: bool = False) -> list[str]:
+        # The reader made after this knows the model's MoE layer count (shuffle progress).
+        self._moe_layers = moe_layers_of(profile.model)
+        return [
+            *self.launcher(profile=profile, for_container=for_container),
+            *self.server_flags(profile=profile, for_container=for_container),
+        ]
+
+    def log_reader(self) -> LogReader:
+        return SGLangLogReader(moe_layers=self._moe_layers)
+
+    def check_profile(self, *, profile: Profile, for_container: bool = False) -> None:
+        if for_container or profile.command:
+            if for_container and not (profile.docker.image or profile.docker.image_aarch64):
+                raise ConfigError(
+                    f"profile {profile.name!r} runs SGLang in Docker but names no image",
+                    remedy=f'set docker.image = "lmsysorg/sglang:v0.5.23" in '
+                    f"[profiles.{profile.name}.docker]",
+                )
+            return
+        if shutil.which(profile.python) is None:
+            raise ConfigError(
+                f"profile {profile.name!r}: python {profile.python!r} was not found, "
+                "so SGLang cannot run natively",
+                remedy="set `python` to an interpreter with sglang installed "
+                "(pip install sglang), or start with --runtime docker",
+            )
+
+    def exit_failure(self, *, exit_code: int | None, log_tail: list[str]) -> Failure:
+        if exit_code in (-9, 137):
+            return Failure(
+                failure_class="child_crash",
+                message=f"SGLang killed its own process tree (exit code {exit_code}); "
+                "a worker failed or the kernel's OOM killer struck",
+                remedy="read `llm-backend logs -n 200` for the traceback; check `dmesg` "
+                "for the OOM killer",
+                line=log_tail[-1] if log_tail else None,
+            )
+        return super().exit_failure(exit_code=exit_code, log_tail=log_tail)
+
+    def spec_stats_from_info(self, *, info: dict[str, Any]) -> SpecStats | None:
+        return spec_stats_from_server_info(info)
