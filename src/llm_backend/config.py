@@ -161,6 +161,11 @@ class Profile(StrictModel):
     host: str = "127.0.0.1"
     port: int = Field(default=30000, ge=1, le=65535)
     binary: str | None = None
+    # SGLang, native runtime: the interpreter that has sglang installed.
+    python: str = "python3"
+    # Launcher before the engine's flags; empty means the engine's own
+    # (SGLang: `python -m sglang.launch_server`). Tests point it at a stand-in.
+    command: list[str] = Field(default_factory=list)
     context_length: int | None = Field(default=None, ge=1)
     threads: int | None = Field(default=None, ge=1)
     extra_args: list[str] = Field(default_factory=list)
@@ -174,11 +179,6 @@ class Profile(StrictModel):
     host_prep: HostPrepConfig = Field(default_factory=HostPrepConfig)
 
     @property
-    # SGLang, native runtime: the interpreter that has sglang installed.
-    python: str = "python3"
-    # Launcher before the engine's flags; empty means the engine's own
-    # (SGLang: `python -m sglang.launch_server`). Tests point it at a stand-in.
-    command: list[str] = Field(default_factory=list)
     def endpoint(self) -> str:
         return f"http://{self.host}:{self.port}"
 
