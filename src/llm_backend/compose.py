@@ -177,6 +177,7 @@ def build_compose(
             ),
         }
     service["restart"] = docker.restart
+    service["stop_signal"] = docker.stop_signal
     service["stop_grace_period"] = go_duration(profile.stop_grace_s)
     labels = {LABEL_PROFILE: profile.name, LABEL_VERSION: __version__}
     spec_hash = hashlib.sha256(
