@@ -71,6 +71,7 @@ class DockerConfig(StrictModel):
     command_prefix: list[str] = Field(default_factory=list)
     project_name: str | None = None  # Compose project; default: container_name
     init: bool = True  # tini as PID 1, so SIGTERM reaches a server that has no handler yet
+    stop_signal: str = "SIGTERM"  # what `stop` sends first; SIGKILL follows after stop_grace_s
     healthcheck: bool = True
     healthcheck_command: list[str] | None = None  # default: curl on the engine's /health
     healthcheck_interval_s: float = Field(default=10, gt=0)
@@ -86,6 +87,15 @@ class DockerConfig(StrictModel):
                 f"{value!r} is not a restart policy; allowed: no, always, unless-stopped, "
                 "on-failure, on-failure:N"
             )
+        return value
+
+    @field_validator("stop_signal")
+    @classmethod
+    def _signal_name(cls, value: str) -> str:
+        import signal
+
+        if value not in signal.Signals.__members__:
+            raise ValueError(f"{value!r} is not a signal name; use one like SIGTERM or SIGINT")
         return value
 
     @field_validator("shm_size")
