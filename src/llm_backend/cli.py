@@ -9,7 +9,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
-import httpx
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -203,19 +202,32 @@ def start(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print what would be done; change nothing.")
     ] = False,
+    skip_checks: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--skip-checks",
+            help="Go on although this preflight check fails (repeatable; see `doctor`).",
+        ),
+    ] = None,
 ) -> None:
     """Start the backend and wait until it answers; prints the endpoint and a curl line."""
 
     def action() -> None:
         lifecycle = make_lifecycle()
-        name = choose_profile(lifecycle, profile)
+        name, auto_runtime = choose_profile_and_runtime(lifecycle, profile)
         overrides: dict[str, Any] = {}
         if runtime is not None:
             overrides["runtime"] = runtime
+        elif auto_runtime is not None:
+            overrides["runtime"] = auto_runtime
         if port is not None:
             overrides["port"] = port
         if timeout is not None:
             overrides["load_timeout_s"] = timeout
+        run_preflight(
+            lifecycle, name, overrides, skip_checks or [],
+            host_prep=not no_host_prep, dry_run=dry_run,
+        )
         if dry_run:
             result = lifecycle.start(
                 profile_name=name, overrides=overrides, dry_run=True, host_prep=not no_host_prep
@@ -244,17 +256,61 @@ def start(
 
 def choose_profile(lifecycle: Lifecycle, requested: str | None) -> str:
     """The profile to use: the one asked for, the user's default, or the automatic choice."""
+    return choose_profile_and_runtime(lifecycle, requested)[0]
+
+
+def choose_profile_and_runtime(
+    lifecycle: Lifecycle, requested: str | None
+) -> tuple[str, str | None]:
+    """The profile, and the runtime `auto` needs when the profile's own cannot run here."""
     name = requested or lifecycle.config.default_profile() or "auto"
     if name != "auto":
-        return name
-    try:
-        from llm_backend.doctor import auto_profile
-    except ImportError:
-        return "smollm2-cpu"
+        return name, None
+    from llm_backend.doctor import auto_profile
+
     choice = auto_profile(lifecycle.config)
     for reason in choice.reasons:
-        err_console.print(f"[dim]auto: {reason}[/dim]")
-    return choice.profile
+        err_console.print(f"[dim]auto: {reason}[/dim]", soft_wrap=True)
+    return choice.profile, choice.runtime
+
+
+def run_preflight(
+    lifecycle: Lifecycle,
+    name: str,
+    overrides: dict[str, Any],
+    skip_checks: list[str],
+    *,
+    host_prep: bool,
+    dry_run: bool,
+) -> None:
+    """The `doctor` checks for the profile `start` is about to run; a failure stops it here.
+
+    Skipped when the backend is already running (start then just reports it). In a dry run
+    the checks are shown, not enforced.
+    """
+    import os
+
+    from llm_backend.doctor import preflight, run_checks, validate_skip
+    from llm_backend.lifecycle import ACTIVE_STATES
+
+    skip = validate_skip([*skip_checks, os.environ.get("LLM_BACKEND_SKIP_CHECKS", "")])
+    current = lifecycle.refresh()
+    if current is not None and current.state in ACTIVE_STATES:
+        return
+    profile = lifecycle.resolve(name, overrides).profile
+    if dry_run:
+        report = run_checks(profile, host_prep=host_prep, skip=skip, probe_binaries=False)
+        err_console.print("preflight checks (a real start stops at any fail):")
+        render_checks(report.checks, target=err_console)
+        return
+    report = preflight(profile, host_prep=host_prep, skip=skip)
+    for check in report.warnings:
+        if check.name == "gpu" and profile.engine == "llamacpp":
+            continue  # a CPU profile does not care
+        err_console.print(f"warning: {check.name}: {check.summary}", markup=False,
+                          soft_wrap=True)
+        if check.fix:
+            err_console.print(f"  fix: {check.fix}", markup=False, soft_wrap=True)
 
 
 # --- status / stop / restart / logs ------------------------------------------------------
@@ -307,12 +363,16 @@ def status(
         lifecycle = make_lifecycle()
         while True:
             current = lifecycle.status()
+            gpus, ours = gpu_state(lifecycle)
             if as_json:
-                print_json(current.to_json())
+                from llm_backend.gpu import status_json
+
+                print_json({**current.to_json(), "gpus": status_json(gpus, ours)})
             else:
                 if watch:
                     console.clear()
                 render_status(current)
+                render_gpus(gpus, ours)
             if not watch:
                 break
             time.sleep(1.0)
@@ -331,7 +391,15 @@ def stop(
     """Stop the backend: SIGTERM, grace period, SIGKILL; verify nothing is left."""
 
     def action() -> None:
-        outcome = make_lifecycle().stop(force=force, grace_s=timeout)
+        from llm_backend.gpu import process_tree
+
+        lifecycle = make_lifecycle()
+        record = lifecycle.store.load_instance()
+        tree = process_tree(record.pid) if record and record.runtime == "native" else ()
+        try:
+            outcome = lifecycle.stop(force=force, grace_s=timeout)
+        finally:
+            report_gpu_leftovers(lifecycle, tree, force=force)
         if not outcome.was_running:
             console.print("nothing was running")
             return
@@ -339,6 +407,67 @@ def stop(
         console.print(f"{how} {outcome.profile} in {outcome.duration_s:.1f}s; no process left")
 
     run_guarded(action)
+
+
+def gpu_state(lifecycle: Lifecycle) -> tuple[Any, list[int]]:
+    """NVML's view of the GPUs, and the pids of our server's process tree."""
+    from llm_backend.gpu import process_tree, read_gpus
+
+    record = lifecycle.store.load_instance()
+    report = read_gpus()
+    ours = []
+    if report.nvml_available and record is not None and record.pid:
+        ours = [owned.pid for owned in process_tree(record.pid)]
+    return report, ours
+
+
+def render_gpus(report: Any, ours: list[int]) -> None:
+    """Per GPU: memory (MemAvailable on unified memory), load, temperature, processes."""
+    from llm_backend.hardware import gib
+
+    for device in report.devices:
+        if device.unified_memory:
+            memory = (f"{gib(device.memory_available_bytes)} MemAvailable of "
+                      f"{gib(device.memory_total_bytes)} (unified)")
+        else:
+            memory = f"{gib(device.memory_used_bytes)} / {gib(device.memory_total_bytes)} used"
+        load = "?" if device.utilization_percent is None else f"{device.utilization_percent}%"
+        temperature = "?" if device.temperature_c is None else f"{device.temperature_c} C"
+        power = "" if device.power_w is None else f", {device.power_w:.0f} W"
+        console.print(
+            f"gpu {device.index}:    {device.name}: {memory}, {load} busy, {temperature}{power}",
+            markup=False, soft_wrap=True,
+        )
+        for process in device.processes:
+            used = gib(process.used_memory_bytes)
+            mark = " (ours)" if process.pid in ours else ""
+            console.print(
+                f"          pid {process.pid} {process.name or '?'} holds {used}{mark}",
+                markup=False,
+            )
+
+
+def report_gpu_leftovers(lifecycle: Lifecycle, tree: Any, *, force: bool) -> None:
+    """After `stop`: warn about our processes still holding GPU memory; `--force` ends them."""
+    from llm_backend.gpu import settle_after_stop
+
+    leftovers = settle_after_stop(lifecycle.store.root, tree, force=force)
+    for owned in leftovers.ended:
+        err_console.print(f"ended pid {owned.pid} ({owned.name or '?'}), which held GPU memory")
+    remaining = leftovers.still_running if force else leftovers.lingering
+    for owned in remaining:
+        err_console.print(
+            f"warning: pid {owned.pid} ({owned.name or '?'}) of the stopped server still holds "
+            "GPU memory", markup=False,
+        )
+    if remaining and not force:
+        err_console.print("fix: llm-backend stop --force (ends them by pid)", markup=False)
+    elif remaining:
+        err_console.print(
+            f"fix: they ignored SIGKILL (stuck in the driver?): check `nvidia-smi`; "
+            f"pids {' '.join(str(owned.pid) for owned in remaining)}; a reboot frees them",
+            markup=False,
+        )
 
 
 @app.command()
@@ -401,6 +530,8 @@ def chat(
     temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 0.0,
 ) -> None:
     """Stream one reply from the running backend and print its speed."""
+    import httpx
+
     from llm_backend.client import chat as run_chat
 
     def action() -> None:
@@ -430,6 +561,244 @@ def chat(
             f"[dim]{result.completion_tokens} tokens in {result.duration_s:.2f}s: "
             f"{speed}{ttft}[/dim]"
         )
+
+    run_guarded(action)
+
+
+# --- bench -------------------------------------------------------------------------------
+
+
+def _ms(value: Any, attribute: str) -> str:
+    return f"{getattr(value, attribute) * 1000:.0f}" if value is not None else "-"
+
+
+def _seconds(value: Any, attribute: str) -> str:
+    return f"{getattr(value, attribute):.2f}" if value is not None else "-"
+
+
+def render_bench_table(report: Any, *, title: str) -> None:
+    """One row per concurrency level: throughput, latency percentiles, engine agreement."""
+    table = Table(title=title, title_justify="left")
+    for column in (
+        "conc", "ok/err", "req/s", "out tok/s", "tok/s/req p50",
+        "TTFT ms p50/p90/p99", "ITL ms p50/p90/p99", "e2e s p50/p90/p99", "accept", "vs engine",
+    ):
+        table.add_column(column, justify="right")
+    for level in report.levels:
+        agreement = level.agreement
+        table.add_row(
+            str(level.concurrency),
+            f"{level.ok}/{level.errors}",
+            f"{level.request_throughput:.2f}",
+            f"{level.output_tokens_per_s:.1f}",
+            f"{level.tokens_per_s.p50:.1f}" if level.tokens_per_s else "-",
+            "/".join(_ms(level.ttft_s, key) for key in ("p50", "p90", "p99")),
+            "/".join(_ms(level.itl_s, key) for key in ("p50", "p90", "p99")),
+            "/".join(_seconds(level.e2e_s, key) for key in ("p50", "p90", "p99")),
+            f"{level.acceptance:.0%}" if level.acceptance is not None else "-",
+            f"{agreement.median_ratio:.3f}" if agreement else "-",
+        )
+    console.print(table)
+    for level in report.levels:
+        for sample in level.error_samples:
+            console.print(f"[red]c={level.concurrency} error:[/red] {sample}", soft_wrap=True)
+
+
+def render_agreement(report: Any) -> None:
+    agreement_ok = report.agreement_ok
+    if agreement_ok is None:
+        console.print("client vs engine tokens/s: the engine reported no timings to compare")
+        return
+    worst = max(
+        (level.agreement.median_ratio for level in report.levels if level.agreement),
+        key=lambda ratio: abs(ratio - 1.0),
+    )
+    verdict = "[green]agree[/green]" if agreement_ok else "[yellow]disagree[/yellow]"
+    console.print(
+        f"client vs engine tokens/s (median ratio per level, tolerance 5%): {verdict}, "
+        f"furthest {worst:.3f}"
+    )
+
+
+def render_ab(result: Any) -> None:
+    """Both arms, then the comparison per level, the differing outputs and the warnings."""
+    render_bench_table(result.off, title=f"{result.workload}: speculative decoding off")
+    render_bench_table(result.on, title=f"{result.workload}: speculative decoding on")
+    table = Table(
+        title=f"{result.workload}: spec on vs off ({result.rounds} round(s), {result.profile})",
+        title_justify="left",
+    )
+    for column in (
+        "conc", "tok/s off", "tok/s on", "speedup", "per-req speedup", "e2e p50 off",
+        "e2e p50 on", "latency speedup", "acceptance", "identical",
+    ):
+        table.add_column(column, justify="right")
+    for item in result.comparisons:
+        off_level, on_level = result.off.level(item.concurrency), result.on.level(item.concurrency)
+        acceptance = (
+            f"{item.acceptance:.0%}" if item.acceptance is not None
+            else (f"len {item.accept_length:.2f}" if item.accept_length is not None else "-")
+        )
+        table.add_row(
+            str(item.concurrency),
+            f"{off_level.output_tokens_per_s:.1f}",
+            f"{on_level.output_tokens_per_s:.1f}",
+            f"{item.speedup:.2f}x" if item.speedup is not None else "-",
+            f"{item.per_request_speedup:.2f}x" if item.per_request_speedup is not None else "-",
+            _seconds(off_level.e2e_s, "p50"),
+            _seconds(on_level.e2e_s, "p50"),
+            f"{item.latency_speedup:.2f}x" if item.latency_speedup is not None else "-",
+            acceptance,
+            f"{item.identical}/{item.compared}",
+        )
+    console.print(table)
+    for item in result.comparisons:
+        for difference in item.differences:
+            console.print(
+                f"differs: request {difference.index} (c={difference.concurrency}, round "
+                f"{difference.round + 1}) at char {difference.position}: "
+                f"off {difference.off_excerpt!r} | on {difference.on_excerpt!r}",
+                markup=False, soft_wrap=True,
+            )
+    fraction = result.identical_fraction
+    if fraction is not None:
+        console.print(f"identical outputs: {fraction:.0%}")
+    render_agreement(result.off)
+    render_agreement(result.on)
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)
+    console.print(f"backend: before {result.backend_before}; after {result.backend_after}")
+
+
+@app.command()
+def bench(
+    workload: Annotated[
+        str, typer.Option(help="Built-in workload: chat, long, copy or mixed.")
+    ] = "chat",
+    dataset: Annotated[
+        Path | None, typer.Option(help="Your own prompts: JSONL, OpenAI messages per line.")
+    ] = None,
+    concurrency: Annotated[
+        str, typer.Option(help="Concurrency levels to sweep, comma-separated.")
+    ] = "1,4,16",
+    requests: Annotated[
+        int, typer.Option(help="Requests per concurrency level.", min=1)
+    ] = 16,
+    duration: Annotated[
+        float | None,
+        typer.Option(help="Seconds per level instead of a request count (cycles the prompts).",
+                     min=0.1),
+    ] = None,
+    ab: Annotated[
+        str | None,
+        typer.Option("--ab", help="A/B run: 'spec' = speculative decoding off vs on "
+                     "(restarts the backend; leaves it as it was)."),
+    ] = None,
+    rounds: Annotated[
+        int, typer.Option(help="With --ab: alternate the arms this many times.", min=1)
+    ] = 1,
+    profile: Annotated[
+        str | None,
+        typer.Option("--profile", "-p", help="With --ab and a stopped backend: the profile."),
+    ] = None,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write every per-request figure here.")
+    ] = None,
+    plot: Annotated[
+        Path | None, typer.Option(help="Draw tokens/s and latency vs concurrency (PNG).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed for the prompts and the requests.")] = 1234,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 0.0,
+) -> None:
+    """Measure serving speed of the backend; with --ab spec, speculative decoding off vs on."""
+    from llm_backend.bench import Target, parse_levels, run_bench
+    from llm_backend.bench.workloads import builtin_workload, load_dataset
+
+    def action() -> None:
+        levels = parse_levels(concurrency)
+        if ab is not None and ab != "spec":
+            raise BackendError(f"--ab {ab!r} is not known; the A/B kind is: spec",
+                               remedy="llm-backend bench --ab spec")
+        if plot is not None:
+            from llm_backend.bench.plot import check_plot_target
+
+            check_plot_target(plot)
+        chosen = (
+            load_dataset(dataset, seed=seed) if dataset is not None
+            else builtin_workload(workload, count=requests, seed=seed)
+        )
+        lifecycle = make_lifecycle()
+        progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}"),
+            TextColumn("/ {task.total}"), TimeElapsedColumn(),
+            console=err_console, transient=True, disable=not err_console.is_terminal,
+        )
+        tasks: dict[str, Any] = {}
+
+        def on_progress(description: str, done: int, total: int | None) -> None:
+            if description not in tasks:
+                tasks[description] = progress.add_task(description, total=total)
+            progress.update(tasks[description], completed=done)
+
+        def on_notice(text: str) -> None:
+            progress.console.print(f"[dim]{text}[/dim]")
+
+        if ab is None:
+            record = lifecycle.running_record()
+            overrides = record.runtime_info.get("overrides") or {}
+            try:
+                speculative: bool | None = lifecycle.resolve(
+                    record.profile, overrides
+                ).profile.speculative.enabled
+            except BackendError:
+                speculative = None
+            target = Target(
+                endpoint=record.endpoint, model=record.served_model_name,
+                profile=record.profile, engine=record.engine, speculative=speculative,
+            )
+            with progress:
+                report = run_bench(
+                    target, chosen, levels=levels, requests_per_level=requests,
+                    duration_s=duration, temperature=temperature, seed=seed,
+                    on_progress=on_progress,
+                )
+            if report.levels and all(level.ok == 0 for level in report.levels):
+                raise BackendError(
+                    f"every bench request to {target.endpoint} failed: "
+                    f"{'; '.join(report.levels[0].error_samples)}",
+                    remedy="llm-backend status; llm-backend logs -n 50",
+                )
+            render_bench_table(report, title=f"{chosen.name} on {record.profile}")
+            render_agreement(report)
+            document: dict[str, Any] = report.to_json()
+            series = [(record.profile, report)]
+            title = f"{chosen.name} on {record.profile}"
+        else:
+            from llm_backend.bench.ab import run_ab
+
+            current = lifecycle.refresh()
+            name = profile or (
+                current.profile if current is not None else choose_profile(lifecycle, None)
+            )
+            with progress:
+                result = run_ab(
+                    lifecycle, chosen, levels=levels, requests_per_level=requests,
+                    duration_s=duration, rounds=rounds, profile_name=name,
+                    temperature=temperature, seed=seed, on_progress=on_progress,
+                    on_notice=on_notice, ensure_binary=ensure_llama_server,
+                )
+            render_ab(result)
+            document = result.to_json()
+            series = [("spec off", result.off), ("spec on", result.on)]
+            title = f"{chosen.name} on {result.profile}: speculative decoding off vs on"
+        if json_path is not None:
+            json_path.write_text(json.dumps(document, indent=2, default=str) + "\n")
+            console.print(f"wrote {json_path}")
+        if plot is not None:
+            from llm_backend.bench.plot import plot_reports
+
+            plot_reports(series, plot, title=title)
+            console.print(f"wrote {plot}")
 
     run_guarded(action)
 
@@ -548,17 +917,21 @@ def engine_install(
 CHECK_COLOURS = {"pass": "green", "warn": "yellow", "fail": "red", "skipped": "magenta"}
 
 
-def render_checks(checks: Any, *, indent: str = "  ") -> None:
+def render_checks(checks: Any, *, indent: str = "  ", target: Console | None = None) -> None:
     """One line per check (`pass  name  summary`), and a `fix:` line under warn and fail."""
+    from rich.markup import escape
+
+    out = target or console
     for check in checks:
         colour = CHECK_COLOURS.get(check.status, "white")
-        console.print(
-            f"{indent}[{colour}]{check.status:<7}[/{colour}] {check.name:<14} {check.summary}",
+        out.print(
+            f"{indent}[{colour}]{check.status:<7}[/{colour}] {check.name:<14} "
+            f"{escape(check.summary)}",
             soft_wrap=True,
         )
         if check.fix and check.status != "pass":
-            console.print(f"{indent}{'':<7} {'':<14} [green]fix:[/green] {check.fix}",
-                          soft_wrap=True)
+            out.print(f"{indent}{'':<7} {'':<14} [green]fix:[/green] {escape(check.fix)}",
+                      soft_wrap=True)
 
 
 @app.command()
@@ -660,6 +1033,10 @@ def render_host_prep(host_prep: dict[str, Any]) -> None:
 @app.command()
 def recover(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    swapoff_timeout: Annotated[
+        float | None,
+        typer.Option(help="Seconds to let swapoff run (instead of the journaled deadline)."),
+    ] = None,
 ) -> None:
     """Undo host changes left by a `start` that was killed, and report what was restored."""
 
@@ -667,7 +1044,7 @@ def recover(
         from llm_backend.errors import HostPrepError
         from llm_backend.host import recover as recover_host
 
-        report = recover_host(StateStore())
+        report = recover_host(StateStore(), swapoff_timeout_s=swapoff_timeout)
         if as_json:
             print_json(report.to_json())
         elif not report.found:
@@ -779,11 +1156,6 @@ def compose(
     run_guarded(action)
 
 
-def main() -> None:
-    try:
-        app()
-    except StartFailed as error:  # pragma: no cover - typer handles exits itself
-        fail(error)
 # --- diagnose ----------------------------------------------------------------------------
 
 
@@ -867,3 +1239,8 @@ def diagnose(
     run_guarded(action)
 
 
+def main() -> None:
+    try:
+        app()
+    except StartFailed as error:  # pragma: no cover - typer handles exits itself
+        fail(error)

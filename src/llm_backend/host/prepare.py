@@ -285,7 +285,12 @@ class HostPrep:
 
 
 def run_restore(
-    transaction: Transaction, journal: Journal, privileges: Privileges, *, same_boot: bool
+    transaction: Transaction,
+    journal: Journal,
+    privileges: Privileges,
+    *,
+    same_boot: bool,
+    swapoff_timeout_s: float | None = None,
 ) -> RecoveryReport:
     """Undo every step of `transaction` in reverse order, journaling each undo.
 
@@ -310,7 +315,10 @@ def run_restore(
                 restored += oom.resume(step.data, privileges, same_boot=same_boot)
                 step.status = "undone"
             elif step.name.startswith("swap"):
-                undo = swap.undo_swap(step.data, privileges, same_boot=same_boot)
+                data = dict(step.data)
+                if swapoff_timeout_s is not None:
+                    data["swapoff_timeout_s"] = swapoff_timeout_s
+                undo = swap.undo_swap(data, privileges, same_boot=same_boot)
                 restored += undo.lines
                 if undo.left_on is not None:
                     step.status = "left_on"
@@ -321,6 +329,8 @@ def run_restore(
         except BackendError as error:
             errors.append(f"{step.name}: {error.message} (fix: {error.remedy})")
         journal.write(transaction, point=f"restore.{step.name}")
+    if not transaction.steps:
+        restored.append("no step had started yet: nothing on the host to undo")
     if errors:
         transaction.notes.append(f"restore failed at {time.ctime()}: {'; '.join(errors)}")
         journal.write(transaction)
@@ -340,8 +350,16 @@ def run_restore(
     )
 
 
-def recover(store: StateStore, privileges: Privileges | None = None) -> RecoveryReport:
-    """Undo a transaction whose owner is gone: same boot, restore; new boot, clean up files."""
+def recover(
+    store: StateStore,
+    privileges: Privileges | None = None,
+    *,
+    swapoff_timeout_s: float | None = None,
+) -> RecoveryReport:
+    """Undo a transaction whose owner is gone: same boot, restore; new boot, clean up files.
+
+    `swapoff_timeout_s` replaces the journaled deadline, for a swapoff that needs longer.
+    """
     journal = Journal(store.root)
     if not journal.path.exists():
         return RecoveryReport(found=False)
@@ -360,7 +378,13 @@ def recover(store: StateStore, privileges: Privileges | None = None) -> Recovery
                 found=True, errors=[f"{journal.path} is not a readable journal; left as is"]
             )
         same_boot = transaction.boot_id == boot_id()
-        return run_restore(transaction, journal, privileges or Privileges(), same_boot=same_boot)
+        return run_restore(
+            transaction,
+            journal,
+            privileges or Privileges(),
+            same_boot=same_boot,
+            swapoff_timeout_s=swapoff_timeout_s,
+        )
     finally:
         journal.unlock()
 

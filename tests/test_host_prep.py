@@ -1,0 +1,581 @@
+"""Host preparation end to end, with real host operations (this needs root).
+
+Real swap files (small, each test its own name), real drop_caches, a real `earlyoom`
+process from Debian's package started by each test, and the embedded llama-server profile
+with host preparation turned on. Every test checks that /proc/swaps and its earlyoom
+process are exactly as before, and cleans up (swapoff, remove, kill by PID) even if it fails.
+
+Fault injection uses the LLM_BACKEND_FAULT_POINT hook: the CLI stops itself (SIGSTOP)
+right after writing that journal entry, and the test SIGKILLs it there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from llm_backend.host.meminfo import read_meminfo, read_swaps
+from tests.conftest import Env, wait_for
+
+pytestmark = [
+    pytest.mark.hostprep,
+    pytest.mark.skipif(os.geteuid() != 0, reason="host preparation tests change swap: need root"),
+]
+
+EARLYOOM = shutil.which("earlyoom") or "/usr/bin/earlyoom"
+SWAPOFF = shutil.which("swapoff") or "/usr/sbin/swapoff"
+ISSUE_SWAP_FILE = "/var/tmp/llm-backend-test.swap"
+
+
+# --- fixtures and helpers -------------------------------------------------------------------
+
+
+def swaps_snapshot() -> list[tuple[str, str, int, int]]:
+    """Every active swap area as (path, type, size, priority); Used may move, so it is left out."""
+    return sorted((a.path, a.kind, a.size, a.priority) for a in read_swaps())
+
+
+def remove_swap_file(path: str) -> None:
+    if any(area.path == path for area in read_swaps()):
+        subprocess.run([SWAPOFF, path], check=False, timeout=120)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+@pytest.fixture
+def swap_path() -> Iterator[str]:
+    """A swap file name of this test's own; swapped off and removed afterwards, whatever happens."""
+    path = f"/var/tmp/llm-backend-test-{uuid.uuid4().hex[:8]}.swap"
+    try:
+        yield path
+    finally:
+        remove_swap_file(path)
+
+
+@pytest.fixture
+def earlyoom() -> Iterator[psutil.Process]:
+    """A real earlyoom started for this test; continued and stopped by its PID afterwards."""
+    child = subprocess.Popen(
+        [EARLYOOM, "-r", "3600"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    process = psutil.Process(child.pid)
+    try:
+        assert wait_for(lambda: process.status() != psutil.STATUS_ZOMBIE, timeout=5)
+        yield process
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child.pid, signal.SIGCONT)
+            os.kill(child.pid, signal.SIGTERM)
+        try:
+            child.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait(timeout=10)
+
+
+def running_normally(process: psutil.Process) -> bool:
+    return process.is_running() and process.status() not in (
+        psutil.STATUS_STOPPED,
+        psutil.STATUS_ZOMBIE,
+    )
+
+
+def write_profile(
+    world: Env,
+    swap_file: str,
+    *,
+    swap_size: str = "256M",
+    profile_keys: dict[str, object] | None = None,
+    **host_prep: object,
+) -> None:
+    """The issue's user file, with this test's swap file and any extra keys."""
+    top = "".join(f"{key} = {json.dumps(value)}\n" for key, value in (profile_keys or {}).items())
+    extra = "".join(f"{key} = {json.dumps(value)}\n" for key, value in host_prep.items())
+    world.write_config(
+        "[profiles.smollm2-hostprep]\n"
+        'extends = "smollm2-cpu"\n' + top +
+        "[profiles.smollm2-hostprep.host_prep]\n"
+        "enabled = true\n"
+        f"swap_size = {json.dumps(swap_size)}\n"
+        f'swap_file = "{swap_file}"\n' + extra
+    )
+
+
+def journal_path(world: Env) -> Path:
+    return world.state_dir / "host-prep.json"
+
+
+def journal(world: Env) -> dict[str, object]:
+    data = json.loads(journal_path(world).read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def assert_host_as_before(
+    world: Env, before: list[tuple[str, str, int, int]], daemon: psutil.Process, swap_file: str
+) -> None:
+    assert swaps_snapshot() == before, "/proc/swaps differs from before the start"
+    assert not Path(swap_file).exists(), f"{swap_file} was left on disk"
+    assert running_normally(daemon), f"earlyoom pid {daemon.pid} is {daemon.status()}"
+    assert not journal_path(world).exists(), "the host-prep journal was left behind"
+
+
+def wait_stopped(process: subprocess.Popen[str], timeout: float = 90) -> None:
+    """Wait until the CLI reached its fault point and stopped itself."""
+    watched = psutil.Process(process.pid)
+    reached = wait_for(
+        lambda: process.poll() is not None or watched.status() == psutil.STATUS_STOPPED,
+        timeout=timeout,
+    )
+    if process.poll() is not None:
+        out, err = process.communicate()
+        pytest.fail(f"the CLI exited {process.returncode} before its fault point:\n{out}\n{err}")
+    assert reached, "the CLI did not reach its fault point"
+
+
+def start_until(world: Env, point: str, *args: str) -> subprocess.Popen[str]:
+    world.env["LLM_BACKEND_FAULT_POINT"] = point
+    try:
+        process = world.popen("start", "-p", "smollm2-hostprep", *args)
+    finally:
+        world.env.pop("LLM_BACKEND_FAULT_POINT")
+    wait_stopped(process)
+    return process
+
+
+def kill_cli(process: subprocess.Popen[str]) -> None:
+    os.kill(process.pid, signal.SIGKILL)
+    process.communicate(timeout=30)
+
+
+def engine_pid(world: Env) -> int:
+    data = json.loads((world.state_dir / "instance.json").read_text())
+    return int(data["pid"])
+
+
+# --- the whole sequence ---------------------------------------------------------------------
+
+
+def test_issue_user_file_full_sequence_leaves_host_as_before(
+    world: Env, earlyoom: psutil.Process
+) -> None:
+    """The exact user file of the issue: swap on, earlyoom paused while loading, all undone."""
+    remove_swap_file(ISSUE_SWAP_FILE)
+    try:
+        world.write_config(
+            "[profiles.smollm2-hostprep]\n"
+            'extends = "smollm2-cpu"\n'
+            "[profiles.smollm2-hostprep.host_prep]\n"
+            "enabled = true\n"
+            'swap_size = "256M"\n'
+            f'swap_file = "{ISSUE_SWAP_FILE}"\n'
+        )
+        before = swaps_snapshot()
+        cmdline = earlyoom.cmdline()
+
+        dry = world.run("start", "-p", "smollm2-hostprep", "--dry-run", check=True)
+        assert f"mkswap -L llm-backend {ISSUE_SWAP_FILE}" in dry.stdout
+        assert f"kill -STOP {earlyoom.pid}" in dry.stdout
+        assert "/proc/sys/vm/drop_caches" in dry.stdout
+        assert f"swapoff {ISSUE_SWAP_FILE}" in dry.stdout
+        assert swaps_snapshot() == before and not Path(ISSUE_SWAP_FILE).exists()
+
+        # Stop at the first guard sample to see the host as it is during the load.
+        process = start_until(world, "guard.started")
+        try:
+            area = next(a for a in read_swaps() if a.path == ISSUE_SWAP_FILE)
+            assert area.size >= 255 * 1024 * 1024
+            info = os.stat(ISSUE_SWAP_FILE)
+            assert stat.S_IMODE(info.st_mode) == 0o600 and info.st_uid == 0
+            assert info.st_blocks * 512 >= info.st_size, "the swap file has holes"
+            assert earlyoom.status() == psutil.STATUS_STOPPED
+            steps = {s["name"]: s["status"] for s in journal(world)["steps"]}  # type: ignore[attr-defined]
+            assert steps == {"swap": "done", "oom": "done", "caches": "done"}
+            live = world.run("status", "--json")
+            assert json.loads(live.stdout)["host_prep"]["in_progress"] is True
+            assert swaps_snapshot() != before, "status must not undo a live start's changes"
+        finally:
+            os.kill(process.pid, signal.SIGCONT)
+        out, err = process.communicate(timeout=120)
+        assert process.returncode == 0, err
+        assert f"earlyoom (pid {earlyoom.pid}) resumed" in out
+        assert f"swapoff {ISSUE_SWAP_FILE}" in out
+        assert_host_as_before(world, before, earlyoom, ISSUE_SWAP_FILE)
+        assert earlyoom.cmdline() == cmdline
+        status = json.loads(world.run("status", "--json").stdout)
+        assert status["state"] == "ready" and status["host_prep"] is None
+        world.run("stop", check=True)
+    finally:
+        remove_swap_file(ISSUE_SWAP_FILE)
+
+
+# --- fault injection: SIGKILL the CLI right after each step -----------------------------------
+
+FAULT_POINTS = [
+    # (point, what must be true on the host at that moment, command that recovers)
+    ("begin", "nothing yet", "status"),
+    ("swap.intent", "nothing yet", "recover"),
+    ("swap.done", "swap on", "status"),
+    ("oom.intent", "swap on", "recover"),
+    ("oom.done", "swap on, earlyoom stopped", "status"),
+    ("caches.done", "swap on, earlyoom stopped", "recover"),
+    ("applied", "swap on, earlyoom stopped", "status"),
+    ("guard.started", "swap on, earlyoom stopped, loading", "recover"),
+    ("restore.begin", "swap on, earlyoom stopped, ready", "status"),
+    ("restore.oom", "swap on, earlyoom running, ready", "recover"),
+]
+
+
+@pytest.mark.parametrize(("point", "expected", "command"), FAULT_POINTS)
+def test_sigkill_after_each_step_then_next_command_restores(
+    world: Env,
+    earlyoom: psutil.Process,
+    swap_path: str,
+    point: str,
+    expected: str,
+    command: str,
+) -> None:
+    write_profile(world, swap_path)
+    before = swaps_snapshot()
+    process = start_until(world, point)
+    swap_on = any(a.path == swap_path for a in read_swaps())
+    assert swap_on == ("swap on" in expected)
+    assert (earlyoom.status() == psutil.STATUS_STOPPED) == ("earlyoom stopped" in expected)
+    assert journal_path(world).exists()
+    kill_cli(process)
+
+    result = world.run(command)
+    output = result.stdout + result.stderr
+    assert_host_as_before(world, before, earlyoom, swap_path)
+    assert "undid the host preparation" in output, output
+    if "swap on" in expected:
+        assert f"swapoff {swap_path}" in output
+    if "earlyoom stopped" in expected:
+        assert f"earlyoom (pid {earlyoom.pid}) resumed" in output
+    if "loading" in expected or "ready" in expected:
+        # The server outlived its `start`; stopping it touches nothing on the host.
+        world.run("stop", check=True)
+        assert_host_as_before(world, before, earlyoom, swap_path)
+    # A second recovery finds nothing left to do.
+    assert "nothing to recover" in world.run("recover", check=True).stdout
+
+
+def test_recover_after_a_reboot_only_removes_the_file(
+    world: Env, earlyoom: psutil.Process, swap_path: str
+) -> None:
+    """A journal from another boot: swap and SIGSTOP died with that boot; only the file is left."""
+    write_profile(world, swap_path)
+    before = swaps_snapshot()
+    process = start_until(world, "applied")
+    kill_cli(process)
+    data = journal(world)
+    data["boot_id"] = "00000000-0000-0000-0000-000000000000"  # as if written before a reboot
+    journal_path(world).write_text(json.dumps(data))
+    # Play the reboot's part: it turned the swap off and ended the SIGSTOP.
+    subprocess.run([SWAPOFF, swap_path], check=True)
+    os.kill(earlyoom.pid, signal.SIGCONT)
+    result = world.run("recover", check=True)
+    assert "after a reboot" in result.stdout
+    assert f"removed {swap_path}" in result.stdout
+    assert "kill -CONT" not in result.stdout and "swapoff" not in result.stdout
+    assert_host_as_before(world, before, earlyoom, swap_path)
+
+
+# --- failures during the load restore the host at once ----------------------------------------
+
+
+def test_engine_crash_mid_load_restores_host(
+    world: Env, earlyoom: psutil.Process, swap_path: str
+) -> None:
+    write_profile(world, swap_path)
+    before = swaps_snapshot()
+    process = start_until(world, "guard.started")
+    os.killpg(engine_pid(world), signal.SIGKILL)
+    os.kill(process.pid, signal.SIGCONT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode != 0
+    assert "did not become ready" in err
+    assert_host_as_before(world, before, earlyoom, swap_path)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_mid_load_restores_host(
+    world: Env, earlyoom: psutil.Process, swap_path: str, signum: signal.Signals
+) -> None:
+    write_profile(world, swap_path)
+    before = swaps_snapshot()
+    process = start_until(world, "guard.started")
+    pid = engine_pid(world)
+    os.kill(process.pid, signum)
+    os.kill(process.pid, signal.SIGCONT)
+    process.communicate(timeout=120)
+    assert process.returncode != 0
+    assert_host_as_before(world, before, earlyoom, swap_path)
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_start_that_times_out_restores_host(
+    world: Env, earlyoom: psutil.Process, swap_path: str
+) -> None:
+    write_profile(world, swap_path)
+    before = swaps_snapshot()
+    # Held at the first guard sample for longer than --timeout, so the load times out.
+    process = start_until(world, "guard.started", "--timeout", "1")
+    wait_for(lambda: False, timeout=1.5)
+    os.kill(process.pid, signal.SIGCONT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode != 0
+    assert "failure: timeout" in err, err
+    assert_host_as_before(world, before, earlyoom, swap_path)
+
+
+ALLOCATE = """
+import sys, time
+block = bytes([1]) * int(sys.argv[1])  # filled, so every page is really in use
+print("allocated", flush=True)
+time.sleep(600)
+"""
+
+
+def test_memory_guard_stops_the_load_under_the_hard_floor(
+    world: Env, earlyoom: psutil.Process, swap_path: str
+) -> None:
+    """A hard floor just under MemAvailable, then a process takes 768 MiB while loading."""
+    available = read_meminfo().mem_available
+    hard_floor = available - 256 * 1024 * 1024
+    write_profile(
+        world,
+        swap_path,
+        guard_hard_floor=str(hard_floor),
+        guard_soft_floor=str(hard_floor),
+        # Short grace: the engine is SIGSTOPped below, so only SIGKILL ends it.
+        profile_keys={"stop_grace_s": 1},
+    )
+    before = swaps_snapshot()
+    process = start_until(world, "guard.started")
+    hog: subprocess.Popen[str] | None = None
+    try:
+        # Keep the server from finishing its load, then take the memory.
+        os.killpg(engine_pid(world), signal.SIGSTOP)
+        hog = subprocess.Popen(
+            [sys.executable, "-c", ALLOCATE, str(768 * 1024 * 1024)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert hog.stdout is not None and hog.stdout.readline().strip() == "allocated"
+        os.kill(process.pid, signal.SIGCONT)
+        _, err = process.communicate(timeout=120)
+    finally:
+        if hog is not None:
+            hog.kill()
+            hog.wait(timeout=30)
+    assert process.returncode != 0
+    assert "failure: out_of_memory" in err, err
+    assert "memory guard" in err and "hard floor" in err
+    assert "fix:" in err
+    assert_host_as_before(world, before, earlyoom, swap_path)
+
+
+# --- bad input: a clear error, and the host untouched -----------------------------------------
+
+
+def assert_refused(
+    world: Env, before: list[tuple[str, str, int, int]], daemon: psutil.Process, *needles: str
+) -> str:
+    instance = world.state_dir / "instance.json"
+    record_before = instance.read_text() if instance.exists() else None
+    result = world.run("start", "-p", "smollm2-hostprep")
+    assert result.returncode != 0
+    assert "error:" in result.stderr and "fix:" in result.stderr, result.stderr
+    for needle in needles:
+        assert needle in result.stderr, result.stderr
+    assert swaps_snapshot() == before
+    assert running_normally(daemon)
+    assert not journal_path(world).exists()
+    record_after = instance.read_text() if instance.exists() else None
+    assert record_after == record_before, "the server was launched anyway"
+    return result.stderr
+
+
+def test_not_enough_disk(world: Env, earlyoom: psutil.Process, swap_path: str) -> None:
+    vfs = os.statvfs("/var/tmp")
+    too_big = (vfs.f_bavail * vfs.f_frsize) // (1024**3) + 10
+    write_profile(world, swap_path, swap_size=f"{too_big}G")
+    before = swaps_snapshot()
+    # The doctor's disk preflight (when present) or host preparation's own check refuses it.
+    assert_refused(world, before, earlyoom, "not enough", "swap", "free")
+    assert not Path(swap_path).exists()
+
+
+def test_swap_file_on_tmpfs(world: Env, earlyoom: psutil.Process) -> None:
+    path = f"/dev/shm/llm-backend-test-{uuid.uuid4().hex[:8]}.swap"
+    write_profile(world, path)
+    before = swaps_snapshot()
+    assert_refused(world, before, earlyoom, "tmpfs", path)
+    assert not Path(path).exists()
+
+
+@pytest.mark.parametrize("size", ["lots", "12Q", "512K", "-5G"])
+def test_invalid_swap_size(world: Env, earlyoom: psutil.Process, swap_path: str, size: str) -> None:
+    write_profile(world, swap_path, swap_size=size)
+    before = swaps_snapshot()
+    assert_refused(world, before, earlyoom, "host_prep.swap_size", repr(size))
+    assert not Path(swap_path).exists()
+
+
+def test_swap_file_path_that_is_not_ours(
+    world: Env, earlyoom: psutil.Process, swap_path: str
+) -> None:
+    Path(swap_path).write_bytes(b"someone else's data\n")
+    os.chmod(swap_path, 0o600)
+    before_stat = os.stat(swap_path)
+    write_profile(world, swap_path)
+    before = swaps_snapshot()
+    assert_refused(world, before, earlyoom, swap_path, "did not create")
+    assert Path(swap_path).read_bytes() == b"someone else's data\n"
+    assert os.stat(swap_path).st_mtime_ns == before_stat.st_mtime_ns
+
+
+def test_no_root_and_no_sudo(world: Env, earlyoom: psutil.Process, swap_path: str) -> None:
+    """As `nobody`: refused before any change, with the sudoers fix."""
+    shared = Path(tempfile.mkdtemp(prefix="llm-backend-nobody-", dir="/tmp"))
+    try:
+        for sub in ("state", "cwd", "config", "bin"):
+            (shared / sub).mkdir()
+        binary = shared / "bin" / "llama-server"
+        shutil.copy2(world.env["LLM_BACKEND_BINARY"], binary)
+        for path in [shared, *shared.rglob("*")]:
+            path.chmod(0o777 if path.is_dir() else 0o755)
+        write_profile(world, swap_path)
+        (shared / "cwd" / "llm-backend.toml").write_text(
+            (world.cwd / "llm-backend.toml").read_text()
+        )
+        (shared / "cwd" / "llm-backend.toml").chmod(0o644)
+        env = {
+            **world.env,
+            "LLM_BACKEND_STATE_DIR": str(shared / "state"),
+            "XDG_CONFIG_HOME": str(shared / "config"),
+            "LLM_BACKEND_BINARY": str(binary),
+            "HOME": str(shared),
+        }
+        before = swaps_snapshot()
+        result = subprocess.run(
+            [
+                shutil.which("setpriv") or "/usr/bin/setpriv",
+                "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                sys.executable, "-m", "llm_backend", "start", "-p", "smollm2-hostprep",
+            ],
+            cwd=shared / "cwd",
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode != 0
+        # Refused by the doctor's preflight (when present) or by host preparation's own check.
+        assert "error:" in result.stderr and "fix:" in result.stderr, result.stderr
+        assert "root" in result.stderr and "sudo" in result.stderr, result.stderr
+        assert swaps_snapshot() == before
+        assert running_normally(earlyoom)
+        assert not Path(swap_path).exists()
+        assert not (shared / "state" / "host-prep.json").exists()
+        assert not (shared / "state" / "instance.json").exists()
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+# --- swap areas that are not ours ------------------------------------------------------------
+
+
+def test_foreign_swap_areas_are_never_touched(
+    world: Env, earlyoom: psutil.Process, swap_path: str
+) -> None:
+    """Someone else's active swap file stays on, with its priority: start, crash, recover."""
+    foreign = f"/var/tmp/llm-backend-test-foreign-{uuid.uuid4().hex[:8]}.swap"
+    try:
+        subprocess.run(["fallocate", "-l", "64M", foreign], check=True)
+        os.chmod(foreign, 0o600)
+        subprocess.run(["mkswap", "-q", "-L", "not-ours", foreign], check=True)
+        subprocess.run(["swapon", "-p", "7", foreign], check=True)
+        write_profile(world, swap_path)
+        before = swaps_snapshot()
+        assert (foreign, "file", 64 * 1024 * 1024 - 4096, 7) in before
+
+        world.run("start", "-p", "smollm2-hostprep", check=True)
+        assert_host_as_before(world, before, earlyoom, swap_path)
+        world.run("stop", check=True)
+
+        process = start_until(world, "caches.done")
+        kill_cli(process)
+        world.run("recover", check=True)
+        assert_host_as_before(world, before, earlyoom, swap_path)
+        world.run("stop", check=True)  # clears the record the killed start left
+
+        # Its path given as our swap file: refused, not reused and not swapped off.
+        write_profile(world, foreign)
+        assert_refused(world, before, earlyoom, foreign, "active swap area")
+    finally:
+        remove_swap_file(foreign)
+
+
+# --- swap that cannot be turned off in time stays on, shown in status --------------------------
+
+PAGE_OUT = """
+import mmap, sys, time
+size = 64 * 1024 * 1024
+area = mmap.mmap(-1, size)
+area.write(bytes([1]) * size)
+area.madvise(21)  # MADV_PAGEOUT: push these pages out to swap now
+print("paged out", flush=True)
+time.sleep(600)
+"""
+
+
+def test_swapoff_past_its_deadline_is_left_on_and_shown(
+    world: Env, earlyoom: psutil.Process, swap_path: str
+) -> None:
+    write_profile(world, swap_path, swapoff_timeout_s=0.001)
+    before = swaps_snapshot()
+    process = start_until(world, "guard.started")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", PAGE_OUT], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "paged out"
+        used = next(a.used for a in read_swaps() if a.path == swap_path)
+        assert used > 0, "MADV_PAGEOUT put nothing in our swap file"
+        os.kill(process.pid, signal.SIGCONT)
+        out, err = process.communicate(timeout=120)
+        assert process.returncode == 0, err
+        assert f"left {swap_path} on" in out and "did not finish within" in out
+        assert running_normally(earlyoom), "the OOM daemon must be back even if swap stays on"
+        status = json.loads(world.run("status", "--json").stdout)
+        left = status["host_prep"]["swap_left_on"]
+        assert left[0]["path"] == swap_path
+        assert "still on" in world.run("status").stdout
+
+        # Our file, still active: the next start reuses it.
+        dry = world.run("start", "-p", "smollm2-hostprep", "--dry-run", check=True)
+        assert "already active" in dry.stdout
+
+        recovered = world.run("recover", "--swapoff-timeout", "120", check=True)
+        assert f"swapoff {swap_path}" in recovered.stdout
+        assert holder.poll() is None, "swapoff must page the holder back in, not kill it"
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    world.run("stop", check=True)
+    assert_host_as_before(world, before, earlyoom, swap_path)
