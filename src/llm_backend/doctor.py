@@ -432,7 +432,7 @@ def check_nvidia_runtime(ctx: Context) -> CheckResult | None:
         return None
     facts = ctx.docker
     if not facts.engine_reachable:
-        return _result("nvidia_runtime", "fail", "cannot tell: the Docker engine is not reachable",
+        return _result("nvidia_runtime", "warn", "not checked: the Docker engine is not reachable",
                        "fix the docker_engine check first")
     if facts.nvidia_runtime:
         how = "runtime 'nvidia'" if "nvidia" in facts.runtimes else "NVIDIA CDI devices"
@@ -467,7 +467,7 @@ def check_image(ctx: Context) -> CheckResult | None:
                        f"set [profiles.{ctx.profile.name}.docker] image = \"...\"")
     facts = ctx.docker
     if not facts.engine_reachable:
-        return _result("image", "fail", f"cannot look for {image}: no Docker engine",
+        return _result("image", "warn", f"not checked: no Docker engine to look for {image} in",
                        "fix the docker_engine check first")
     docker = shutil.which("docker") or "docker"
     try:
@@ -518,9 +518,26 @@ def check_port(ctx: Context) -> CheckResult:
                        f"port {port} is held by the running backend {record.profile} "
                        f"(pid {record.pid})", "llm-backend stop (or start on another --port)",
                        holder=holder)
+    if _runtime_will_adopt(ctx.profile):
+        return _result("port", "warn",
+                       f"port {port} is held by a running server of profile {ctx.profile.name} "
+                       f"({holder}) that start adopts instead of launching another",
+                       "llm-backend stop, to start it afresh", holder=holder)
     return _result("port", "fail", f"port {port} on {host} is already in use by {holder}",
                    f"stop {holder}, or use another port: llm-backend start --port {port + 1}",
                    holder=holder)
+
+
+def _runtime_will_adopt(profile: Profile) -> bool:
+    """Whether the runtime recognises the holder of the port as our own server (Docker)."""
+    from llm_backend.runtimes import get_runtime
+
+    try:
+        runtime = get_runtime(profile.runtime)
+        will_adopt = getattr(runtime, "will_adopt", None)
+        return bool(will_adopt(profile=profile)) if will_adopt is not None else False
+    except BackendError:
+        return False
 
 
 # --- model access: Hugging Face token and cache, tiktoken -------------------------------------
