@@ -43,7 +43,8 @@ def sudoers_text(profile: Profile, user: str) -> str:
         # The directory will be created (and removed again when empty) by host preparation.
         swap_commands.insert(0, Command((tool("install"), "-d", "-m", "0700", directory)))
         swap_commands.append(Command((tool("rmdir"), "--", directory)))
-    cache_commands = [caches.sync_command(), caches.drop_command()]
+    # `true` does nothing as root; it lets `llm-backend doctor` probe `sudo -n true`.
+    cache_commands = [caches.sync_command(), caches.drop_command(), Command((tool("true"),))]
     lines = [
         f"# sudoers rules for llm-backend host preparation (profile {profile.name!r}).",
         "# Exact commands only. Check and install with:",
