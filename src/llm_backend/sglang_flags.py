@@ -86,7 +86,10 @@ for action in parser._actions:
         "flags": list(action.option_strings),
         "dest": action.dest,
         "nargs": nargs,
-        "choices": [str(c) for c in action.choices] if action.choices else None,
+        # Sets have no stable order between runs; sort those so the table is reproducible.
+        "choices": (sorted(str(c) for c in action.choices)
+                    if isinstance(action.choices, (set, frozenset))
+                    else [str(c) for c in action.choices]) if action.choices else None,
         "type": type_name if type_name in ("int", "float") else None,
         "required": bool(action.required),
     })
