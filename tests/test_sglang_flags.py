@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -30,13 +31,13 @@ from llm_backend.sglang_flags import (
 )
 
 REPO = Path(__file__).resolve().parent.parent
-FLAGSHIP_ARGV = (
+FLAGSHIP_ARGV = shlex.split(
     "python3 -m sglang.launch_server --model-path openai/gpt-oss-120b "
     "--speculative-algorithm EAGLE3 --speculative-draft-model-path "
     "lmsys/EAGLE3-gpt-oss-120b-bf16 --speculative-num-steps 3 --speculative-eagle-topk 1 "
     "--speculative-num-draft-tokens 4 --reasoning-parser gpt-oss --tool-call-parser gpt-oss "
     "--host 0.0.0.0 --port 30000"
-).split()
+)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +84,7 @@ def test_flagship_profile_fields() -> None:
     )
     assert profile.docker.shm_size and profile.host_prep.enabled
     assert profile.stop_grace_s >= 30
-    assert 900 <= profile.load_timeout_s and profile.stall_timeout_s >= 120
+    assert profile.load_timeout_s >= 900 and profile.stall_timeout_s >= 120
     assert image_for_platform(profile.docker, "x86_64") == profile.docker.image
     assert image_for_platform(profile.docker, "aarch64") == profile.docker.image_aarch64
     assert profile.docker.image != profile.docker.image_aarch64
