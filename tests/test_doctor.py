@@ -333,3 +333,52 @@ def test_reused_pid_is_not_ended(tmp_path: Path) -> None:
     finally:
         other.kill()
         other.wait(timeout=10)
+
+
+# --- the memory check on GPU answers (NVML replayed from the H200 recording) ------------------
+
+
+def memory_check(report: Any, profile_name: str = SGLANG) -> Any:
+    from llm_backend.config import ConfigSet, builtin_layer
+    from llm_backend.doctor import Context, check_memory
+
+    profile = ConfigSet(layers=[builtin_layer()]).resolve(profile_name).profile
+    ctx = Context(profile, host_prep=False, probe_binaries=False)
+    ctx.__dict__["gpus"] = report  # what `cached_property` would have read from NVML
+    return check_memory(ctx)
+
+
+def test_memory_check_passes_on_the_recorded_h200() -> None:
+    result = memory_check(replayed_report(os.getpid()))
+    assert result.status in ("pass", "warn")  # warn only if this host's RAM is short
+    assert "NVIDIA H200: 138.3 GiB free of 140.4 GiB" in result.summary
+
+
+def test_memory_check_fails_when_other_processes_hold_the_gpu() -> None:
+    import dataclasses
+
+    report = replayed_report(os.getpid())
+    device = dataclasses.replace(report.devices[0], memory_available_bytes=40 * 1024**3)
+    result = memory_check(dataclasses.replace(report, devices=(device,)))
+    assert result.status == "fail"
+    assert f"held by pid {os.getpid()}" in result.summary
+    assert "stop --force" in result.fix
+
+
+def test_memory_check_on_unified_memory_reads_meminfo() -> None:
+    """A GB10-style device (memory not from NVML) on this machine's /proc/meminfo."""
+    import dataclasses
+
+    from llm_backend.gpu import read_meminfo
+
+    report = replayed_report(os.getpid())
+    meminfo = read_meminfo()
+    spark = dataclasses.replace(
+        report.devices[0], name="NVIDIA GB10", unified_memory=True, memory_source="meminfo",
+        memory_total_bytes=meminfo.total_bytes, memory_available_bytes=meminfo.available_bytes,
+    )
+    result = memory_check(dataclasses.replace(report, devices=(spark,)))
+    assert "unified memory: MemTotal" in result.summary
+    if meminfo.total_bytes < 110 * 1024**3:
+        assert result.status == "fail"
+        assert "gpt-oss-20b-eagle3" in result.fix

@@ -287,7 +287,18 @@ def check_memory(ctx: Context) -> CheckResult | None:
         ) or "processes NVML does not list (another container?)"
         return _result("memory", "fail", text + f"; held by {holders}",
                        "stop those processes (`llm-backend stop --force` ends ours)", **details)
-    return _result("memory", "pass", text, **details)
+    # SGLang's gpt-oss loader keeps about a checkpoint's worth of host pages during the load.
+    staging = DOWNLOAD_BYTES.get(profile.model, 0)
+    meminfo = read_meminfo()
+    swap, swap_text = _swap_possible(ctx, meminfo.swap_free_bytes)
+    host_text = f"host MemAvailable {gib(meminfo.available_bytes)} + {swap_text}"
+    details.update(host_available=meminfo.available_bytes, swap_possible=swap)
+    if meminfo.available_bytes + swap < staging:
+        return _result(
+            "memory", "warn",
+            f"{text}; {host_text}, less than the ~{gib(staging)} the loader stages in host RAM",
+            "free host memory or add swap (host_prep.swap_size in the profile)", **details)
+    return _result("memory", "pass", f"{text}; {host_text}", **details)
 
 
 def _check_cpu_memory(ctx: Context) -> CheckResult | None:
