@@ -449,21 +449,48 @@ def test_swap_file_path_that_is_not_ours(
     assert os.stat(swap_path).st_mtime_ns == before_stat.st_mtime_ns
 
 
-def test_no_root_and_no_sudo(world: Env, earlyoom: psutil.Process, swap_path: str) -> None:
-    """As `nobody`: refused before any change, with the sudoers fix."""
+class Nobody:
+    """Runs the CLI as the unprivileged user `nobody` in a world it can write to."""
+
+    def __init__(self, root: Path, env: dict[str, str]) -> None:
+        self.root = root
+        self.env = env
+
+    def argv(self, *args: str) -> list[str]:
+        return [
+            shutil.which("setpriv") or "/usr/bin/setpriv",
+            "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+            sys.executable, *args,
+        ]
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self.argv("-m", "llm_backend", *args),
+            cwd=self.root / "cwd", env=self.env, capture_output=True, text=True, timeout=180,
+        )
+
+    def popen(self, *args: str, fault_point: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            self.argv("-m", "llm_backend", *args),
+            cwd=self.root / "cwd",
+            env={**self.env, "LLM_BACKEND_FAULT_POINT": fault_point},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+
+
+@pytest.fixture
+def nobody(world: Env, swap_path: str) -> Iterator[Nobody]:
+    """A world for `nobody`: state, config and a copy of llama-server it may read."""
     shared = Path(tempfile.mkdtemp(prefix="llm-backend-nobody-", dir="/tmp"))
     try:
         for sub in ("state", "cwd", "config", "bin"):
             (shared / sub).mkdir()
         binary = shared / "bin" / "llama-server"
         shutil.copy2(world.env["LLM_BACKEND_BINARY"], binary)
+        write_profile(world, swap_path)
+        shutil.copy(world.cwd / "llm-backend.toml", shared / "cwd" / "llm-backend.toml")
         for path in [shared, *shared.rglob("*")]:
             path.chmod(0o777 if path.is_dir() else 0o755)
-        write_profile(world, swap_path)
-        (shared / "cwd" / "llm-backend.toml").write_text(
-            (world.cwd / "llm-backend.toml").read_text()
-        )
-        (shared / "cwd" / "llm-backend.toml").chmod(0o644)
         env = {
             **world.env,
             "LLM_BACKEND_STATE_DIR": str(shared / "state"),
@@ -471,30 +498,100 @@ def test_no_root_and_no_sudo(world: Env, earlyoom: psutil.Process, swap_path: st
             "LLM_BACKEND_BINARY": str(binary),
             "HOME": str(shared),
         }
-        before = swaps_snapshot()
-        result = subprocess.run(
-            [
-                shutil.which("setpriv") or "/usr/bin/setpriv",
-                "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-                sys.executable, "-m", "llm_backend", "start", "-p", "smollm2-hostprep",
-            ],
-            cwd=shared / "cwd",
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert result.returncode != 0
-        # Refused by the doctor's preflight (when present) or by host preparation's own check.
-        assert "error:" in result.stderr and "fix:" in result.stderr, result.stderr
-        assert "root" in result.stderr and "sudo" in result.stderr, result.stderr
-        assert swaps_snapshot() == before
-        assert running_normally(earlyoom)
-        assert not Path(swap_path).exists()
-        assert not (shared / "state" / "host-prep.json").exists()
-        assert not (shared / "state" / "instance.json").exists()
+        user = Nobody(shared, env)
+        yield user
+        user.run("stop", "--force")
     finally:
         shutil.rmtree(shared, ignore_errors=True)
+
+
+CHECK_AS_NOBODY = """
+import sys
+from pathlib import Path
+from llm_backend.config import load_config
+from llm_backend.errors import BackendError
+from llm_backend.host import host_preparation_factory
+from llm_backend.state import StateStore
+profile = load_config().resolve("smollm2-hostprep").profile
+try:
+    host_preparation_factory(profile, StateStore(Path(sys.argv[1]))).check()
+except BackendError as error:
+    print(error.message)
+    print("fix:", error.remedy)
+else:
+    print("allowed")
+"""
+
+
+def test_no_root_and_no_sudo_rules(
+    nobody: Nobody, earlyoom: psutil.Process, swap_path: str
+) -> None:
+    """As `nobody` without sudoers rules: refused before any change, with the sudoers fix."""
+    before = swaps_snapshot()
+    result = nobody.run("start", "-p", "smollm2-hostprep")
+    assert result.returncode != 0
+    # Refused by the doctor's preflight (when present) or by host preparation's own check.
+    assert "error:" in result.stderr and "fix:" in result.stderr, result.stderr
+    assert "root" in result.stderr and "sudo" in result.stderr, result.stderr
+    # Host preparation's own check, on its own.
+    check = subprocess.run(
+        nobody.argv("-c", CHECK_AS_NOBODY, str(nobody.root / "state")),
+        cwd=nobody.root / "cwd", env=nobody.env, capture_output=True, text=True, timeout=120,
+    )
+    assert "needs root rights: running as uid 65534 (nobody)" in check.stdout, check.stderr
+    assert "llm-backend host sudoers" in check.stdout
+    assert ("sudo is not installed" in check.stdout) == (shutil.which("sudo") is None)
+    assert swaps_snapshot() == before
+    assert running_normally(earlyoom)
+    assert not Path(swap_path).exists()
+    assert not (nobody.root / "state" / "host-prep.json").exists()
+    assert not (nobody.root / "state" / "instance.json").exists()
+
+
+@pytest.fixture
+def nobody_sudoers(world: Env) -> Iterator[Path]:
+    """The rules `llm-backend host sudoers --user nobody` prints, installed for this test only."""
+    if shutil.which("sudo") is None:
+        pytest.skip("needs sudo (apt-get install sudo)")
+    text = world.run("host", "sudoers", "-p", "smollm2-hostprep", "--user", "nobody", check=True)
+    path = Path(f"/etc/sudoers.d/llm-backend-test-{uuid.uuid4().hex[:8]}")
+    staged = world.root / "sudoers"
+    staged.write_text(text.stdout)
+    checked = subprocess.run(["visudo", "-cf", str(staged)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    try:
+        subprocess.run(["install", "-m", "0440", str(staged), str(path)], check=True)
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def test_not_root_with_the_printed_sudoers_rules(
+    nobody: Nobody, nobody_sudoers: Path, earlyoom: psutil.Process, swap_path: str
+) -> None:
+    """`sudo -n` with exactly the printed rules runs every step, restore and recovery."""
+    before = swaps_snapshot()
+    dry = nobody.run("start", "-p", "smollm2-hostprep", "--dry-run")
+    assert f"sudo -n {shutil.which('swapon')} {swap_path}" in dry.stdout, dry.stdout + dry.stderr
+
+    started = nobody.run("start", "-p", "smollm2-hostprep")
+    assert started.returncode == 0, started.stderr
+    assert f"sudo -n {shutil.which('kill')} -CONT {earlyoom.pid}" in started.stdout
+    assert f"sudo -n {shutil.which('swapoff')} {swap_path}" in started.stdout
+    assert swaps_snapshot() == before and not Path(swap_path).exists()
+    assert running_normally(earlyoom)
+    assert nobody.run("stop").returncode == 0
+
+    # Killed after pausing earlyoom: recovery as nobody goes through sudo too.
+    process = nobody.popen("start", "-p", "smollm2-hostprep", fault_point="oom.done")
+    wait_stopped(process)
+    assert earlyoom.status() == psutil.STATUS_STOPPED
+    kill_cli(process)
+    recovered = nobody.run("recover")
+    assert recovered.returncode == 0, recovered.stderr
+    assert f"earlyoom (pid {earlyoom.pid}) resumed" in recovered.stdout
+    assert swaps_snapshot() == before and not Path(swap_path).exists()
+    assert running_normally(earlyoom)
 
 
 # --- swap areas that are not ours ------------------------------------------------------------
