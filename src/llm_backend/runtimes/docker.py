@@ -501,6 +501,7 @@ class DockerRuntime(Runtime):
                     if use_compose and state.project == project
                     else [self._docker, "stop", "-t", timeout, container]
                 )
+                stop_began = time.monotonic()
                 self._run(
                     argv,
                     remedy=f"docker rm -f {container}",
@@ -508,8 +509,13 @@ class DockerRuntime(Runtime):
                     timeout=grace_s + COMMAND_TIMEOUT_S,
                 )
                 after = self.inspect(container)
-                # 137 = 128 + SIGKILL: the grace period ran out and Docker killed it.
-                killed = after is not None and after.exit_code == 137
+                # 137 = 128 + SIGKILL. Docker sends it only once the grace period ran out;
+                # a server that SIGKILLs its own tree sooner (SGLang does) was not killed.
+                killed = (
+                    after is not None
+                    and after.exit_code == 137
+                    and time.monotonic() - stop_began >= grace_s - 0.5
+                )
             if use_compose:
                 self._run(
                     self._compose_argv(project, compose_file, "down", "--remove-orphans"),
