@@ -382,3 +382,41 @@ def test_memory_check_on_unified_memory_reads_meminfo() -> None:
     if meminfo.total_bytes < 110 * 1024**3:
         assert result.status == "fail"
         assert "gpt-oss-20b-eagle3" in result.fix
+
+
+def test_privileges_fail_for_a_user_without_root_or_sudo_rules(world: Env) -> None:
+    """As `nobody` (setpriv), a profile with host preparation fails `privileges`, read-only."""
+    import tempfile
+
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.fail("needs setpriv (util-linux)")
+    shared = Path(tempfile.mkdtemp(prefix="llm-backend-doctor-", dir="/tmp"))
+    try:
+        for sub in ("state", "cwd", "config"):
+            (shared / sub).mkdir()
+        swap_file = shared / "swapfile"
+        (shared / "cwd" / "llm-backend.toml").write_text(
+            '[profiles.prep]\nextends = "smollm2-cpu"\n[profiles.prep.host_prep]\n'
+            f'enabled = true\nswap_size = "64M"\nswap_file = "{swap_file}"\n'
+        )
+        for path in [shared, *shared.rglob("*")]:
+            path.chmod(0o777 if path.is_dir() else 0o644)
+        env = {**world.env, "LLM_BACKEND_STATE_DIR": str(shared / "state"),
+               "XDG_CONFIG_HOME": str(shared / "config"), "HOME": str(shared)}
+        completed = subprocess.run(
+            [setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable,
+             "-m", "llm_backend", "doctor", "--profile", "prep", "--json"],
+            cwd=shared / "cwd", env=env, capture_output=True, text=True, timeout=180,
+        )
+        assert completed.returncode == 1 and completed.stdout, completed.stderr
+        checks = checks_by_name(json.loads(completed.stdout))
+        privileges = checks["privileges"]
+        assert privileges["status"] == "fail"
+        assert "root" in privileges["summary"] and "sudo" in privileges["summary"]
+        assert privileges["fix"]
+        assert checks["oom_daemons"]["status"] == "pass"
+        assert checks["disk"]["status"] == "pass"  # 64M of swap file fits
+        assert not swap_file.exists() and str(swap_file) not in Path("/proc/swaps").read_text()
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)

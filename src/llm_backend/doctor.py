@@ -658,6 +658,9 @@ def check_privileges(ctx: Context) -> CheckResult | None:
         return None
     if os.geteuid() == 0:
         return _result("privileges", "pass", "running as root: host preparation can run")
+    exact = _host_prep_commands_allowed(ctx.profile)
+    if exact is not None:
+        return exact
     sudo = shutil.which("sudo")
     if sudo:
         try:
@@ -673,6 +676,26 @@ def check_privileges(ctx: Context) -> CheckResult | None:
         + ("asks for a password" if sudo else "is not installed"),
         "run as root, allow the commands with a sudoers drop-in, or start with --no-host-prep",
     )
+
+
+def _host_prep_commands_allowed(profile: Profile) -> CheckResult | None:
+    """Ask `sudo -n -l` about each exact command host preparation would run (it runs none).
+
+    None when the host-preparation package is not there to say which commands those are.
+    """
+    try:
+        from llm_backend.host.prepare import HostPrep
+        from llm_backend.state import StateStore
+    except ImportError:
+        return None
+    prep = HostPrep(profile, StateStore())
+    try:
+        commands = prep.decide().all_commands()
+        prep.privileges.check_allowed(commands)
+    except BackendError as error:
+        return _result("privileges", "fail", error.message, error.remedy)
+    return _result("privileges", "pass",
+                   f"`sudo -n` allows all {len(commands)} host-preparation commands")
 
 
 def check_oom_daemons(ctx: Context) -> CheckResult | None:
@@ -708,6 +731,15 @@ def check_llama_server(ctx: Context) -> CheckResult | None:
 
     binary = find_binary(ctx.profile)
     if binary is not None:
+        try:
+            binary.stat()
+        except PermissionError as error:
+            return _result("llama_server", "fail",
+                           f"cannot read llama-server binary {binary}: {error.strerror}",
+                           "make it readable for this user, or set `binary` (or "
+                           "LLM_BACKEND_BINARY) to a llama-server this user may run")
+        except OSError:
+            pass
         if not binary.is_file():
             return _result("llama_server", "fail", f"llama-server binary {binary} does not exist",
                            "set `binary` (or LLM_BACKEND_BINARY) to an existing llama-server, or "
@@ -813,7 +845,12 @@ def run_checks(
     ctx = Context(profile, host_prep=host_prep, probe_binaries=probe_binaries)
     results = []
     for name, check in CHECKS:
-        result = check(ctx)
+        try:
+            result = check(ctx)
+        except OSError as error:
+            # A check must report, never crash `doctor` (an unreadable path, a vanished file).
+            result = _result(name, "fail", f"the {name} check could not look: {error}",
+                             "fix the access problem named above, or --skip-checks " + name)
         if result is None:
             continue
         if name in skipped and result.status == "fail":
