@@ -60,7 +60,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 HERE = Path(__file__).resolve().parent
 FIXTURES = HERE / "fixtures" / "sglang"
@@ -284,12 +284,13 @@ def scheduler_child() -> None:
         time.sleep(3600)
 
 
-def kill_tree_and_self(child: subprocess.Popen[bytes]) -> None:
+def kill_tree_and_self(child: subprocess.Popen[bytes]) -> NoReturn:
     """SGLang's `kill_process_tree(os.getpid(), include_parent=True)`: children, then itself."""
     with contextlib.suppress(ProcessLookupError):
         child.kill()
     sys.stdout.flush()
     os.kill(os.getpid(), signal.SIGKILL)
+    raise SystemExit(137)  # not reached: SIGKILL cannot be caught
 
 
 def main() -> None:
