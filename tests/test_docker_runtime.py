@@ -225,3 +225,71 @@ def test_compose_v1_fallback_runs_the_same_lifecycle(world: Env, names: DockerNa
     assert "name" not in yaml.safe_load(kept.read_text())  # v1 rejects the top-level name
     world.run("stop", check=True, timeout=120)
     assert_nothing_left(world, names, None)
+
+
+def test_bad_flag_in_the_container_fails_the_start_and_removes_it(
+    world: Env, names: DockerNames
+) -> None:
+    world.write_config(
+        names.config() + '\n[profiles.smollm2-cpu]\nextra_args = ["--no-such-flag"]\n'
+    )
+    failed = world.run("start", "--profile", "smollm2-cpu", "--runtime", "docker", timeout=120)
+    assert failed.returncode == 5, failed.stderr
+    assert "failure: bad_flag" in failed.stderr
+    assert "--no-such-flag" in failed.stderr  # the log tail, read from the container
+    assert containers_named(names.container) == []
+    assert networks_named(names.network) == []
+    assert status_json(world)["state"] == "failed"
+
+
+def test_container_gone_after_ready_is_noticed_and_stop_cleans_up(
+    world: Env, names: DockerNames
+) -> None:
+    world.run("start", "--profile", "smollm2-cpu", "--runtime", "docker", check=True)
+    docker("kill", names.container)
+    status = status_json(world)
+    assert status["state"] == "failed"
+    failure = status["failure"]
+    assert isinstance(failure, dict)
+    assert failure["message"] == "the server exited after it was ready"
+    assert containers_named(names.container) == [names.container]  # exited, not removed yet
+    world.run("stop", check=True, timeout=120)
+    assert_nothing_left(world, names, None)
+
+
+def test_missing_image_and_missing_compose_are_refused_before_any_change(
+    world: Env, names: DockerNames
+) -> None:
+    world.write_config(names.config(image="llm-backend/no-such-image:1"))
+    refused = world.run("start", "--profile", "smollm2-cpu", "--runtime", "docker")
+    assert refused.returncode != 0
+    assert "Docker image 'llm-backend/no-such-image:1' is not present" in refused.stderr
+    assert "fix:" in refused.stderr
+    assert containers_named(names.container) == []
+
+    world.write_config(names.config())
+    world.env["LLM_BACKEND_COMPOSE"] = "/nonexistent/compose"
+    refused = world.run("start", "--profile", "smollm2-cpu", "--runtime", "docker")
+    assert refused.returncode != 0
+    assert "Docker Compose is not installed" in refused.stderr
+    assert "fix: install the Compose v2 plugin" in refused.stderr
+    assert containers_named(names.container) == []
+    assert not (world.state_dir / "compose").exists()
+    assert status_json(world)["state"] == "stopped"
+
+
+def test_unreachable_engine_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from llm_backend.config import load_config
+    from llm_backend.errors import BackendError
+    from llm_backend.runtimes.docker import DockerRuntime
+
+    require_docker()
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
+    profile = load_config().resolve("smollm2-cpu", {"runtime": "docker"}).profile
+    with pytest.raises(BackendError) as raised:
+        DockerRuntime().check(profile=profile)
+    assert "the Docker engine does not answer" in raised.value.message
+    assert "no-engine.sock" in raised.value.message
+    assert "dockerd" in raised.value.remedy
