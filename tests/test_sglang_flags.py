@@ -13,6 +13,7 @@ import os
 import shlex
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -241,14 +242,20 @@ def test_real_parser_agrees_with_the_table(table: FlagTable) -> None:
                              timeout_s=120)
     assert not isinstance(good, str), good
     assert good.ok and good.sglang_version == "0.5.23"
-    for wrong, right in [
+    cases = [
         (["--max-model-len", "8192"], "--context-length"),
         (["--gpu-memory-utilization", "0.9"], "--mem-fraction-static"),
         (["--max-batch-size", "4"], "--max-running-requests"),
         (["--speculative-draft", "x"], "--speculative-draft-model-path"),
-    ]:
-        bad = check_with_parser([python], ["--model-path", "m", *wrong], source="real",
-                                table=table, timeout_s=120)
+    ]
+    # argparse stops at the first error, so one parser run per wrong flag (two at a time).
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(
+            lambda case: check_with_parser([python], ["--model-path", "m", *case[0]],
+                                           source="real", table=table, timeout_s=120),
+            cases,
+        ))
+    for (wrong, right), bad in zip(cases, results, strict=True):
         assert not isinstance(bad, str), bad
         assert [p.flag for p in bad.problems] == [wrong[0]]
         assert bad.problems[0].suggestion == right
