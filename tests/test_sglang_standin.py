@@ -148,3 +148,51 @@ def test_a_failing_replay_is_classified(
     assert words in failed.stderr
     assert record(world)["failure"]["class"] == failure_class
     assert port_is_free(world.port)
+
+
+def test_standin_health_is_503_until_warmup_and_while_draining(tmp_path: Path) -> None:
+    """The stand-in's own contract, since the lifecycle tests above rely on it."""
+    import http.client
+    import os
+    import signal
+    import subprocess
+
+    from tests.conftest import free_port
+
+    port = free_port()
+    out = tmp_path / "standin.log"
+    env = {**os.environ, "SGLANG_STANDIN_LINE_DELAY_S": "0.1", "SGLANG_STANDIN_DRAIN_S": "0.5"}
+    with open(out, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, str(STANDIN), "--model-path", "m", "--port", str(port)],
+            stdout=log, stderr=subprocess.STDOUT, env=env,
+        )
+    try:
+        def health() -> int | None:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            try:
+                connection.request("GET", "/health")
+                return connection.getresponse().status
+            except OSError:
+                return None
+            finally:
+                connection.close()
+
+        seen: list[int | None] = []
+
+        def ready() -> bool:
+            seen.append(health())
+            return seen[-1] == 200
+
+        assert wait_for(ready, 30, 0.02)
+        answered = [status for status in seen if status is not None]
+        assert answered[0] == 503 and answered[-1] == 200
+        assert seen[0] is None  # the port was closed while "loading"
+        assert "fired up and ready to roll" in out.read_text()
+        process.send_signal(signal.SIGTERM)
+        assert wait_for(lambda: health() in (503, None), 5)
+        assert process.wait(timeout=10) == -signal.SIGKILL  # SGLang kills its own tree
+        assert "Draining requests" in out.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
