@@ -59,6 +59,16 @@ def require_docker(*, image: str | None = LLAMA_IMAGE) -> None:
         )
 
 
+def require_compose_v1() -> None:
+    """The docker-compose v1 fallback is tested too; Debian's docker-compose provides it."""
+    if shutil.which("docker-compose") is None:
+        pytest.fail(
+            "docker-compose (v1, the fallback) is not installed\n"
+            "fix: apt-get install docker-compose (scripts/ci-docker.sh does)",
+            pytrace=False,
+        )
+
+
 def inspect(container: str) -> dict[str, Any] | None:
     completed = docker("container", "inspect", container, check=False)
     if completed.returncode != 0:

@@ -16,7 +16,7 @@ from llm_backend.compose import build_compose, go_duration, image_for, project_n
 from llm_backend.config import load_config
 from llm_backend.errors import ConfigError
 from tests.conftest import Env
-from tests.docker_env import require_docker
+from tests.docker_env import require_compose_v1, require_docker
 
 GPU_PROFILE = """
 [profiles.big]
@@ -120,6 +120,7 @@ def test_gpu_profile_compose_file_content(world: Env) -> None:
 
 def test_compose_files_pass_compose_config(world: Env) -> None:
     require_docker(image=None)
+    require_compose_v1()
     world.write_config(GPU_PROFILE)
     for profile in ("smollm2-cpu", "big"):
         out = world.cwd / f"{profile}.yml"

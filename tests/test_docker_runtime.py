@@ -23,6 +23,7 @@ from tests.docker_env import (
     docker,
     inspect,
     networks_named,
+    require_compose_v1,
     require_docker,
     unique_names,
 )
@@ -215,6 +216,7 @@ STOP_GRACE_2S = "\n[profiles.smollm2-cpu]\nstop_grace_s = 2\n"
 
 
 def test_compose_v1_fallback_runs_the_same_lifecycle(world: Env, names: DockerNames) -> None:
+    require_compose_v1()
     world.env["LLM_BACKEND_COMPOSE"] = "docker-compose"
     started = world.run("start", "--profile", "smollm2-cpu", "--runtime", "docker")
     assert started.returncode == 0, started.stderr
@@ -293,3 +295,37 @@ def test_unreachable_engine_is_a_clear_error(
     assert "the Docker engine does not answer" in raised.value.message
     assert "no-engine.sock" in raised.value.message
     assert "dockerd" in raised.value.remedy
+
+
+def test_failed_compose_up_leaves_no_container_or_network(
+    world: Env, names: DockerNames
+) -> None:
+    import socket
+
+    from llm_backend.config import load_config
+    from llm_backend.errors import CommandFailed
+    from llm_backend.runtimes.base import LaunchSpec
+    from llm_backend.runtimes.docker import DockerRuntime
+
+    profile = load_config(cwd=world.cwd).resolve(
+        "smollm2-cpu", {"runtime": "docker", "port": world.port}
+    ).profile
+    assert profile.docker.container_name == names.container
+    runtime = DockerRuntime()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
+        holder.bind(("127.0.0.1", world.port))  # the port is taken after the preflight
+        holder.listen()
+        with pytest.raises(CommandFailed) as raised:
+            runtime.launch(
+                spec=LaunchSpec(
+                    profile=profile,
+                    argv=["/usr/local/bin/llama-server", "--version"],
+                    env={},
+                    log_path=world.state_dir / "logs" / "x.log",
+                    state_dir=world.state_dir,
+                )
+            )
+    assert "up -d" in raised.value.message
+    assert raised.value.remedy.startswith("read the error above; the compose file is")
+    assert containers_named(names.container) == []
+    assert networks_named(names.network) == []

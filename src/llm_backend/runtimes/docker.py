@@ -350,14 +350,14 @@ class DockerRuntime(Runtime):
             else:
                 # Ours but stale (stopped, or other settings): replace it.
                 self._remove_container(document.container_name, grace_s=profile.stop_grace_s)
-        if not adopted:
-            self._run(
-                self._compose_argv(document.project, compose_file, "up", "-d"),
-                remedy=f"read the error above; the compose file is {compose_file} "
-                "(try it by hand: docker compose -f FILE up)",
-                timeout=max(COMMAND_TIMEOUT_S, profile.load_timeout_s),
-            )
         try:
+            if not adopted:
+                self._run(
+                    self._compose_argv(document.project, compose_file, "up", "-d"),
+                    remedy=f"read the error above; the compose file is {compose_file} "
+                    "(try it by hand: docker compose -f FILE up)",
+                    timeout=max(COMMAND_TIMEOUT_S, profile.load_timeout_s),
+                )
             state = self.inspect(document.container_name)
             if state is None:
                 raise BackendError(
@@ -367,8 +367,18 @@ class DockerRuntime(Runtime):
                 )
             follower = self._start_follower(state.container_id, spec.log_path)
         except BaseException:
-            with contextlib.suppress(Exception):
-                self._remove_container(document.container_name, grace_s=0)
+            # A failed or interrupted `up` can leave a created container and the network.
+            if not adopted:
+                with contextlib.suppress(Exception):
+                    self._run(
+                        self._compose_argv(
+                            document.project, compose_file, "down", "--remove-orphans"
+                        ),
+                        remedy="",
+                        check=False,
+                    )
+                with contextlib.suppress(Exception):
+                    self._remove_container(document.container_name, grace_s=0)
             raise
         pid_create_time = None
         if state.pid:
