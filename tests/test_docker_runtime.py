@@ -117,14 +117,6 @@ def test_smollm2_runs_in_docker_start_chat_status_stop(world: Env, names: Docker
     assert_nothing_left(world, names, follower_pid)
 
 
-def allow_adoption_past_doctor(world: Env) -> None:
-    """`start`'s doctor preflight fails its port check on our own container's docker-proxy
-    (it does not ask the runtime whether it will adopt); the runtime's own preflight is what
-    these tests exercise, so that one doctor check is skipped here.
-    """
-    world.env["LLM_BACKEND_SKIP_CHECKS"] = "port"
-
-
 def test_adopts_a_running_container_of_ours(world: Env, names: DockerNames) -> None:
     compose_file = world.cwd / "docker-compose.yml"
     world.run("compose", "--profile", "smollm2-cpu", "-o", str(compose_file), check=True)
@@ -133,7 +125,6 @@ def test_adopts_a_running_container_of_ours(world: Env, names: DockerNames) -> N
     before = inspect(names.container)
     assert before is not None and before["State"]["Running"]
 
-    allow_adoption_past_doctor(world)
     started = world.run("start", "--profile", "smollm2-cpu", "--runtime", "docker", check=True)
     assert "ready" in started.stdout
     status = status_json(world)
@@ -157,7 +148,6 @@ def test_adopts_our_container_when_the_record_is_lost(world: Env, names: DockerN
     assert first is not None
     (world.state_dir / "instance.json").unlink()  # e.g. another state dir, or a wiped one
 
-    allow_adoption_past_doctor(world)
     world.run("start", "--profile", "smollm2-cpu", "--runtime", "docker", check=True)
     second = inspect(names.container)
     assert second is not None and second["Id"] == first["Id"]
