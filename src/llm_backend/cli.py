@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from llm_backend.config import Profile, flatten, load_config
 from llm_backend.errors import BackendError, NotRunningError, StartFailed
@@ -54,7 +55,8 @@ def make_lifecycle() -> Lifecycle:
 
 def fail(error: BackendError) -> None:
     """Print one error with its remedy, the log tail when there is one, and exit non-zero."""
-    err_console.print(f"[red]error:[/red] {error.message}", soft_wrap=True)
+    # Messages carry user values such as "[profiles.NAME]": never read them as markup.
+    err_console.print(Text("error: ", style="red") + Text(error.message), soft_wrap=True)
     tail = error.details.get("log_tail")
     if tail:
         err_console.print(f"[dim]last {len(tail)} log lines:[/dim]")
@@ -64,7 +66,7 @@ def fail(error: BackendError) -> None:
         err_console.print(f"failure: {error.failure_class}")
     if error.details.get("exit_code") is not None:
         err_console.print(f"exit code: {error.details['exit_code']}")
-    err_console.print(f"[green]fix:[/green] {error.remedy}", soft_wrap=True)
+    err_console.print(Text("fix: ", style="green") + Text(error.remedy), soft_wrap=True)
     raise typer.Exit(error.exit_code)
 
 
@@ -343,13 +345,14 @@ def render_status(status: Status) -> None:
         if key == "docker" and isinstance(value, dict):
             render_docker(value)
         else:
-            console.print(f"{key}: {value}")
+            console.print(f"{key}: {value}", markup=False)
     if status.failure:
         console.print(
-            f"failure:  {status.failure.get('class')}: {status.failure.get('message')}"
+            f"failure:  {status.failure.get('class')}: {status.failure.get('message')}",
+            markup=False,
         )
         if status.failure.get("remedy"):
-            console.print(f"fix:      {status.failure['remedy']}")
+            console.print(f"fix:      {status.failure['remedy']}", markup=False)
 
 
 @app.command()
@@ -988,7 +991,7 @@ def before_every_command(ctx: typer.Context) -> None:
     except ImportError:
         return
     try:
-        report = recover_host(StateStore())
+        report = recover_host(StateStore(), retry_left_on=False)
     except (BackendError, OSError) as error:
         message = error.message if isinstance(error, BackendError) else str(error)
         err_console.print(
@@ -996,20 +999,25 @@ def before_every_command(ctx: typer.Context) -> None:
         )
         err_console.print("fix: llm-backend recover (as root, or with the sudoers rules)")
         return
-    if report.found and report.busy_pid is None and (
-        report.restored or report.errors
-    ) and report.phase_before != "left_on":
+    if report.found and report.busy_pid is None and (report.restored or report.errors):
         print_recovery(report, to=err_console)
 
 
 def print_recovery(report: Any, *, to: Console) -> None:
     """What recovery found and undid, one line each."""
     boot = "same boot" if report.same_boot else "after a reboot"
-    to.print(
-        f"host: undid the host preparation of a `start` that did not finish "
-        f"(profile {report.profile}, interrupted while {report.phase_before}, {boot}):",
-        soft_wrap=True,
-    )
+    if report.phase_before == "left_on":
+        to.print(
+            f"host: retried the swap file an earlier start of {report.profile} had to leave "
+            f"on ({boot}):",
+            soft_wrap=True,
+        )
+    else:
+        to.print(
+            f"host: undid the host preparation of a `start` that did not finish "
+            f"(profile {report.profile}, interrupted while {report.phase_before}, {boot}):",
+            soft_wrap=True,
+        )
     for line in report.restored:
         to.print(f"  {line}", markup=False, soft_wrap=True)
     for item in report.left_on:
