@@ -712,6 +712,9 @@ def bench(
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed for the prompts and the requests.")] = 1234,
     temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 0.0,
+    max_tokens: Annotated[
+        int | None, typer.Option(help="Cap every request's output tokens.", min=1)
+    ] = None,
 ) -> None:
     """Measure serving speed of the backend; with --ab spec, speculative decoding off vs on."""
     from llm_backend.bench import Target, parse_levels, run_bench
@@ -730,6 +733,8 @@ def bench(
             load_dataset(dataset, seed=seed) if dataset is not None
             else builtin_workload(workload, count=requests, seed=seed)
         )
+        if max_tokens is not None:
+            chosen = chosen.capped(max_tokens)
         lifecycle = make_lifecycle()
         progress = Progress(
             TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}"),

@@ -355,10 +355,14 @@ def recover(
     privileges: Privileges | None = None,
     *,
     swapoff_timeout_s: float | None = None,
+    retry_left_on: bool = True,
 ) -> RecoveryReport:
     """Undo a transaction whose owner is gone: same boot, restore; new boot, clean up files.
 
     `swapoff_timeout_s` replaces the journaled deadline, for a swapoff that needs longer.
+    With `retry_left_on=False` (the check every command makes) a swap file that restore
+    had to leave on stays on and is only reported: a swapoff can take minutes, which is
+    for `recover` or the next `start` to spend, not `status`.
     """
     journal = Journal(store.root)
     if not journal.path.exists():
@@ -378,6 +382,13 @@ def recover(
                 found=True, errors=[f"{journal.path} is not a readable journal; left as is"]
             )
         same_boot = transaction.boot_id == boot_id()
+        if transaction.phase == LEFT_ON and same_boot and not retry_left_on:
+            return RecoveryReport(
+                found=True,
+                profile=transaction.profile,
+                phase_before=LEFT_ON,
+                left_on=[s.data["left_on"] for s in transaction.steps if s.status == "left_on"],
+            )
         return run_restore(
             transaction,
             journal,

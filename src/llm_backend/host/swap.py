@@ -313,7 +313,7 @@ def undo_swap(data: dict[str, Any], privileges: Privileges, *, same_boot: bool) 
         result = run_with_deadline(privileges, command, deadline_s=deadline)
         if result is None or result.returncode != 0:
             reason = (
-                f"swapoff did not finish within {deadline:.0f} s"
+                f"swapoff did not finish within {deadline:g} s"
                 if result is None
                 else f"swapoff exited {result.returncode}: {result.stderr.strip()}"
             )
