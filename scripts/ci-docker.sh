@@ -7,7 +7,8 @@
 #   3. the local images, by `docker import` (no pull): llm-backend/llama-server:local
 #      (scripts/build-llamacpp-image.sh) and llm-backend/python:local for the SGLang stand-in
 #      (scripts/build-python-image.sh).
-# Run as root. Idempotent: each step is skipped when it is already done.
+# Run as root. The engine and Compose steps are skipped when done; the images are rebuilt
+# (a few seconds each), so they always hold the current llama-server and python.
 #
 # Environment (optional):
 #   DOCKERD_LOG    where dockerd writes its log    (default: /var/log/llm-backend-dockerd.log)
@@ -42,12 +43,25 @@ fi
 # --- 1. the engine --------------------------------------------------------------------------
 
 wait_for_engine() {
-    local seconds="$1"
+    local seconds="$1" pid="$2"
     for _ in $(seq "$seconds"); do
         docker version >/dev/null 2>&1 && return 0
+        kill -0 "$pid" 2>/dev/null || return 1 # dockerd exited: no point waiting
         sleep 1
     done
     return 1
+}
+
+# A dockerd that was killed leaves /var/run/docker.pid behind, and a new dockerd refuses to
+# start while that pid exists, even as a zombie nobody reaped: remove a stale file.
+remove_stale_pid_file() {
+    local file=/var/run/docker.pid old
+    [ -f "$file" ] || return 0
+    old="$(cat "$file")"
+    if [ -z "$old" ] || ! ps -o stat= -p "$old" >/dev/null 2>&1 \
+        || [[ "$(ps -o stat= -p "$old")" == Z* ]]; then
+        rm -f "$file"
+    fi
 }
 
 if docker version >/dev/null 2>&1; then
@@ -58,11 +72,12 @@ else
     started=0
     for flags in "${DOCKERD_FLAGS:-}" "" "--iptables=false --ip-masq=false" \
         "--iptables=false --ip-masq=false --storage-driver=vfs"; do
+        remove_stale_pid_file
         say "starting dockerd ${flags:-(default flags)}; log: $DOCKERD_LOG"
         # shellcheck disable=SC2086  # the flags are words on purpose
         setsid nohup dockerd $flags >>"$DOCKERD_LOG" 2>&1 </dev/null &
         pid=$!
-        if wait_for_engine 60; then
+        if wait_for_engine 60 "$pid"; then
             started=1
             break
         fi
