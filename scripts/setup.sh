@@ -2,13 +2,16 @@
 # Sets up llm-backend on a fresh Debian/Ubuntu machine:
 #   scripts/setup.sh          the package in .venv and a llama-server build in the user's cache
 #   scripts/setup.sh --test   also what the test suite needs: dev tools, earlyoom, a Docker
-#                             engine with Compose v2, and the local llama.cpp test image
+#                             engine with Compose v2, the local test images, and a throwaway
+#                             venv (~/.cache/llm-backend/sglang-parser-venv) that imports a pinned SGLang's own
+#                             argument parser on the CPU, for the flag-validation tests
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 with_tests=0
 [[ "${1:-}" == "--test" ]] && with_tests=1
 
+SGLANG_VENV="${XDG_CACHE_HOME:-$HOME/.cache}/llm-backend/sglang-parser-venv"
 say() { printf '\n== %s\n' "$*"; }
 
 apt_install() {
@@ -49,9 +52,11 @@ if ((with_tests)); then
     apt_install earlyoom docker.io util-linux procps
   fi
   # The tests start their own earlyoom processes; the packaged service must not run.
-  if [[ -x scripts/ci-docker.sh ]]; then
-    say "starting the Docker engine and building the local test image"
-    scripts/ci-docker.sh
+  say "starting the Docker engine, installing Compose v2, building the local test images"
+  scripts/ci-docker.sh
+  if ! "$SGLANG_VENV"/bin/python -c "import sglang.srt.server_args" >/dev/null 2>&1; then
+    say "making $SGLANG_VENV: sglang (no deps) and what its parser imports (a few min)"
+    .venv/bin/python scripts/generate_sglang_flags.py --make-venv "$SGLANG_VENV"
   fi
 fi
 say "setup done"
