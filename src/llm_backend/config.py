@@ -53,6 +53,9 @@ class SpeculativeConfig(StrictModel):
     num_draft_tokens: int = Field(default=4, ge=1, le=256)
     draft_max: int | None = Field(default=None, ge=1, le=256)
     draft_min: int | None = Field(default=None, ge=0, le=256)
+    # llama.cpp ngram-mod: how many past tokens must match before it drafts (its default, 24,
+    # rarely matches in short replies).
+    ngram_match_length: int | None = Field(default=None, ge=1, le=1024)
 
 
 class DockerConfig(StrictModel):

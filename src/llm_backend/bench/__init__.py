@@ -1,0 +1,149 @@
+"""`llm-backend bench`: serving speed of the running backend, and the A/B of speculative decoding.
+
+workloads.py builds the requests, loadgen.py sends them, report.py summarizes, ab.py runs the
+two arms through the lifecycle, plot.py draws. Nothing here prints; cli.py renders.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from llm_backend.bench.loadgen import LevelRun, run_level
+from llm_backend.bench.report import BenchReport, build_report
+from llm_backend.bench.workloads import BenchRequest, Workload
+from llm_backend.errors import BackendError
+
+ProgressCallback = Callable[[str, int, int | None], None]
+"""(description, completed, total or None for a duration-bound level)."""
+
+WARMUP_MESSAGES = ({"role": "user", "content": "Say hello."},)
+
+
+@dataclass(frozen=True)
+class Target:
+    """The server a bench run talks to, and what the lifecycle knows about it."""
+
+    endpoint: str
+    model: str
+    profile: str | None = None
+    engine: str | None = None
+    speculative: bool | None = None
+
+
+def parse_levels(text: str) -> tuple[int, ...]:
+    """'1,4,16' -> (1, 4, 16); each a positive integer, no repeats."""
+    levels: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part.isdigit() or int(part) < 1:
+            raise BackendError(
+                f"--concurrency {text!r}: {part!r} is not a positive integer",
+                remedy="pass levels like --concurrency 1,4,16",
+            )
+        if int(part) in levels:
+            raise BackendError(
+                f"--concurrency {text!r} names {part} twice",
+                remedy="list each level once, like --concurrency 1,4,16",
+            )
+        levels.append(int(part))
+    return tuple(levels)
+
+
+def warm_up(target: Target, *, extra_body: dict[str, Any] | None = None) -> None:
+    """One short unmeasured request, so the first measured one does not pay for a cold server."""
+    request = BenchRequest(-1, "warmup", WARMUP_MESSAGES, 8, 0)
+    result = run_level(
+        endpoint=target.endpoint,
+        model=target.model,
+        requests=(request,),
+        concurrency=1,
+        extra_body=extra_body,
+    ).results[0]
+    if not result.ok:
+        raise BackendError(
+            f"the backend at {target.endpoint} did not answer a chat request: {result.error}",
+            remedy="llm-backend status; llm-backend logs -n 50",
+        )
+
+
+def run_sweep(
+    target: Target,
+    workload: Workload,
+    *,
+    levels: Sequence[int],
+    requests_per_level: int | None,
+    duration_s: float | None = None,
+    temperature: float = 0.0,
+    extra_body: dict[str, Any] | None = None,
+    on_progress: ProgressCallback = lambda description, done, total: None,
+    label: str = "",
+) -> tuple[LevelRun, ...]:
+    """Every level in turn, each with the same requests (the first N of the workload)."""
+    count = requests_per_level or len(workload.requests)
+    requests = workload.take(count)
+    runs = []
+    for level in levels:
+        description = f"{label}{workload.name} c={level}"
+        total = None if duration_s is not None else count
+        on_progress(description, 0, total)
+
+        def level_done(
+            done: int, description: str = description, total: int | None = total
+        ) -> None:
+            on_progress(description, done, total)
+
+        runs.append(
+            run_level(
+                endpoint=target.endpoint,
+                model=target.model,
+                requests=requests,
+                concurrency=level,
+                duration_s=duration_s,
+                temperature=temperature,
+                extra_body=extra_body,
+                on_done=level_done,
+            )
+        )
+    return tuple(runs)
+
+
+def run_bench(
+    target: Target,
+    workload: Workload,
+    *,
+    levels: Sequence[int],
+    requests_per_level: int | None,
+    duration_s: float | None = None,
+    temperature: float = 0.0,
+    seed: int = 0,
+    extra_body: dict[str, Any] | None = None,
+    on_progress: ProgressCallback = lambda description, done, total: None,
+) -> BenchReport:
+    """Warm up, sweep the levels, and summarize."""
+    warm_up(target, extra_body=extra_body)
+    runs = run_sweep(
+        target,
+        workload,
+        levels=levels,
+        requests_per_level=requests_per_level,
+        duration_s=duration_s,
+        temperature=temperature,
+        extra_body=extra_body,
+        on_progress=on_progress,
+    )
+    return build_report(
+        runs=runs,
+        workload=workload.name,
+        workload_description=workload.description,
+        profile=target.profile,
+        engine=target.engine,
+        endpoint=target.endpoint,
+        model=target.model,
+        speculative=target.speculative,
+        temperature=temperature,
+        seed=seed,
+        requests_per_level=None if duration_s is not None else requests_per_level,
+        duration_s=duration_s,
+    )

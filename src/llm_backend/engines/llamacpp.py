@@ -173,6 +173,8 @@ class LlamaCppEngine(Engine):
         if spec.draft_model:
             argv += ["--model-draft", os.path.expanduser(spec.draft_model)]
         if algorithm == "ngram-mod":
+            if spec.ngram_match_length is not None:
+                argv += ["--spec-ngram-mod-n-match", str(spec.ngram_match_length)]
             if spec.draft_max is not None:
                 argv += ["--spec-ngram-mod-n-max", str(spec.draft_max)]
             if spec.draft_min is not None:
