@@ -213,3 +213,19 @@ def test_sudoers_file_is_valid_and_exact() -> None:
     assert "swapon -a" not in text and "swapoff -a" not in text
     assert 'sync ""' in text  # sync with no arguments, and nothing else
     assert text.rstrip().endswith("NOPASSWD: LLM_BACKEND_SWAP, LLM_BACKEND_CACHES, LLM_BACKEND_OOM")
+
+
+def test_check_refuses_to_start_over_an_unfinished_journal(tmp_path: Path) -> None:
+    """Without the CLI's recovery first, a new start must not overwrite what a dead one did."""
+    from llm_backend.host import host_preparation_factory
+    from llm_backend.state import StateStore
+
+    profile = load_config().resolve(
+        "smollm2-cpu",
+        {"host_prep.enabled": True, "host_prep.swap_size": "16M",
+         "host_prep.swap_file": f"/var/tmp/llm-backend-test-{uuid.uuid4().hex[:8]}.swap"},
+    ).profile
+    Journal(tmp_path).write(Transaction("boot", "smollm2-cpu", 4242, "applied", 0.0))
+    with pytest.raises(HostPrepError) as caught:
+        host_preparation_factory(profile, StateStore(tmp_path)).check()
+    assert "pid 4242" in caught.value.message and caught.value.remedy == "llm-backend recover"

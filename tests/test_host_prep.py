@@ -693,3 +693,72 @@ def test_swapoff_past_its_deadline_is_left_on_and_shown(
         holder.wait(timeout=30)
     world.run("stop", check=True)
     assert_host_as_before(world, before, earlyoom, swap_path)
+
+
+# --- a filesystem without fallocate: dd, and a folder of our own ------------------------------
+
+
+@pytest.fixture
+def ext2_mount() -> Iterator[Path]:
+    """A 400 MiB ext2 filesystem on a loop device (ext2 has no fallocate); removed afterwards."""
+    if shutil.which("mkfs.ext2") is None or shutil.which("losetup") is None:
+        pytest.skip("needs mkfs.ext2 and loop devices (e2fsprogs, util-linux)")
+    tag = uuid.uuid4().hex[:8]
+    image = Path(f"/var/tmp/llm-backend-test-{tag}.img")
+    mountpoint = Path(f"/mnt/llm-backend-test-{tag}")
+    mounted = False
+    try:
+        subprocess.run(["truncate", "-s", "400M", str(image)], check=True)
+        subprocess.run(["mkfs.ext2", "-q", "-F", str(image)], check=True)
+        mountpoint.mkdir()
+        subprocess.run(["mount", "-o", "loop", str(image), str(mountpoint)], check=True)
+        mounted = True
+        yield mountpoint
+    finally:
+        if mounted:
+            for area in read_swaps():
+                if area.path.startswith(str(mountpoint) + "/"):
+                    subprocess.run([SWAPOFF, area.path], check=False)
+            subprocess.run(["umount", str(mountpoint)], check=False)
+        with contextlib.suppress(OSError):
+            mountpoint.rmdir()
+        image.unlink(missing_ok=True)
+
+
+def test_swap_file_on_ext2_is_written_with_dd_in_a_folder_of_its_own(
+    world: Env, earlyoom: psutil.Process, ext2_mount: Path
+) -> None:
+    folder = ext2_mount / "llm-backend"
+    swap_file = str(folder / "swapfile")
+    write_profile(world, swap_file, swap_size="64M")
+    before = swaps_snapshot()
+    dry = world.run("start", "-p", "smollm2-hostprep", "--dry-run", check=True)
+    assert f"install -d -m 0700 {folder}" in dry.stdout
+    assert f"dd if=/dev/zero of={swap_file} bs=1M count=64" in dry.stdout
+    assert "fallocate" not in dry.stdout
+
+    process = start_until(world, "guard.started")
+    try:
+        area = next(a for a in read_swaps() if a.path == swap_file)
+        assert 60 * 1024 * 1024 < area.size <= 64 * 1024 * 1024
+        info = os.stat(swap_file)
+        assert info.st_blocks * 512 >= info.st_size, "the swap file has holes"
+        assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700
+    finally:
+        os.kill(process.pid, signal.SIGCONT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    assert f"removed the directory {folder}" in out
+    assert not folder.exists()
+    assert_host_as_before(world, before, earlyoom, swap_file)
+
+
+def test_not_enough_room_on_a_small_filesystem(
+    world: Env, earlyoom: psutil.Process, ext2_mount: Path
+) -> None:
+    """300 MiB wanted on a 400 MiB filesystem (64 MiB margin): refused, nothing created."""
+    swap_file = str(ext2_mount / "swapfile")
+    write_profile(world, swap_file, swap_size="300M")
+    before = swaps_snapshot()
+    assert_refused(world, before, earlyoom, "not enough", "free", swap_file)
+    assert list(ext2_mount.iterdir()) == [ext2_mount / "lost+found"]

@@ -6,6 +6,7 @@ command runs first: it finishes (undoes) a transaction whose `start` died.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -182,6 +183,14 @@ class HostPrep:
                 f"another llm-backend{owner} is preparing this host right now",
                 remedy="wait for it, or see `llm-backend status`",
             )
+        orphan = self.journal.read()
+        if orphan is not None and orphan.phase != LEFT_ON:
+            # Starting over it would lose the record of what it changed.
+            raise HostPrepError(
+                f"an earlier start of {orphan.profile} (pid {orphan.owner_pid}) left host "
+                f"changes unfinished ({self.journal.path})",
+                remedy="llm-backend recover",
+            )
         decision = self.decide()
         if decision.meminfo.usable < hard:
             raise HostPrepError(
@@ -248,7 +257,9 @@ class HostPrep:
         self.journal.write(self.transaction, point=f"{name}.done")
 
     def _guard_drop(self) -> None:
-        caches.drop_caches(self.privileges)
+        # Best effort: a failed drop must not end the load; the hard floor still guards it.
+        with contextlib.suppress(BackendError):
+            caches.drop_caches(self.privileges)
 
     def guard(self) -> Failure | None:
         """Called by the monitor on every loop while the model loads."""

@@ -24,7 +24,9 @@ from llm_backend.host.privileges import Command, Privileges, run_with_deadline, 
 SWAP_LABEL = "llm-backend"
 MIB = 1024**2
 GIB = 1024**3
-DISK_MARGIN = GIB
+# Free space to leave on the filesystem: 5 % of it, at least 64 MiB, at most 1 GiB.
+DISK_MARGIN_MIN = 64 * MIB
+DISK_MARGIN_MAX = GIB
 # Filesystems a swap file cannot (or must not) live on: RAM-backed, network, layered, compressed.
 REFUSED_FILESYSTEMS = frozenset(
     {
@@ -204,6 +206,7 @@ def plan_swap(
         )
     vfs = os.statvfs(existing_dir)
     free = vfs.f_bavail * vfs.f_frsize
+    margin = min(DISK_MARGIN_MAX, max(DISK_MARGIN_MIN, vfs.f_blocks * vfs.f_frsize // 20))
     if exists:
         current = path.stat()
         if current.st_size == size and not has_holes(path):
@@ -214,10 +217,10 @@ def plan_swap(
                 commands=(Command((tool("swapon"), raw_path)),),
             )
         free += current.st_blocks * 512
-    if free < size + DISK_MARGIN:
+    if free < size + margin:
         raise HostPrepError(
             f"not enough disk for host_prep.swap_file = {raw_path!r}: it needs "
-            f"{format_bytes(size)} plus a {format_bytes(DISK_MARGIN)} margin, and "
+            f"{format_bytes(size)} plus a {format_bytes(margin)} margin, and "
             f"{mountpoint} ({fstype}) has {format_bytes(free)} free",
             remedy="free disk space there, set a smaller host_prep.swap_size, or put "
             "host_prep.swap_file on a filesystem with more room",
@@ -334,9 +337,10 @@ def undo_swap(data: dict[str, Any], privileges: Privileges, *, same_boot: bool) 
     elif not remove and file_path.exists():
         lines.append(f"swap: kept {path} (keep_swap_file = true)")
     create_dir = data.get("create_dir")
-    if create_dir and Path(create_dir).is_dir() and not any(Path(create_dir).iterdir()):
+    if create_dir and Path(create_dir).is_dir() and swap_area(path) is None:
+        # rmdir removes it only if empty: anything someone put there stays.
         command = Command((tool("rmdir"), "--", str(create_dir)))
         result = privileges.run(command, remedy=f"remove {create_dir} by hand", check=False)
         if result.returncode == 0:
-            lines.append(f"swap: removed the empty directory {create_dir}")
+            lines.append(f"swap: removed the directory {create_dir} it had created")
     return SwapUndo(lines)
