@@ -201,3 +201,16 @@ def test_percentile_and_first_difference() -> None:
     assert first_difference("same", "same") is None
     assert first_difference("abcdef", "abXdef") == 2
     assert first_difference("abc", "abcd") == 3
+
+
+def test_plot_without_matplotlib_names_the_pip_fix(world: Env) -> None:
+    # A `matplotlib` package that fails to import, first on the path: as if it were missing.
+    shadow = world.root / "no-matplotlib" / "matplotlib"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('matplotlib is not installed')\n")
+    world.env["PYTHONPATH"] = str(shadow.parent)
+    completed = world.run("bench", "--requests", "1", "--plot", str(world.cwd / "out.png"))
+    assert completed.returncode == 1
+    assert "--plot needs matplotlib" in completed.stderr
+    assert "fix: pip install 'llm-backend[plot]'" in completed.stderr
+    assert not (world.cwd / "out.png").exists()
