@@ -231,7 +231,11 @@ def test_bad_flag_in_the_container_fails_the_start_and_removes_it(
     assert "--no-such-flag" in failed.stderr  # the log tail, read from the container
     assert containers_named(names.container) == []
     assert networks_named(names.network) == []
-    assert status_json(world)["state"] == "failed"
+    status = status_json(world)
+    assert status["state"] == "failed"
+    facts = status["docker"]
+    assert isinstance(facts, dict)
+    assert facts["state"] == "gone"  # the failed start removed its container
 
 
 def test_container_gone_after_ready_is_noticed_and_stop_cleans_up(
@@ -244,6 +248,9 @@ def test_container_gone_after_ready_is_noticed_and_stop_cleans_up(
     failure = status["failure"]
     assert isinstance(failure, dict)
     assert failure["message"] == "the server exited after it was ready"
+    facts = status["docker"]
+    assert isinstance(facts, dict)
+    assert (facts["state"], facts["exit_code"]) == ("exited", 137)  # docker kill: SIGKILL
     assert containers_named(names.container) == [names.container]  # exited, not removed yet
     world.run("stop", check=True, timeout=120)
     assert_nothing_left(world, names, None)

@@ -508,6 +508,8 @@ class Lifecycle:
             last_start_s=record.start_duration_s
             or self.store.last_start_duration(record.profile),
             host_prep=self._host_prep_status(),
+            # The runtime's view (a docker container's state) also after a failure.
+            extra=self._runtime_details(record),
         )
         if record.state not in ACTIVE_STATES:
             return base
@@ -523,9 +525,14 @@ class Lifecycle:
                 "health_status": health_status,
                 "models": models,
                 "spec": _spec(record, engine) if health_status == 200 else None,
-                "extra": {**base.extra, **self.runtime(record.runtime).details(record=record)},
             }
         )
+
+    def _runtime_details(self, record: InstanceRecord) -> dict[str, Any]:
+        try:
+            return self.runtime(record.runtime).details(record=record)
+        except BackendError as error:
+            return {record.runtime: {"error": error.message}}
 
     def _host_prep_status(self) -> dict[str, Any] | None:
         """The journaled host changes in effect (or left on), from `llm_backend.host`."""
