@@ -1113,6 +1113,8 @@ def render_docker(facts: dict[str, Any]) -> None:
         console.print(f"docker:   {facts['error']}", markup=False, soft_wrap=True)
         return
     health = f", {facts['health']}" if facts.get("health") else ""
+    if facts.get("exit_code") is not None:
+        health += f", exit code {facts['exit_code']}"
     adopted = ", adopted" if facts.get("adopted") else ""
     console.print(
         f"docker:   container {facts.get('container')} ({facts.get('state')}{health}{adopted}), "
