@@ -226,6 +226,24 @@ def test_issue_user_file_full_sequence_leaves_host_as_before(
         remove_swap_file(ISSUE_SWAP_FILE)
 
 
+def test_no_host_prep_skips_every_step(
+    world: Env, earlyoom: psutil.Process, swap_path: str
+) -> None:
+    write_profile(world, swap_path)
+    before = swaps_snapshot()
+    dry = world.run("start", "-p", "smollm2-hostprep", "--dry-run", "--no-host-prep", check=True)
+    assert "host preparation" not in dry.stdout and "launch (native)" in dry.stdout
+    # Even held at the point where the guard would start, nothing on the host changed.
+    world.env["LLM_BACKEND_FAULT_POINT"] = "begin"
+    try:
+        started = world.run("start", "-p", "smollm2-hostprep", "--no-host-prep", check=True)
+    finally:
+        world.env.pop("LLM_BACKEND_FAULT_POINT")
+    assert "host:" not in started.stdout
+    assert_host_as_before(world, before, earlyoom, swap_path)
+    world.run("stop", check=True)
+
+
 # --- fault injection: SIGKILL the CLI right after each step -----------------------------------
 
 FAULT_POINTS = [
