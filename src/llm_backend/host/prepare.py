@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -208,8 +209,15 @@ class HostPrep:
                 "another llm-backend is preparing this host right now",
                 remedy="wait for it, or see `llm-backend status`",
             )
-        decision = self.decide()
         previous = self.journal.read()
+        if previous is not None and previous.phase != LEFT_ON:
+            self.journal.unlock()
+            raise HostPrepError(
+                f"an earlier start of {previous.profile} (pid {previous.owner_pid}) left host "
+                f"changes unfinished ({self.journal.path})",
+                remedy="llm-backend recover",
+            )
+        decision = self.decide()
         transaction = Transaction(
             boot_id=boot_id(),
             profile=self.profile.name,
@@ -224,17 +232,19 @@ class HostPrep:
         )
         if previous is not None and previous.phase == LEFT_ON:
             # An earlier run had to leave its swap on; keep that undo in this transaction.
+            taken_over = decision.swap.path if decision.swap.action != "none" else None
             for step in previous.steps:
-                if step.status == "left_on" and step.data.get("path") != decision.swap.path:
+                if step.status == "left_on" and step.data.get("path") != taken_over:
                     transaction.steps.append(JournalStep("swap.previous", "done", step.data))
         self.transaction = transaction
         self.journal.write(transaction, point="begin")
         if decision.swap.action != "none":
             self._step("swap", decision.swap.journal_data(self.config),
                        lambda: swap.apply_swap(decision.swap, self.privileges))
-        if decision.oom is not None and decision.oom.pause_commands():
-            self._step("oom", decision.oom.journal_data(),
-                       lambda: oom.pause(decision.oom, self.privileges) if decision.oom else [])
+        oom_plan = decision.oom
+        if oom_plan is not None and oom_plan.pause_commands():
+            self._step("oom", oom_plan.journal_data(),
+                       lambda: oom.pause(oom_plan, self.privileges))
         if decision.drop_caches:
             self._step("caches", {}, lambda: caches.drop_caches(self.privileges))
         transaction.phase = APPLIED
@@ -246,7 +256,10 @@ class HostPrep:
             drop_caches=self._guard_drop if self.config.drop_caches else None,
         )
 
-    def _step(self, name: str, data: dict[str, Any], action: Any) -> None:
+    def _step(
+        self, name: str, data: dict[str, Any], action: Callable[[], list[str]]
+    ) -> None:
+        """Journal the intent (with what undo needs), act, journal it done."""
         assert self.transaction is not None
         step = JournalStep(name, "intent", data)
         self.transaction.steps.append(step)
