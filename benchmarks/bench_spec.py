@@ -62,8 +62,13 @@ def fmt(value: float | None, pattern: str = "{:.2f}") -> str:
     return pattern.format(value) if value is not None else "-"
 
 
-def section(results: list[dict[str, Any]], args: argparse.Namespace, settings: str) -> str:
+def section(results: list[dict[str, Any]], args: argparse.Namespace, spec: Any) -> str:
     from llm_backend.engines.llamacpp import LLAMA_CPP_PYTHON_VERSION
+
+    settings = (
+        f"`algorithm = \"{spec.algorithm}\"`, `ngram_match_length = {spec.ngram_match_length}`, "
+        f"`draft_min = {spec.draft_min}`, `draft_max = {spec.draft_max}`"
+    )
 
     loads = [load for result in results for load in result["loadavg"]]
     lines = [
@@ -168,8 +173,9 @@ def section(results: list[dict[str, Any]], args: argparse.Namespace, settings: s
         "prompt or the reply, so it pays off when the reply repeats its input (copying or",
         "editing text and code) and stays out of the way for chat. On a CPU, checking a draft",
         "costs real compute (unlike a GPU, where a decode step is bound by memory reads), so",
-        "wrong drafts are not free; the profile keeps drafts short (at most 16 tokens) and",
-        "asks for a 12-token match before drafting.",
+        "wrong drafts are not free; the profile keeps drafts short (at most "
+        f"{spec.draft_max} tokens) and",
+        f"asks for a {spec.ngram_match_length}-token match before drafting.",
         END,
     ]
     return "\n".join(lines) + "\n"
@@ -210,10 +216,6 @@ def main() -> None:
 
     lifecycle = Lifecycle(store=StateStore())
     spec = lifecycle.resolve(PROFILE).profile.speculative
-    settings = (
-        f"`algorithm = \"{spec.algorithm}\"`, `ngram_match_length = {spec.ngram_match_length}`, "
-        f"`draft_min = {spec.draft_min}`, `draft_max = {spec.draft_max}`"
-    )
     levels = parse_levels(args.levels)
     results = []
     for name in args.workloads.split(","):
@@ -246,7 +248,7 @@ def main() -> None:
         results.append({"workload": name, "ab": ab.to_json(), "loadavg": loadavg})
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    text = section(results, args, settings)
+    text = section(results, args, spec)
     if args.write:
         write_doc(text)
         print(f"updated {DOC.relative_to(REPO)}")
