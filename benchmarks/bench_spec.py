@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import socket
 import statistics
 import subprocess
@@ -200,6 +201,11 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
     parser.add_argument("--json", type=Path, help="write every figure of both A/B runs here")
     args = parser.parse_args()
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # so the A/B runner stops the backend it started
+
+    signal.signal(signal.SIGTERM, interrupt)
 
     private = Path(tempfile.mkdtemp(prefix="llm-backend-bench-"))
     os.environ.update(

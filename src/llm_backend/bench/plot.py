@@ -49,27 +49,28 @@ def plot_reports(
     """Per labelled report: aggregate and per-request tokens/s; p50 and p90 latency."""
     pyplot = _pyplot()
     figure, (throughput_axes, latency_axes) = pyplot.subplots(1, 2, figsize=(11, 4.2))
-    for label, report in series:
+    for number, (label, report) in enumerate(series):
+        colour = f"C{number}"  # one colour per arm, line styles tell the figures apart
         levels = [level.concurrency for level in report.levels]
         throughput_axes.plot(
             levels, [level.output_tokens_per_s for level in report.levels],
-            marker="o", label=f"{label}: aggregate",
+            marker="o", color=colour, label=f"{label}: aggregate",
         )
         throughput_axes.plot(
             levels,
             [level.tokens_per_s.p50 if level.tokens_per_s else float("nan")
              for level in report.levels],
-            marker="s", linestyle="--", label=f"{label}: per request p50",
+            marker="s", linestyle="--", color=colour, label=f"{label}: per request p50",
         )
         latency_axes.plot(
             levels,
             [level.e2e_s.p50 if level.e2e_s else float("nan") for level in report.levels],
-            marker="o", label=f"{label}: p50",
+            marker="o", color=colour, label=f"{label}: p50",
         )
         latency_axes.plot(
             levels,
             [level.e2e_s.p90 if level.e2e_s else float("nan") for level in report.levels],
-            marker="^", linestyle=":", label=f"{label}: p90",
+            marker="^", linestyle=":", color=colour, label=f"{label}: p90",
         )
     all_levels = sorted({level.concurrency for _, report in series for level in report.levels})
     for axes in (throughput_axes, latency_axes):
