@@ -324,8 +324,9 @@ def test_sigterm_to_start_stops_the_server(world: Env) -> None:
     assert wait_for(lambda: (read_instance(world) or {}).get("state") == "loading", timeout=30)
     pgid = read_instance(world)["runtime_info"]["pgid"]  # type: ignore[index]
     starter.send_signal(signal.SIGTERM)
-    starter.communicate(timeout=60)
-    assert starter.returncode != 0
+    _, stderr = starter.communicate(timeout=60)
+    assert starter.returncode == 128 + signal.SIGTERM, stderr
+    assert "interrupted by SIGTERM" in stderr
     assert wait_for(lambda: not _group_alive(pgid), timeout=15)
     assert read_instance(world)["state"] == "failed"  # type: ignore[index]
 

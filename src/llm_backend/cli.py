@@ -17,7 +17,7 @@ from rich.text import Text
 
 from llm_backend.config import Profile, flatten, load_config
 from llm_backend.errors import BackendError, NotRunningError, StartFailed
-from llm_backend.lifecycle import Lifecycle, StartResult, Status, log_tail
+from llm_backend.lifecycle import Interrupted, Lifecycle, StartResult, Status, log_tail
 from llm_backend.monitor import MonitorEvent
 from llm_backend.state import StateStore
 
@@ -75,10 +75,15 @@ def run_guarded(action: Callable[[], None]) -> None:
         action()
     except BackendError as error:
         fail(error)
-    except KeyboardInterrupt:
-        err_console.print("error: interrupted")
+    except (KeyboardInterrupt, Interrupted) as error:
+        name = "SIGINT" if isinstance(error, KeyboardInterrupt) else str(error)
+        err_console.print(
+            f"error: interrupted by {name}; anything this command had started was stopped "
+            "and its host changes undone"
+        )
         err_console.print("fix: run the command again; `llm-backend status` shows what is running")
-        raise typer.Exit(130) from None
+        signum = 2 if isinstance(error, KeyboardInterrupt) else error.signum
+        raise typer.Exit(128 + signum) from None
 
 
 def print_json(data: Any) -> None:

@@ -328,23 +328,25 @@ class Lifecycle:
                     record = self.transition(record, "preparing_host")
                     preparation.apply()
                 record = self.transition(record, "launching")
-                launched = runtime.launch(
-                    spec=LaunchSpec(
-                        profile=profile,
-                        argv=argv,
-                        env=dict(profile.env),
-                        log_path=log_path,
-                        health_path=engine.health_path,
-                        state_dir=self.store.root,
+                # Signals wait until the record names what was launched, so an interrupt
+                # can always find the server to stop.
+                with _signals_deferred():
+                    launched = runtime.launch(
+                        spec=LaunchSpec(
+                            profile=profile,
+                            argv=argv,
+                            env=dict(profile.env),
+                            log_path=log_path,
+                            health_path=engine.health_path,
+                            state_dir=self.store.root,
+                        )
                     )
-                )
-                record = self.transition(
-                    record,
-                    "loading",
-                    pid=launched.pid,
-                    pid_create_time=launched.pid_create_time,
-                    runtime_info={**record.runtime_info, **launched.runtime_info},
-                )
+                    record = record.evolve(
+                        pid=launched.pid,
+                        pid_create_time=launched.pid_create_time,
+                        runtime_info={**record.runtime_info, **launched.runtime_info},
+                    )
+                    record = self.transition(record, "loading")
                 monitor = Monitor(
                     engine=engine,
                     base_url=profile.endpoint,
@@ -703,15 +705,38 @@ def _models(endpoint: str, engine: Engine) -> list[str]:
         return []
 
 
+# While a list, signals that `start` turns into exceptions are recorded here instead.
+_pending_signals: list[int] | None = None
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold interrupts back for a critical section; one that came is raised after it.
+
+    Not done with a blocked signal mask: children would inherit it and ignore SIGTERM.
+    """
+    global _pending_signals
+    _pending_signals = []
+    try:
+        yield
+    finally:
+        pending, _pending_signals = _pending_signals, None
+    if pending:
+        raise Interrupted(pending[0])
+
+
 @contextlib.contextmanager
 def _signals_raise() -> Iterator[None]:
-    """Turn SIGTERM (and SIGHUP) into an exception so `start` can undo what it did."""
+    """Turn SIGTERM, SIGHUP and SIGINT into an exception so `start` can undo what it did."""
 
     def raise_interrupted(signum: int, frame: FrameType | None) -> None:
+        if _pending_signals is not None:
+            _pending_signals.append(signum)
+            return
         raise Interrupted(signum)
 
     previous = {}
-    for signum in (signal.SIGTERM, signal.SIGHUP):
+    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         with contextlib.suppress(ValueError):  # not the main thread
             previous[signum] = signal.signal(signum, raise_interrupted)
     try:
