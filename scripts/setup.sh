@@ -3,7 +3,8 @@
 #   scripts/setup.sh          the package in .venv and a llama-server build in the user's cache
 #   scripts/setup.sh --test   also what the test suite needs: dev tools, earlyoom, a Docker
 #                             engine with Compose v2, the local test images, and a throwaway
-#                             venv (~/.cache/llm-backend/sglang-parser-venv) that imports a pinned SGLang's own
+#                             venv (~/.cache/llm-backend/sglang-parser-venv) that imports
+#                             a pinned SGLang's own
 #                             argument parser on the CPU, for the flag-validation tests
 set -euo pipefail
 
@@ -49,7 +50,7 @@ say "making sure a llama-server binary exists (built once, then cached)"
 
 if ((with_tests)); then
   if command -v apt-get >/dev/null 2>&1; then
-    apt_install earlyoom docker.io util-linux procps
+    apt_install earlyoom docker.io docker-compose curl sudo e2fsprogs util-linux procps
   fi
   # The tests start their own earlyoom processes; the packaged service must not run.
   say "starting the Docker engine, installing Compose v2, building the local test images"
