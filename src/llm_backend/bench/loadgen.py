@@ -27,9 +27,11 @@ ProgressCallback = Callable[[int], None]
 class RequestResult:
     """One request as the client saw it, and what the engine reported about it.
 
-    `tokens_per_s` is (output tokens - 1) / (last token time - first token time): the first
-    token comes with the prompt, so this is the decode rate, the same definition llama.cpp
-    uses for `timings.predicted_per_second`.
+    `tokens_per_s` is (output tokens - 1) / (time of the final chunk - time of the first
+    token): the first token comes with the prompt, so this is the decode rate, the same
+    definition llama.cpp uses for `timings.predicted_per_second`. The final chunk (the one
+    with `finish_reason`) marks the end because `usage` also counts the end-of-text token,
+    which streams no text.
     """
 
     index: int
@@ -128,6 +130,7 @@ def measure_request(
     usage: dict[str, Any] = {}
     timings: dict[str, Any] = {}
     finish_reason: str | None = None
+    finished_at: float | None = None
     error: str | None = None
     try:
         with client.stream("POST", url, json=payload) as response:
@@ -145,7 +148,9 @@ def measure_request(
                     if content:
                         token_times.append(now)
                         pieces.append(content)
-                    finish_reason = choice.get("finish_reason") or finish_reason
+                    if choice.get("finish_reason"):
+                        finish_reason = choice["finish_reason"]
+                        finished_at = now
                 if isinstance(event.get("usage"), dict):
                     usage = event["usage"]
                 if isinstance(event.get("timings"), dict):
@@ -159,8 +164,8 @@ def measure_request(
     ttft = token_times[0] - started if token_times else None
     itl = tuple(later - earlier for earlier, later in itertools.pairwise(token_times))
     tokens_per_s = None
-    if output_tokens is not None and output_tokens > 1 and len(token_times) > 1:
-        decode_s = token_times[-1] - token_times[0]
+    if output_tokens is not None and output_tokens > 1 and token_times:
+        decode_s = max(finished_at or token_times[-1], token_times[-1]) - token_times[0]
         if decode_s > 0:
             tokens_per_s = (output_tokens - 1) / decode_s
     engine_tps = timings.get("predicted_per_second")
