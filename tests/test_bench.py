@@ -82,6 +82,23 @@ def test_bench_json_is_consistent(world: Env) -> None:
     assert all(agreement is not None for agreement in agreements)
     assert data["engine_agreement_ok"] is True, agreements
 
+    # --duration bounds each level by time instead of a request count.
+    timed = world.cwd / "timed.json"
+    world.run(
+        "bench", "--workload", "chat", "--concurrency", "2", "--duration", "2",
+        "--max-tokens", "8", "--json", str(timed), check=True,
+    )
+    timed_data = json.loads(timed.read_text())
+    assert timed_data["duration_s"] == 2
+    assert timed_data["requests_per_level"] is None
+    (level,) = timed_data["summary"]
+    (run,) = timed_data["runs"]
+    assert level["requests"] >= 1
+    check_summary(level, level["requests"])
+    check_requests(run, level["requests"])
+    # Requests only start before the deadline; the last ones may finish after it.
+    assert max(result["start_s"] for result in run["requests"]) < 2.0
+
 
 def check_ab(data: dict[str, Any], requests: int) -> None:
     ab = data["ab"]

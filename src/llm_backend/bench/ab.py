@@ -249,7 +249,8 @@ def ab_warnings(comparisons: Sequence[LevelComparison], on: BenchReport) -> tupl
         elif item.acceptance is None and item.accept_length is None and level.ok:
             warnings.append(
                 f"concurrency {item.concurrency}: the engine drafted no tokens with speculation "
-                "on (acceptance near zero): check the profile's [speculative] settings"
+                "on (acceptance near zero): n-gram drafting needs replies that repeat earlier "
+                "text; with a draft model, check the profile's [speculative] settings"
             )
         if item.speedup is not None and item.speedup < 1.0:
             warnings.append(

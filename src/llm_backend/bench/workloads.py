@@ -170,14 +170,22 @@ def _long_request(index: int, rng: random.Random, seed: int) -> BenchRequest:
     return BenchRequest(index, "long", ({"role": "user", "content": prompt},), 512, seed)
 
 
-def _copy_request(index: int, rng: random.Random, seed: int) -> BenchRequest:
+def _copy_deck(rng: random.Random) -> list[tuple[str, str]]:
+    """Every paragraph and code block once, shuffled: copy requests repeat a text only after
+    all others were used (a repeat would find its reply in llama.cpp's caches)."""
+    deck = [("text", paragraph) for paragraph in _PARAGRAPHS]
+    deck += [("code", f"```python\n{block}```") for block in _CODE_BLOCKS]
+    rng.shuffle(deck)
+    return deck
+
+
+def _copy_request(index: int, item: tuple[str, str], seed: int) -> BenchRequest:
     # One worked example first: a small model then copies instead of paraphrasing, which is
     # what an editing assistant does with most of a file.
-    if rng.random() < 0.5:
-        body = rng.choice(_PARAGRAPHS)
+    kind, body = item
+    if kind == "text":
         instruction, example = _TEXT_INSTRUCTION, _TEXT_EXAMPLE
     else:
-        body = f"```python\n{rng.choice(_CODE_BLOCKS)}```"
         instruction, example = _CODE_INSTRUCTION, _CODE_EXAMPLE
     messages = (
         {"role": "user", "content": f"{instruction}\n\n{example}"},
@@ -189,7 +197,7 @@ def _copy_request(index: int, rng: random.Random, seed: int) -> BenchRequest:
     return BenchRequest(index, "copy", messages, budget, seed)
 
 
-_MAKERS = {"chat": _chat_request, "long": _long_request, "copy": _copy_request}
+_MAKERS = {"chat": _chat_request, "long": _long_request}
 
 
 def builtin_workload(name: str, *, count: int = 32, seed: int = DEFAULT_SEED) -> Workload:
@@ -206,9 +214,15 @@ def builtin_workload(name: str, *, count: int = 32, seed: int = DEFAULT_SEED) ->
         )
     rng = random.Random(f"{name}:{seed}")
     requests = []
+    deck = _copy_deck(rng)
+    copies = 0
     for index in range(count):
         kind = ("chat", "copy", "long")[index % 3] if name == "mixed" else name
-        requests.append(_MAKERS[kind](index, rng, seed + index))
+        if kind == "copy":
+            requests.append(_copy_request(index, deck[copies % len(deck)], seed + index))
+            copies += 1
+        else:
+            requests.append(_MAKERS[kind](index, rng, seed + index))
     descriptions = {
         "chat": "short questions, short answers (up to 96 tokens)",
         "long": "requests for long answers (up to 512 tokens)",
