@@ -183,6 +183,13 @@ def section(
                 lines.append(f"- ... and {len(differences) - 8} more")
         for warning in ab["ab"]["warnings"]:
             lines += ["", f"Warning printed by the bench: {warning}"]
+        for level in ab["ab"]["levels"]:
+            if level["acceptance"] is None and level["speedup"] is not None:
+                lines += [
+                    "",
+                    f"At concurrency {level['concurrency']} nothing was drafted, so both arms did "
+                    f"the same work: its {level['speedup']:.2f}x is this machine's noise.",
+                ]
         name = result["workload"]
         lines += ["", f"![{name}: spec off vs on](bench-spec-{name}.png)", ""]
     lines += [
@@ -333,7 +340,22 @@ def main() -> None:
     parser.add_argument("--workloads", default="chat,copy,copy-twice")
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
     parser.add_argument("--json", type=Path, help="write every figure of both A/B runs here")
+    parser.add_argument(
+        "--from-json", type=Path, help="re-render the doc section from a saved --json run"
+    )
     args = parser.parse_args()
+    if args.from_json:
+        saved = json.loads(args.from_json.read_text())
+        for key, value in saved["args"].items():
+            setattr(args, key, value)
+        from llm_backend.config import load_config
+
+        spec = load_config().resolve(PROFILE).profile.speculative
+        write_doc(section(saved["results"], args, spec, {
+            int(count): ms for count, ms in saved["costs"].items()
+        }))
+        print(f"updated {DOC.relative_to(REPO)} from {args.from_json}")
+        return
 
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt  # so the A/B runner stops the backend it started
@@ -392,8 +414,6 @@ def main() -> None:
             "command": f"llm-backend bench --ab spec --workload {base_name} --concurrency "
             f"{args.levels} --requests {args.requests * repeats} --rounds {args.rounds}",
         })
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
     print("measuring what a batch of tokens costs (speculation off) ...", flush=True)
     lifecycle.start(profile_name=PROFILE, overrides={"speculative.enabled": False})
     try:
@@ -401,6 +421,10 @@ def main() -> None:
     finally:
         lifecycle.stop()
     print(f"batch costs (ms): {costs}", flush=True)
+    if args.json:
+        saved_args = {key: getattr(args, key) for key in ("requests", "rounds", "levels")}
+        document = {"args": saved_args, "results": results, "costs": costs}
+        args.json.write_text(json.dumps(document, indent=2, default=str) + "\n")
     text = section(results, args, spec, costs)
     if args.write:
         write_doc(text)
