@@ -17,9 +17,16 @@ from rich.text import Text
 
 from llm_backend.config import Profile, flatten, load_config
 from llm_backend.errors import BackendError, NotRunningError, StartFailed
-from llm_backend.lifecycle import Interrupted, Lifecycle, StartResult, Status, log_tail
+from llm_backend.lifecycle import (
+    HostPreparation,
+    Interrupted,
+    Lifecycle,
+    StartResult,
+    Status,
+    log_tail,
+)
 from llm_backend.monitor import MonitorEvent
-from llm_backend.state import StateStore
+from llm_backend.state import HOST_JOURNAL_FILE, StateStore
 
 app = typer.Typer(
     help="Start, watch and stop an OpenAI-compatible LLM server on this machine.",
@@ -39,18 +46,24 @@ err_console = Console(stderr=True, highlight=False)
 
 
 def make_lifecycle() -> Lifecycle:
-    """The lifecycle with host preparation wired in when that package is present."""
-    factory = None
-    host_status = None
-    try:
-        from llm_backend.host import host_preparation_factory
-        from llm_backend.host import host_status as read_host_status
-    except ImportError:
-        pass
-    else:
-        factory = host_preparation_factory
-        host_status = read_host_status
-    return Lifecycle(store=StateStore(), host_prep_factory=factory, host_status=host_status)
+    """The lifecycle with host preparation wired in (imported only when it is used)."""
+    return Lifecycle(
+        store=StateStore(), host_prep_factory=_host_preparation, host_status=_host_status
+    )
+
+
+def _host_preparation(profile: Profile, store: StateStore) -> HostPreparation:
+    from llm_backend.host import host_preparation_factory
+
+    return host_preparation_factory(profile, store)
+
+
+def _host_status(store: StateStore) -> dict[str, Any] | None:
+    if not (store.root / HOST_JOURNAL_FILE).exists():  # nothing in effect: skip the import
+        return None
+    from llm_backend.host import host_status
+
+    return host_status(store)
 
 
 def fail(error: BackendError) -> None:
@@ -996,12 +1009,15 @@ def before_every_command(ctx: typer.Context) -> None:
     # state dir): same boot, undo it; after a reboot, only clean up the swap file.
     if ctx.resilient_parsing or ctx.invoked_subcommand in ("recover", "host"):
         return
+    store = StateStore()
+    if not (store.root / HOST_JOURNAL_FILE).exists():  # no journal: nothing to finish
+        return
     try:
         from llm_backend.host import recover as recover_host
     except ImportError:
         return
     try:
-        report = recover_host(StateStore(), retry_left_on=False)
+        report = recover_host(store, retry_left_on=False)
     except (BackendError, OSError) as error:
         message = error.message if isinstance(error, BackendError) else str(error)
         err_console.print(

@@ -39,7 +39,8 @@ def parse_size(text: str) -> int:
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # defer_build: commands that never validate a profile (status) skip building the schemas
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class SpeculativeConfig(StrictModel):

@@ -18,6 +18,7 @@ INSTANCE_FILE = "instance.json"
 HISTORY_FILE = "history.json"
 START_LOCK = "start.lock"
 STATE_LOCK = "state.lock"
+HOST_JOURNAL_FILE = "host-prep.json"  # written by llm_backend.host.journal
 
 
 def state_dir() -> Path:

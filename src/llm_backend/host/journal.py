@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from llm_backend.state import atomic_write_json, read_json
+from llm_backend.state import HOST_JOURNAL_FILE, atomic_write_json, read_json
 
-JOURNAL_FILE = "host-prep.json"
+JOURNAL_FILE = HOST_JOURNAL_FILE
 JOURNAL_LOCK = "host-prep.lock"
 JOURNAL_VERSION = 1
 FAULT_POINT_ENV = "LLM_BACKEND_FAULT_POINT"
