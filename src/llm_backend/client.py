@@ -41,7 +41,9 @@ def stream_chunks(
             data = line[len("data:"):].strip()
             if data == "[DONE]":
                 break
-            yield json.loads(data)
+            event = json.loads(data)
+            if isinstance(event, dict):
+                yield event
 
 
 def chat(

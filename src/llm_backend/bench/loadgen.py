@@ -11,7 +11,7 @@ import itertools
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 
 from llm_backend.bench.workloads import BenchRequest
+from llm_backend.client import stream_chunks
 
 ProgressCallback = Callable[[int], None]
 
@@ -99,18 +100,6 @@ def request_payload(
     }
 
 
-def _events(response: httpx.Response) -> Iterator[dict[str, Any]]:
-    for line in response.iter_lines():
-        if not line.startswith("data:"):
-            continue
-        data = line[len("data:"):].strip()
-        if data == "[DONE]":
-            return
-        event = json.loads(data)
-        if isinstance(event, dict):
-            yield event
-
-
 def _as_int(value: Any) -> int | None:
     return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
@@ -133,28 +122,20 @@ def measure_request(
     finished_at: float | None = None
     error: str | None = None
     try:
-        with client.stream("POST", url, json=payload) as response:
-            if response.status_code != 200:
-                response.read()
-                raise httpx.HTTPStatusError(
-                    f"HTTP {response.status_code}: {response.text[:200]}",
-                    request=response.request,
-                    response=response,
-                )
-            for event in _events(response):
-                now = time.perf_counter()
-                for choice in event.get("choices") or []:
-                    content = (choice.get("delta") or {}).get("content")
-                    if content:
-                        token_times.append(now)
-                        pieces.append(content)
-                    if choice.get("finish_reason"):
-                        finish_reason = choice["finish_reason"]
-                        finished_at = now
-                if isinstance(event.get("usage"), dict):
-                    usage = event["usage"]
-                if isinstance(event.get("timings"), dict):
-                    timings = event["timings"]
+        for event in stream_chunks(client, url, payload):
+            now = time.perf_counter()
+            for choice in event.get("choices") or []:
+                content = (choice.get("delta") or {}).get("content")
+                if content:
+                    token_times.append(now)
+                    pieces.append(content)
+                if choice.get("finish_reason"):
+                    finish_reason = choice["finish_reason"]
+                    finished_at = now
+            if isinstance(event.get("usage"), dict):
+                usage = event["usage"]
+            if isinstance(event.get("timings"), dict):
+                timings = event["timings"]
     except (httpx.HTTPError, json.JSONDecodeError) as failure:
         error = f"{type(failure).__name__}: {failure}"
     ended = time.perf_counter()
