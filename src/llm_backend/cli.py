@@ -156,7 +156,10 @@ class StartDisplay:
         elif event.kind == "tick" and self.progress is not None:
             self.progress.update(self.task, eta=eta)
         elif event.kind == "ready":
-            err_console.print(f"[{event.elapsed_s:6.1f}s] ready")
+            if self.progress is not None:  # the same shape as the phase lines above it
+                self.progress.console.print(f"[dim]{event.elapsed_s:6.1f}s[/dim] ready")
+            else:
+                err_console.print(f"[{event.elapsed_s:6.1f}s] ready")
 
 
 def ensure_llama_server(profile: Profile) -> None:
@@ -497,8 +500,14 @@ def restart() -> None:
 
     def action() -> None:
         lifecycle = make_lifecycle()
+
+        def checks(name: str, overrides: dict[str, Any]) -> None:
+            run_preflight(lifecycle, name, overrides, [], host_prep=True, dry_run=False)
+
         with StartDisplay("restart", interactive=err_console.is_terminal) as display:
-            result = lifecycle.restart(on_event=display, ensure_binary=ensure_llama_server)
+            result = lifecycle.restart(
+                before_start=checks, on_event=display, ensure_binary=ensure_llama_server
+            )
         print_started(result)
 
     run_guarded(action)

@@ -579,7 +579,14 @@ class Lifecycle:
             duration_s=result.duration_s,
         )
 
-    def restart(self, **start_kwargs: Any) -> StartResult:
+    def restart(
+        self,
+        *,
+        before_start: Callable[[str, dict[str, Any]], None] | None = None,
+        **start_kwargs: Any,
+    ) -> StartResult:
+        """Stop, then start the same profile with the same overrides; `before_start` runs in
+        between (the preflight checks, which need the port the old server held)."""
         record = self.store.load_instance()
         if record is None:
             raise NotRunningError(
@@ -588,6 +595,8 @@ class Lifecycle:
             )
         overrides = record.runtime_info.get("overrides") or {}
         self.stop()
+        if before_start is not None:
+            before_start(record.profile, overrides)
         return self.start(profile_name=record.profile, overrides=overrides, **start_kwargs)
 
     def running_record(self) -> InstanceRecord:
