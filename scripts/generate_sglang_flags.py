@@ -21,7 +21,7 @@ import sys
 import venv
 from pathlib import Path
 
-from llm_backend.sglang_flags import PARSER_DUMP_SCRIPT
+from llm_backend.engines.sglang_flags import PARSER_DUMP_SCRIPT
 
 REPO = Path(__file__).resolve().parent.parent
 TABLE = REPO / "src" / "llm_backend" / "data" / "sglang_flags.json"

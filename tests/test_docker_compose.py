@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from llm_backend.compose import build_compose, go_duration, image_for, project_name
+from llm_backend.runtimes.compose import build_compose, go_duration, image_for, project_name
 from llm_backend.config import load_config
 from llm_backend.errors import ConfigError
 from tests.conftest import Env

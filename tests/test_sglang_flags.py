@@ -21,7 +21,7 @@ import pytest
 
 from llm_backend.config import load_config
 from llm_backend.engines.sglang import SGLangEngine
-from llm_backend.sglang_flags import (
+from llm_backend.engines.sglang_flags import (
     FlagTable,
     check_profile_flags,
     check_with_parser,

@@ -1173,7 +1173,7 @@ def compose(
     """Write the profile's docker-compose.yml: the file `start --runtime docker` runs."""
 
     def action() -> None:
-        from llm_backend.compose import build_compose
+        from llm_backend.runtimes.compose import build_compose
         from llm_backend.engines import get_engine
 
         lifecycle = make_lifecycle()

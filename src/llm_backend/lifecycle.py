@@ -649,7 +649,7 @@ def check_engine_flags(profile: Profile, engine: Engine, *, for_container: bool)
 
     if not isinstance(engine, SGLangEngine):
         return None
-    from llm_backend.sglang_flags import check_profile_flags, raise_for_problems
+    from llm_backend.engines.sglang_flags import check_profile_flags, raise_for_problems
 
     check = check_profile_flags(
         profile, engine.server_flags(profile=profile, for_container=for_container)

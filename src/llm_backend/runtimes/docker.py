@@ -23,7 +23,7 @@ from typing import Any
 
 import psutil
 
-from llm_backend.compose import (
+from llm_backend.runtimes.compose import (
     LABEL_PROFILE,
     LABEL_SPEC_HASH,
     ComposeDocument,
