@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import yaml
 
-from llm_backend.runtimes.compose import build_compose, go_duration, image_for, project_name
 from llm_backend.config import load_config
 from llm_backend.errors import ConfigError
+from llm_backend.runtimes.compose import build_compose, go_duration, image_for, project_name
 from tests.conftest import Env
 from tests.docker_env import require_compose_v1, require_docker
 

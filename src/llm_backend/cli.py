@@ -568,7 +568,7 @@ def chat(
         record = make_lifecycle().running_record()
         try:
             result = run_chat(
-                endpoint=record.endpoint,
+                endpoint=record.client_endpoint,
                 model=record.served_model_name,
                 prompt=prompt,
                 max_tokens=max_tokens,
@@ -788,7 +788,7 @@ def bench(
             except BackendError:
                 speculative = None
             target = Target(
-                endpoint=record.endpoint, model=record.served_model_name,
+                endpoint=record.client_endpoint, model=record.served_model_name,
                 profile=record.profile, engine=record.engine, speculative=speculative,
             )
             with progress:
@@ -1173,8 +1173,8 @@ def compose(
     """Write the profile's docker-compose.yml: the file `start --runtime docker` runs."""
 
     def action() -> None:
-        from llm_backend.runtimes.compose import build_compose
         from llm_backend.engines import get_engine
+        from llm_backend.runtimes.compose import build_compose
 
         lifecycle = make_lifecycle()
         name = choose_profile(lifecycle, profile)

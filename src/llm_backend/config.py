@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from llm_backend.errors import ConfigError
+from llm_backend.net import connect_url, http_url
 
 ENV_PREFIX = "LLM_BACKEND_"
 LOCAL_CONFIG_NAME = "llm-backend.toml"
@@ -194,7 +195,13 @@ class Profile(StrictModel):
 
     @property
     def endpoint(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        """The URL as configured (`http://[::]:40000` for an IPv6 wildcard bind)."""
+        return http_url(self.host, self.port)
+
+    @property
+    def client_endpoint(self) -> str:
+        """The URL a client on this machine uses (a wildcard bind is polled at loopback)."""
+        return connect_url(self.host, self.port)
 
     @property
     def model_name(self) -> str:

@@ -11,7 +11,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -27,6 +26,7 @@ from llm_backend.engines import get_engine
 from llm_backend.engines.base import Engine, Failure
 from llm_backend.errors import BackendError, NotRunningError, StartFailed
 from llm_backend.monitor import Monitor, MonitorEvent, MonitorResult
+from llm_backend.net import can_bind
 from llm_backend.runtimes import get_runtime
 from llm_backend.runtimes.base import LaunchSpec, Runtime
 from llm_backend.runtimes.native import process_matches
@@ -132,13 +132,8 @@ class Status:
 
 def port_holder(host: str, port: int) -> str | None:
     """Who listens on host:port (pid and name when the OS tells us), or None if it is free."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host if host not in ("", "0.0.0.0") else "0.0.0.0", port))
-            return None
-        except OSError:
-            pass
+    if can_bind(host, port):
+        return None
     with contextlib.suppress(psutil.AccessDenied, OSError):
         for connection in psutil.net_connections(kind="inet"):
             if (
@@ -241,6 +236,11 @@ class Lifecycle:
                 profile=profile, argv=argv)]
             if flag_note:
                 plan.insert(0, flag_note)
+            if profile.client_endpoint != profile.endpoint:
+                plan.append(
+                    f"health polled at {profile.client_endpoint}{engine.health_path} "
+                    f"(the server binds {profile.host})"
+                )
             host_plan = preparation.plan() if preparation else []
             return StartResult(
                 outcome="dry_run",
@@ -349,7 +349,7 @@ class Lifecycle:
                     record = self.transition(record, "loading")
                 monitor = Monitor(
                     engine=engine,
-                    base_url=profile.endpoint,
+                    base_url=profile.client_endpoint,
                     log_path=log_path,
                     is_alive=lambda: runtime.is_alive(record=record),
                     exit_code=lambda: runtime.exit_code(record=record),
@@ -487,9 +487,8 @@ class Lifecycle:
                         "llm-backend start",
                     ).to_json(),
                 )
-            if record.state == "loading" and _health(record.endpoint, get_engine(record.engine))[
-                0
-            ] == 200:
+            engine = get_engine(record.engine)
+            if record.state == "loading" and _health(record.client_endpoint, engine)[0] == 200:
                 return self.transition(record, "ready", ready_at=time.time(), phase="ready")
         return record
 
@@ -516,8 +515,8 @@ class Lifecycle:
         if record.state not in ACTIVE_STATES:
             return base
         engine = get_engine(record.engine)
-        health_status, health_ms = _health(record.endpoint, engine)
-        models = _models(record.endpoint, engine) if health_status == 200 else []
+        health_status, health_ms = _health(record.client_endpoint, engine)
+        models = _models(record.client_endpoint, engine) if health_status == 200 else []
         uptime = time.time() - record.ready_at if record.ready_at else None
         return Status(
             **{
@@ -664,7 +663,7 @@ def _spec(record: InstanceRecord, engine: Engine) -> dict[str, Any] | None:
     paths = [engine.info_path, getattr(engine, "info_fallback_path", None)]
     for path in [path for path in paths if path]:
         try:
-            status, body = _get(record.endpoint + path)
+            status, body = _get(record.client_endpoint + path)
         except (OSError, http.client.HTTPException):
             break
         if status == 404:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_backend.errors import AlreadyStartingError
+from llm_backend.net import connect_url, http_url
 
 INSTANCE_FILE = "instance.json"
 HISTORY_FILE = "history.json"
@@ -85,7 +86,13 @@ class InstanceRecord:
 
     @property
     def endpoint(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        """The URL as configured (`http://[::]:40000` for an IPv6 wildcard bind)."""
+        return http_url(self.host, self.port)
+
+    @property
+    def client_endpoint(self) -> str:
+        """The URL a client on this machine uses (a wildcard bind is polled at loopback)."""
+        return connect_url(self.host, self.port)
 
     def evolve(self, **changes: Any) -> InstanceRecord:
         return replace(self, **changes)

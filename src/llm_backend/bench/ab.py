@@ -266,7 +266,9 @@ def _accept_length(profile: Profile) -> float | None:
     if engine.info_path is None:
         return None
     try:
-        response = httpx.get(profile.endpoint + engine.info_path, timeout=5.0, trust_env=False)
+        response = httpx.get(
+            profile.client_endpoint + engine.info_path, timeout=5.0, trust_env=False
+        )
         info = response.json()
     except (httpx.HTTPError, ValueError):
         return None
@@ -360,7 +362,7 @@ def run_ab(
                         start_s[arm].append(round(started.duration_s, 3))
                 profile = lifecycle.resolve(profile_name, overrides[arm]).profile
                 target = Target(
-                    endpoint=profile.endpoint,
+                    endpoint=profile.client_endpoint,
                     model=profile.model_name,
                     profile=profile_name,
                     engine=profile.engine,
@@ -395,7 +397,7 @@ def run_ab(
             workload_description=workload.description,
             profile=profile_name,
             engine=base_profile.engine,
-            endpoint=base_profile.endpoint,
+            endpoint=base_profile.client_endpoint,
             model=base_profile.model_name,
             speculative=arm == "on",
             temperature=temperature,

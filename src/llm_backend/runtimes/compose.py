@@ -21,6 +21,7 @@ import yaml
 from llm_backend import __version__
 from llm_backend.config import Profile
 from llm_backend.errors import ConfigError
+from llm_backend.net import publish_spec
 
 SERVICE_NAME = "server"
 LABEL_PROFILE = "llm-backend.profile"
@@ -148,8 +149,7 @@ def build_compose(
     if docker.network == "host":
         service["network_mode"] = "host"
     else:
-        publish = f"{docker.publish_host}:" if docker.publish_host else ""
-        service["ports"] = [f"{publish}{profile.port}:{profile.port}"]
+        service["ports"] = [publish_spec(docker.publish_host, profile.port, profile.port)]
         service["networks"] = [docker.network]
     if volumes:
         service["volumes"] = volumes

@@ -23,6 +23,9 @@ from typing import Any
 
 import psutil
 
+from llm_backend.config import Profile
+from llm_backend.errors import BackendError, CommandFailed
+from llm_backend.runtimes.base import Launched, LaunchSpec, Runtime, StopResult
 from llm_backend.runtimes.compose import (
     LABEL_PROFILE,
     LABEL_SPEC_HASH,
@@ -31,9 +34,6 @@ from llm_backend.runtimes.compose import (
     image_for,
     project_name,
 )
-from llm_backend.config import Profile
-from llm_backend.errors import BackendError, CommandFailed
-from llm_backend.runtimes.base import Launched, LaunchSpec, Runtime, StopResult
 from llm_backend.runtimes.native import process_matches
 from llm_backend.state import InstanceRecord
 

@@ -1,0 +1,109 @@
+"""Host values to URLs and sockets, for IPv4, IPv6 and names alike.
+
+Every place that builds a URL from a profile's `host`, probes a port, or publishes one
+goes through these helpers, so an IPv6 literal (`::`, `fe80::1%eth0`) is bracketed in
+URLs (RFC 3986 section 3.2.2; the zone's `%` is written `%25`, RFC 6874), a port is
+probed with the address family of the host, and a wildcard bind is reached through the
+loopback address of its own family.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+
+# Wildcard binds and the loopback address that reaches a server bound to each.
+_WILDCARD_TO_LOOPBACK = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
+
+
+def _unbracket(host: str) -> str:
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
+def is_ipv6_literal(host: str) -> bool:
+    """Whether `host` is an IPv6 address (brackets and a `%zone` allowed), not a name."""
+    address = _unbracket(host).split("%", 1)[0]
+    try:
+        return isinstance(ipaddress.ip_address(address), ipaddress.IPv6Address)
+    except ValueError:
+        return False
+
+
+def url_host(host: str) -> str:
+    """`host` as written in a URL's authority: `::1` -> `[::1]`, names and IPv4 unchanged."""
+    bare = _unbracket(host)
+    if is_ipv6_literal(bare):
+        address, percent, zone = bare.partition("%")
+        return f"[{address}%25{zone}]" if percent else f"[{address}]"
+    return bare
+
+
+def http_url(host: str, port: int) -> str:
+    """`http://HOST:PORT` with `host` bracketed when it is an IPv6 literal."""
+    return f"http://{url_host(host)}:{port}"
+
+
+def connect_host(host: str) -> str:
+    """Where a client on this machine reaches a server bound to `host`.
+
+    A wildcard bind (`0.0.0.0`, `::`, empty) is reached at the loopback address of the same
+    family (`127.0.0.1`, `::1`); any other host as given.
+    """
+    bare = _unbracket(host)
+    return _WILDCARD_TO_LOOPBACK.get(bare, bare)
+
+
+def connect_url(host: str, port: int) -> str:
+    """The URL a client on this machine polls for a server bound to `host:port`."""
+    return http_url(connect_host(host), port)
+
+
+def bind_family(host: str) -> socket.AddressFamily:
+    """The address family a server bound to `host` listens with (names: their first address)."""
+    bare = _unbracket(host)
+    if bare in ("", "0.0.0.0"):
+        return socket.AF_INET
+    if is_ipv6_literal(bare):
+        return socket.AF_INET6
+    try:
+        ipaddress.IPv4Address(bare)
+        return socket.AF_INET
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(bare, None, type=socket.SOCK_STREAM)
+    except OSError:
+        return socket.AF_INET
+    return infos[0][0] if infos else socket.AF_INET
+
+
+def can_bind(host: str, port: int) -> bool:
+    """Whether a TCP listener could bind `host:port` now (the family follows the host).
+
+    `::` binds dual-stack where the kernel allows it (Linux `bindv6only=0`), as the servers
+    do, so a port taken on IPv4 only also counts as taken.
+    """
+    bare = _unbracket(host) or "0.0.0.0"
+    family = bind_family(bare)
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            if family == socket.AF_INET6:
+                address, _, zone = bare.partition("%")
+                scope = socket.if_nametoindex(zone) if zone else 0
+                probe.bind((address, port, 0, scope))
+            else:
+                probe.bind((bare, port))
+        except OSError:
+            return False
+    return True
+
+
+def publish_spec(publish_host: str | None, host_port: int, container_port: int) -> str:
+    """A Compose short-syntax `ports` entry: `[::1]:8000:8000`, `127.0.0.1:8000:8000`, `8000:8000`.
+
+    The Compose specification writes an IPv6 host address in brackets in this syntax.
+    """
+    if not publish_host:
+        return f"{host_port}:{container_port}"
+    return f"{url_host(publish_host)}:{host_port}:{container_port}"

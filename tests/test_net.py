@@ -1,0 +1,119 @@
+"""Host values to URLs and sockets: IPv6 literals bracketed, probed with their own family."""
+
+from __future__ import annotations
+
+import http.server
+import socket
+import threading
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from llm_backend.config import Profile
+from llm_backend.net import (
+    bind_family,
+    can_bind,
+    connect_url,
+    http_url,
+    is_ipv6_literal,
+    publish_spec,
+    url_host,
+)
+from llm_backend.runtimes.compose import build_compose
+from tests.conftest import free_port
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        ("127.0.0.1", "127.0.0.1"),
+        ("0.0.0.0", "0.0.0.0"),
+        ("localhost", "localhost"),
+        ("node-0.company.net", "node-0.company.net"),
+        ("::", "[::]"),
+        ("::1", "[::1]"),
+        ("[::1]", "[::1]"),
+        ("2001:db8::5", "[2001:db8::5]"),
+        ("fe80::1%eth0", "[fe80::1%25eth0]"),
+    ],
+)
+def test_url_host_brackets_only_ipv6_literals(host: str, expected: str) -> None:
+    assert url_host(host) == expected
+
+
+def test_urls_for_wildcard_and_loopback_binds() -> None:
+    assert http_url("::", 40000) == "http://[::]:40000"
+    assert connect_url("::", 40000) == "http://[::1]:40000"
+    assert connect_url("0.0.0.0", 8080) == "http://127.0.0.1:8080"
+    assert connect_url("::1", 8080) == "http://[::1]:8080"
+    assert connect_url("10.0.0.5", 8080) == "http://10.0.0.5:8080"
+    assert is_ipv6_literal("::") and not is_ipv6_literal("0.0.0.0")
+    assert bind_family("::") == socket.AF_INET6 and bind_family("0.0.0.0") == socket.AF_INET
+
+
+def test_profile_endpoint_for_ipv6_host() -> None:
+    profile = Profile(name="v6", engine="sglang", model="m", host="::", port=40000)
+    assert profile.endpoint == "http://[::]:40000"
+    assert profile.client_endpoint == "http://[::1]:40000"
+
+
+def test_free_port_on_ipv6_wildcard_is_free_and_a_taken_one_is_not() -> None:
+    port = free_port()
+    assert can_bind("::", port)
+    assert can_bind("::1", port)
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as holder:
+        holder.bind(("::1", port))
+        holder.listen()
+        assert not can_bind("::1", port)
+        assert not can_bind("::", port)
+    # Linux binds `::` dual-stack, so an IPv4 listener takes the port for `::` too.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
+        holder.bind(("0.0.0.0", port))
+        holder.listen()
+        assert not can_bind("0.0.0.0", port)
+        assert not can_bind("::", port)
+
+
+@pytest.fixture
+def ipv6_server() -> Iterator[int]:
+    """A real HTTP server bound to the IPv6 wildcard, answering /health with 200."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path == "/health" else 404)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            return
+
+    class V6Server(http.server.HTTPServer):
+        address_family = socket.AF_INET6
+
+    server = V6Server(("::", free_port()), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_wildcard_ipv6_bind_is_reached_at_the_loopback_url(ipv6_server: int) -> None:
+    response = httpx.get(connect_url("::", ipv6_server) + "/health", timeout=5, trust_env=False)
+    assert response.status_code == 200
+    assert not can_bind("::", ipv6_server)
+
+
+def test_compose_publishes_ipv6_host_in_brackets() -> None:
+    assert publish_spec("::1", 8000, 8000) == "[::1]:8000:8000"
+    assert publish_spec("127.0.0.1", 8000, 8000) == "127.0.0.1:8000:8000"
+    assert publish_spec(None, 8000, 8000) == "8000:8000"
+    profile = Profile.model_validate(
+        {"name": "v6", "engine": "sglang", "model": "m", "runtime": "docker", "port": 31000,
+         "docker": {"image": "lmsysorg/sglang:v0.5.23", "publish_host": "::"}}
+    )
+    document = build_compose(profile=profile, argv=["python3", "-m", "sglang.launch_server"])
+    service = document.data["services"][document.service]
+    assert service["ports"] == ["[::]:31000:31000"]
