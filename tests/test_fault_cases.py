@@ -39,3 +39,58 @@ def test_ipv6_wildcard_host_endpoint_and_free_port(world: Env) -> None:
     completed = world.run("doctor", "--json", "--profile", "r1-ipv6", timeout=120)
     port = checks_by_name(json.loads(completed.stdout))["port"]
     assert port["status"] == "pass", port
+
+
+# --- reading logs ------------------------------------------------------------------------
+
+
+def diagnose(world: Env, log: str, *args: str) -> dict[str, Any]:
+    completed = world.run("diagnose", *args, str(CASES / log), "--json", timeout=60)
+    data: dict[str, Any] = json.loads(completed.stdout)
+    return data
+
+
+def test_compose_prefixed_llama_server_log(world: Env) -> None:
+    data = diagnose(world, "openmono-23-llamaserver-compose.log", "--engine", "llamacpp")
+    assert data["failure"]["class"] == "bad_flag"
+    assert data["failure"]["line"] == "error: invalid argument: 0.0.0.0"
+    assert any("restarted" in note for note in data["notes"]), data["notes"]
+
+
+def test_invalid_hf_flag_stays_bad_flag(world: Env) -> None:
+    data = diagnose(world, "llamavim-36-invalid-hf.log", "--engine", "llamacpp")
+    assert data["failure"]["class"] == "bad_flag"
+
+
+def test_nccl_cases(world: Env) -> None:
+    assert diagnose(world, "sglang-5594-nccl-socket-abort.log")["failure"]["class"] == "nccl"
+    data = diagnose(world, "sglang-4289-nccl-unhandled-system-error.log")
+    assert data["failure"]["class"] == "nccl"
+    assert data["failure"]["line"].startswith("RuntimeError: NCCL error: unhandled system error")
+
+
+def test_hang_before_load_is_init_without_failure(world: Env) -> None:
+    data = diagnose(world, "sglang-7478-ipv6-hang-before-load.log")
+    assert [phase["name"] for phase in data["phases"]] == ["init"]
+    assert data["ready"] is False and data["failure"] is None
+
+
+def test_crash_after_model_info(world: Env) -> None:
+    data = diagnose(world, "sglang-33943-crash-after-model-info.log")
+    names = [phase["name"] for phase in data["phases"]]
+    assert "server_up" in names and data["failure"]["class"] == "child_crash"
+
+
+def test_not_enough_memory_remedies_use_the_shown_value(world: Env) -> None:
+    low = diagnose(world, "gpustack-3831-not-enough-memory-0.2.log")["failure"]
+    assert low["class"] == "out_of_memory" and "from 0.2" in low["remedy"]
+    plain = diagnose(world, "sglang-4330-not-enough-memory-0.84.log")["failure"]
+    assert plain["class"] == "out_of_memory"
+    assert "0.85" not in plain["remedy"] and "current value" in plain["remedy"]
+
+
+def test_other_ranks_did_not_finish_loading(world: Env) -> None:
+    failure = diagnose(world, "ktransformers-1666-rank-did-not-finish-loading.log")["failure"]
+    assert failure["class"] == "rank_not_loaded"
+    assert "--dist-timeout" in failure["remedy"] and "first error" in failure["remedy"]
+    assert "attention-backend" not in failure["remedy"]

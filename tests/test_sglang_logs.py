@@ -58,7 +58,10 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "failure": "child_crash",
     },
     "warmup-failed-2024.log": {
-        "phases": [("kv_cache", None), ("cuda_graph", None), ("server_up", None)],
+        # The excerpt starts at "Load weight end", itself a load_weights line.
+        "phases": [
+            ("load_weights", None), ("kv_cache", None), ("cuda_graph", None), ("server_up", None)
+        ],
         "ready": False,
         "failure": "child_crash",
     },

@@ -1279,6 +1279,8 @@ def diagnose(
                 if result.failure.line:
                     console.print(f"line:    {result.failure.line}", markup=False, soft_wrap=True)
                 console.print(f"fix:     {result.failure.remedy}", markup=False, soft_wrap=True)
+            for note in result.notes:
+                console.print(f"note:    {note}", markup=False, soft_wrap=True)
         raise typer.Exit(0 if result.ready and result.failure is None else 1)
 
     run_guarded(action)

@@ -55,6 +55,7 @@ class Diagnosis:
     failure: Failure | None
     spec: SpecStats | None
     line_count: int
+    notes: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         spec = None
@@ -72,6 +73,7 @@ class Diagnosis:
             "failure": self.failure.to_json() if self.failure else None,
             "spec": spec,
             "lines": self.line_count,
+            "notes": list(self.notes),
         }
 
 
@@ -124,7 +126,8 @@ def diagnose_lines(lines: Iterable[str], engine_name: str | None = None) -> Diag
         engine=name,
         phases=tuple(timeline),
         ready=reader.reading.ready,
-        failure=reader.reading.failure,
+        failure=reader.reading.failure or reader.unexplained_error(),
         spec=reader.reading.spec,
         line_count=len(text),
+        notes=tuple(reader.reading.notes),
     )

@@ -117,8 +117,10 @@ class Monitor:
                 tail.append(line)
                 reader.feed(line)
             if failure is None and not ready:
-                failure = reader.reading.failure or self.engine.exit_failure(
-                    exit_code=code, log_tail=list(tail)
+                failure = (
+                    reader.reading.failure
+                    or reader.unexplained_error()
+                    or self.engine.exit_failure(exit_code=code, log_tail=list(tail))
                 )
             elapsed = time.monotonic() - started
             self.on_event(

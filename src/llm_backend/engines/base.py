@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
 from llm_backend.config import Profile
+from llm_backend.runtimes.compose_logs import compose_exit, strip_compose_prefix
 
 PHASES = (
     "init",
@@ -30,6 +32,7 @@ FAILURE_CLASSES = (
     "kernel_compile",
     "nccl",
     "child_crash",
+    "rank_not_loaded",
     "stalled",
     "timeout",
     "exited",
@@ -73,39 +76,143 @@ class SpecStats:
     line: str | None = None
 
 
+# How much a failure class explains: a later line of a higher rank replaces the failure
+# found so far (a worker's "hit an exception" is printed before its cause).
+FAILURE_RANK = {"exited": 0, "child_crash": 1, "rank_not_loaded": 2}
+SPECIFIC_RANK = 3
+
+# A Python exception's last line: `RuntimeError: NCCL error: ...`, `torch.OutOfMemoryError: ...`,
+# `Exception: Capture cuda graph failed: ...`.
+EXCEPTION_LINE = re.compile(
+    r"^(?P<name>(?:[A-Za-z_][\w]*\.)*(?:[A-Z]\w*(?:Error|Exception)|Exception))(?::\s*(?P<text>.*))?$"
+)
+TRACEBACK_START = "Traceback (most recent call last)"
+# A frame line of a traceback, and the source line printed under it (indented).
+FRAME_LINE = re.compile(r'^\s+File "')
+
+
 @dataclass
 class LogReading:
-    """Everything a log said so far: phases in order, the first failure, the latest spec stats."""
+    """Everything a log said so far: phases in order, the first failure, the latest spec stats.
+
+    `notes` are facts worth telling beside the failure (a restart loop); `last_exception` is
+    the last `XxxError: message` line, the failure of last resort.
+    """
 
     phases: list[PhaseEvent] = field(default_factory=list)
     failure: Failure | None = None
     spec: SpecStats | None = None
     ready: bool = False
+    notes: list[str] = field(default_factory=list)
+    last_exception: str | None = None
 
     def current_phase(self) -> PhaseEvent | None:
         return self.phases[-1] if self.phases else None
 
 
+def failure_rank(failure_class: str) -> int:
+    return FAILURE_RANK.get(failure_class, SPECIFIC_RANK)
+
+
 class LogReader(ABC):
-    """Reads one engine's log lines, one at a time, into phases, failures and stats."""
+    """Reads one engine's log lines, one at a time, into phases, failures and stats.
+
+    Lines may come through `docker compose logs` (`service  | text`): the prefix is removed
+    and Compose's own `exited with code N (restarting)` is noticed. Inside a Python traceback
+    the frame and source lines (`  File "..."`, `    raise RuntimeError(f"NCCL error: ...")`)
+    are never taken as the failure: the exception line after them is.
+    """
 
     def __init__(self) -> None:
         self.reading = LogReading()
+        self._in_traceback = False
+        self._restarts = 0
 
     def feed(self, line: str) -> list[PhaseEvent | Failure | SpecStats]:
         """Read one line; return what it told (also kept in `self.reading`)."""
-        events = self.read_line(line.rstrip("\n"))
+        text = strip_compose_prefix(line.rstrip("\n"))
+        exited = compose_exit(text)
+        if exited is not None:
+            return self._compose_exit(text, *exited)
+        if self._is_source_line(text):
+            return []
+        events = self.read_line(text)
+        bare = self.message_of(text).strip()
+        if EXCEPTION_LINE.match(bare):
+            self.reading.last_exception = bare
         for event in events:
             if isinstance(event, PhaseEvent):
                 self.reading.phases.append(event)
                 if event.name == "ready":
                     self.reading.ready = True
             elif isinstance(event, Failure):
-                if self.reading.failure is None:
+                current = self.reading.failure
+                if current is None or failure_rank(event.failure_class) > failure_rank(
+                    current.failure_class
+                ):
                     self.reading.failure = event
             else:
                 self.reading.spec = event
         return events
+
+    def _is_source_line(self, text: str) -> bool:
+        """Whether `text` is a traceback's frame or source line (never a failure)."""
+        message = self.message_of(text)
+        if TRACEBACK_START in message:
+            self._in_traceback = True
+            return False
+        if FRAME_LINE.match(message):
+            self._in_traceback = True
+            return True
+        if self._in_traceback and message[:1].isspace():
+            return True
+        if message.strip():
+            self._in_traceback = False
+        return False
+
+    def _compose_exit(
+        self, line: str, service: str, code: int, restarting: bool
+    ) -> list[PhaseEvent | Failure | SpecStats]:
+        if restarting:
+            self._restarts += 1
+            note = (
+                f"the container {service} exited with code {code} and Docker restarted it "
+                f"({self._restarts} time(s)): the same error repeats until it is fixed"
+            )
+            self.reading.notes = [
+                item for item in self.reading.notes if not item.startswith("the container ")
+            ] + [note]
+        failure = Failure(
+            "exited",
+            f"the container {service} exited with code {code}"
+            + (" and is being restarted (a restart loop)" if restarting else ""),
+            "read the error above the exit in `llm-backend logs`; the restart policy only "
+            "repeats it",
+            line=line,
+        )
+        if self.reading.failure is None:
+            self.reading.failure = failure
+        return [failure]
+
+    def message_of(self, line: str) -> str:
+        """The line without the engine's own prefix (timestamp, rank); engines override."""
+        return line
+
+    def unexplained_error(self) -> Failure | None:
+        """For a load that failed with no known failure line: the last exception, if any."""
+        if self.reading.failure is not None or self.reading.ready:
+            return None
+        line = self.reading.last_exception
+        if line is None:
+            return None
+        name = line.split(":", 1)[0]
+        return Failure(
+            "exited",
+            f"the server stopped with a {name.rsplit('.', 1)[-1]} that has no known cause",
+            "read the traceback above it (`llm-backend logs -n 200`); search the message in "
+            "the engine's issues",
+            line=line,
+        )
 
     @abstractmethod
     def read_line(self, line: str) -> list[PhaseEvent | Failure | SpecStats]:

@@ -39,15 +39,29 @@ class FailurePattern:
     remedy: str
 
 
-GENERIC_CLASSES = frozenset({"child_crash", "exited"})
+# "Not enough memory" names the current value since 2025 (two spellings), not before.
+NOT_ENOUGH_MEMORY = re.compile(
+    r"Not enough memory\. Please try to increase --mem-fraction-static\.?"
+    r"(?: Current value: (?:self\.server_args\.)?mem_fraction_static=(?P<value>[0-9.]+))?"
+)
+SERVER_ARGS_MEM_FRACTION = re.compile(r"\bmem_fraction_static=(?P<value>[0-9.]+)")
 
 FAILURE_PATTERNS: tuple[FailurePattern, ...] = (
     FailurePattern(
-        re.compile(r"Not enough memory\. Please try to increase --mem-fraction-static"),
+        NOT_ENOUGH_MEMORY,
         "out_of_memory",
         "the KV cache pool does not fit in the memory left after the weights",
-        "raise --mem-fraction-static (e.g. 0.85), or lower --cuda-graph-max-bs-decode "
-        "and --max-running-requests in `extra_args`",
+        # Replaced by mem_fraction_remedy() with the values the log and profile show.
+        "raise --mem-fraction-static in `extra_args`",
+    ),
+    FailurePattern(
+        re.compile(r"could finish the model loading, but there are other ranks that "
+                   r"didn't finish loading"),
+        "rank_not_loaded",
+        "this rank loaded the model but other ranks (GPUs or nodes) did not finish loading",
+        "find the first error on the other ranks or nodes (often out of memory): "
+        "`llm-backend logs -n 500` here and each other node's own log; for a node that is "
+        "only slow, raise --dist-timeout (seconds) in `extra_args`",
     ),
     FailurePattern(
         re.compile(
@@ -156,15 +170,21 @@ FAILURE_PATTERNS: tuple[FailurePattern, ...] = (
     ),
 )
 
+# Every spelling of each phase line that SGLang 0.4 .. 0.5.23 and main print (rank tags and
+# timestamps are removed first). Sources: python/sglang/srt/model_executor/model_runner.py,
+# cuda_graph_runner.py, piecewise_cuda_graph_runner.py, speculative/eagle_worker.py,
+# mem_cache/memory_pool.py, entrypoints/http_server.py across those releases; docs/sglang.md
+# lists one example line of each.
 PHASE_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"server_args=ServerArgs\(|Init torch distributed begin"), "init"),
-    (re.compile(r"Load weight begin|Loading safetensors checkpoint shards|"
+    (re.compile(r"server_args=ServerArgs\(|Init torch distributed (?:begin|ends)"), "init"),
+    (re.compile(r"Load weight (?:begin|end)|Loading safetensors checkpoint shards|"
                 r"Multi-thread loading shards|Loading pt checkpoint shards"), "load_weights"),
     (re.compile(r"Shuffling MoE weights"), "moe_shuffle"),
     (re.compile(r"KV Cache is allocated|Memory pool end|Use sliding window memory pool|"
-                r"Using KV cache dtype"), "kv_cache"),
-    (re.compile(r"Capture (?:draft (?:extend )?)?(?:cuda graph|\w+ \w+ CUDA graph) (?:begin|end)|"
-                r"Capture cuda graph bs|Capturing batches"), "cuda_graph"),
+                r"SWAKVPool mem usage|Mamba Cache is allocated|Using KV cache dtype"),
+     "kv_cache"),
+    (re.compile(r"Capture (?:\w+ ){0,2}(?:cuda|CUDA) graph (?:begin|end|bs\b|num tokens)|"
+                r"Capturing batches|Capturing num tokens|Compiling num tokens"), "cuda_graph"),
     (re.compile(r"Uvicorn running on|Started server process|Application startup complete"),
      "server_up"),
     (re.compile(r'"GET /(?:get_)?model_info HTTP|"POST /generate HTTP'), "warmup"),
@@ -173,8 +193,12 @@ PHASE_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
 
 SHARDS = re.compile(r"checkpoint shards:\s+\d+% Completed \| (\d+)/(\d+)")
 MOE_LAYER = re.compile(r"Shuffling MoE weights.*\(layer: model\.layers\.(\d+)\.")
-CAPTURE_BS_LIST = re.compile(r"Capture cuda graph bs \[([\d, ]+)\]|\bbs=\[([\d, ]+)\]")
-CAPTURING = re.compile(r"Capturing batches \(bs=\d+ .*?\|\s*(\d+)/(\d+) \[")
+CAPTURE_BS_LIST = re.compile(
+    r"Capture cuda graph (?:bs|num tokens) \[([\d, ]+)\]|\bbs=\[([\d, ]+)\]"
+)
+# `Capturing batches (bs=4 avail_mem=18.72 GB):  33%|...| 1/3 [`, also without bs= (0.4) or
+# without avail_mem (2026), and the piecewise graph's `Capturing num tokens (num_tokens=4 ...)`.
+CAPTURING = re.compile(r"Capturing (?:batches|num tokens) \([^)]*\):.*?\|\s*(\d+)/(\d+) \[")
 DRAFT_MARKERS = re.compile(r"Capture draft|Eagle3|EAGLE|draft model|Overriding the draft model")
 MODEL_PATH = re.compile(r"model_path='([^']+)'|--model-path[ =](\S+)")
 DECODE = re.compile(r"Decode batch[.,]")
@@ -189,6 +213,22 @@ def moe_layers_of(model: str) -> int | None:
     return next((layers for key, layers in MOE_LAYERS.items() if key in name), None)
 
 
+def flag_value(args: list[str], flag: str) -> str | None:
+    """The value given to `flag` in `args` (`--flag V`, `--flag=V`, or argparse's unique prefix
+    of at least half the name); the last one wins, as in argparse. None when absent."""
+    value: str | None = None
+    for index, token in enumerate(args):
+        name, has_inline, inline = token.partition("=")
+        if not (name == flag or (len(name) * 2 >= len(flag) and flag.startswith(name)
+                                 and name.startswith("--"))):
+            continue
+        if has_inline:
+            value = inline
+        elif index + 1 < len(args):
+            value = args[index + 1]
+    return value
+
+
 def strip_prefix(line: str) -> tuple[str | None, str]:
     """Split `[2025-03-08 12:29:21 TP0] text` into its timestamp and the text."""
     match = TIMESTAMP.match(line)
@@ -200,11 +240,18 @@ def strip_prefix(line: str) -> tuple[str | None, str]:
 class SGLangLogReader(LogReader):
     """Maps SGLang log lines (2024 to 2026 formats) onto phases, failures and spec stats."""
 
-    def __init__(self, moe_layers: int | None = None) -> None:
+    def __init__(
+        self, moe_layers: int | None = None, mem_fraction_static: float | None = None
+    ) -> None:
         super().__init__()
         self.moe_layers = moe_layers
         self.kv_seen = False
         self.graph_total: int | None = None
+        # --mem-fraction-static as the profile sets it, then as the server_args line shows it.
+        self.mem_fraction_static = mem_fraction_static
+
+    def message_of(self, line: str) -> str:
+        return strip_prefix(line)[1]
 
     def read_line(self, line: str) -> list[PhaseEvent | Failure | SpecStats]:
         events: list[PhaseEvent | Failure | SpecStats] = []
@@ -219,6 +266,10 @@ class SGLangLogReader(LogReader):
         _, text = strip_prefix(line)
         if self.moe_layers is None and (model := MODEL_PATH.search(text)):
             self.moe_layers = moe_layers_of(model.group(1) or model.group(2) or "")
+        if "server_args=ServerArgs(" in text and (
+            fraction := SERVER_ARGS_MEM_FRACTION.search(text)
+        ):
+            self.mem_fraction_static = float(fraction.group("value"))
         failure = self._failure(text, line)
         if failure is not None:
             events.append(failure)
@@ -233,17 +284,15 @@ class SGLangLogReader(LogReader):
 
     def _failure(self, text: str, line: str) -> Failure | None:
         for item in FAILURE_PATTERNS:
-            if item.pattern.search(text):
-                failure = Failure(item.failure_class, item.message, item.remedy, line=line)
-                current = self.reading.failure
-                # A scheduler traceback is announced before its cause: let the cause win.
-                if (
-                    current is not None
-                    and current.failure_class in GENERIC_CLASSES
-                    and item.failure_class not in GENERIC_CLASSES
-                ):
-                    self.reading.failure = failure
-                return failure
+            match = item.pattern.search(text)
+            if match:
+                remedy = item.remedy
+                if item.pattern is NOT_ENOUGH_MEMORY:
+                    shown = match.group("value")
+                    remedy = mem_fraction_remedy(
+                        float(shown) if shown else self.mem_fraction_static
+                    )
+                return Failure(item.failure_class, item.message, remedy, line=line)
         return None
 
     def _phase(self, text: str, line: str) -> PhaseEvent | None:
@@ -277,6 +326,35 @@ class SGLangLogReader(LogReader):
                     progress = (int(capturing.group(1)), int(capturing.group(2)))
             return PhaseEvent(name=name, line=line, progress=progress)
         return None
+
+
+def mem_fraction_remedy(current: float | None) -> str:
+    """What to do about "Not enough memory" given the current --mem-fraction-static.
+
+    The KV cache gets what is left of `mem_fraction_static` x GPU memory after the weights
+    (python/sglang/srt/model_executor/model_runner.py, profile_max_num_token), so the fix is
+    a larger fraction, unless it is already near the top, where only fewer weights per GPU
+    help (more tensor parallelism, a smaller quantization).
+    """
+    rest = (
+        "lower --cuda-graph-max-bs-decode and --max-running-requests, or spread the weights "
+        "over more GPUs (--tp-size)"
+    )
+    if current is None:
+        return (
+            "raise --mem-fraction-static above its current value (the `server_args=` line at "
+            f"the top of the log shows it; unset means SGLang chose it) in `extra_args`; or {rest}"
+        )
+    if current >= 0.93:
+        return (
+            f"--mem-fraction-static is already {current:g}: the weights leave no room for the "
+            f"KV cache on this GPU; {rest}, or use a smaller quantization"
+        )
+    target = 0.8 if current < 0.7 else round(min(current + 0.05, 0.93), 2)
+    return (
+        f"raise --mem-fraction-static from {current:g} (e.g. to {target:g}) in `extra_args`; "
+        f"or {rest}"
+    )
 
 
 def _spec_from_decode(text: str, line: str) -> SpecStats | None:
@@ -355,17 +433,26 @@ class SGLangEngine(Engine):
 
     def __init__(self) -> None:
         self._moe_layers: int | None = None
+        self._mem_fraction_static: float | None = None
 
     def build_argv(self, *, profile: Profile, for_container: bool = False) -> list[str]:
-        # The reader made after this knows the model's MoE layer count (shuffle progress).
+        # The reader made after this knows the model's MoE layer count (shuffle progress)
+        # and the profile's --mem-fraction-static (for the out-of-memory remedy).
         self._moe_layers = moe_layers_of(profile.model)
+        fraction = flag_value(profile.extra_args, "--mem-fraction-static")
+        try:
+            self._mem_fraction_static = float(fraction) if fraction else None
+        except ValueError:
+            self._mem_fraction_static = None
         return [
             *self.launcher(profile=profile, for_container=for_container),
             *self.server_flags(profile=profile, for_container=for_container),
         ]
 
     def log_reader(self) -> LogReader:
-        return SGLangLogReader(moe_layers=self._moe_layers)
+        return SGLangLogReader(
+            moe_layers=self._moe_layers, mem_fraction_static=self._mem_fraction_static
+        )
 
     def check_profile(self, *, profile: Profile, for_container: bool = False) -> None:
         if for_container or profile.command:
