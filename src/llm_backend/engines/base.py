@@ -5,10 +5,14 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llm_backend.config import Profile
 from llm_backend.runtimes.compose_logs import compose_exit, strip_compose_prefix
+
+if TYPE_CHECKING:
+    from llm_backend.pull import Source
+    from llm_backend.runtimes.base import Runtime
 
 PHASES = (
     "init",
@@ -252,3 +256,12 @@ class Engine(ABC):
         return None
 
     info_path: str | None = None
+
+    def artifacts(self, *, profile: Profile, runtime: Runtime) -> list[Source]:
+        """What this profile needs on disk before it can load (weights, encodings, binary).
+
+        `runtime.host_path` maps a path the server sees onto this machine (a container's
+        mounts). `llm-backend pull` and `start` fetch the missing ones; empty by default.
+        Raises ConfigError when a needed folder is not reachable from the host.
+        """
+        return []

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llm_backend.config import Profile
 from llm_backend.engines.base import Engine, Failure, LogReader, PhaseEvent, SpecStats
-from llm_backend.errors import BackendError, ConfigError
+from llm_backend.errors import BackendError, CommandFailed, ConfigError
+from llm_backend.pull import Artifact, ProgressCallback, ProgressEvent, PullError, Source
+
+if TYPE_CHECKING:
+    from llm_backend.runtimes.base import Runtime
 
 CONTAINER_BINARY = "/usr/local/bin/llama-server"
 CONTAINER_MODEL_DIR = "/models"
@@ -228,3 +235,94 @@ class LlamaCppEngine(Engine):
 
     def spec_stats_from_info(self, *, info: dict[str, Any]) -> SpecStats | None:
         return None
+
+    def artifacts(self, *, profile: Profile, runtime: Runtime) -> list[Source]:
+        """The llama-server binary (not in a container: the image has its own) and the model."""
+        sources: list[Source] = []
+        if not runtime.in_container:
+            sources.append(LlamaServerBinary(profile))
+        sources.append(ModelFile(profile))
+        return sources
+
+
+class LlamaServerBinary(Source):
+    """`llama-server`: the profile's, PATH's or the cached build; built from source when missing."""
+
+    kind = "binary"
+    name = "llama-server"
+
+    def __init__(self, profile: Profile) -> None:
+        self.profile = profile
+
+    def probe(self) -> Artifact:
+        binary = find_binary(self.profile)
+        present = binary is not None and binary.is_file() and os.access(binary, os.X_OK)
+        location = str(binary or cached_binary_path())
+        size = binary.stat().st_size if present and binary else None
+        return Artifact("binary", self.name, present, size, location, 0 if present else None,
+                        detail=None if present else "built from the pinned llama.cpp source")
+
+    def disk_path(self) -> Path:
+        return cached_binary_path().parent
+
+    def fetch(self, *, progress: ProgressCallback) -> None:
+        if self.profile.binary:
+            raise PullError(
+                f"profile {self.profile.name!r}: binary {self.profile.binary} does not exist",
+                remedy="set `binary` to an existing llama-server, or remove it so that "
+                "`llm-backend pull` builds one",
+            )
+        from llm_backend.engines.llamacpp_build import install_llama_cpp
+
+        def on_progress(step: str, fraction: float | None) -> None:
+            percent = int((fraction or 0.0) * 100)
+            progress(ProgressEvent(self.name, percent, 100, message=step, unit="%"))
+
+        install_llama_cpp(on_progress=on_progress)
+        progress(ProgressEvent(self.name, 100, 100, finished=True, unit="%"))
+
+
+class ModelFile(Source):
+    """The GGUF file: inside the profile's model package (installed from PyPI), or a path."""
+
+    kind = "model_file"
+
+    def __init__(self, profile: Profile) -> None:
+        self.profile = profile
+        self.name = profile.model
+
+    def _path(self) -> Path | None:
+        try:
+            return model_path(self.profile)
+        except ConfigError:
+            return None  # the package is not installed yet
+
+    def probe(self) -> Artifact:
+        path = self._path()
+        present = path is not None and path.is_file()
+        size = path.stat().st_size if present and path else None
+        location = str(path) if path else f"python package {self.profile.model_package}"
+        return Artifact("model_file", self.name, present, size, location, 0 if present else None)
+
+    def fetch(self, *, progress: ProgressCallback) -> None:
+        package = self.profile.model_package
+        if not package:
+            raise PullError(
+                f"profile {self.profile.name!r}: model file {self.profile.model} does not exist, "
+                "and it names no package to install it from",
+                remedy="set `model` to an existing .gguf file in ./llm-backend.toml",
+                failure_class="model_not_found",
+            )
+        requirement = package.replace("_", "-")
+        if self.profile.model_package_version:
+            requirement += f"=={self.profile.model_package_version}"
+        progress(ProgressEvent(self.name, 0, None, message=f"pip install --no-deps {requirement}"))
+        argv = [sys.executable, "-m", "pip", "install", "--no-deps", "--disable-pip-version-check",
+                "-q", requirement]
+        completed = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if completed.returncode != 0:
+            raise CommandFailed(argv, completed.returncode, completed.stderr,
+                                remedy=f"check that PyPI is reachable: pip install --no-deps "
+                                f"{requirement}")
+        importlib.invalidate_caches()
+        progress(ProgressEvent(self.name, 1, 1, finished=True))

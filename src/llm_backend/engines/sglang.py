@@ -9,14 +9,20 @@ Log formats changed in 2026 (`Decode batch.` -> `Decode batch,`, `Capture cuda g
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from llm_backend.config import Profile
 from llm_backend.engines.base import Engine, Failure, LogReader, PhaseEvent, SpecStats
 from llm_backend.errors import ConfigError
+from llm_backend.pull import HubRepository, Source, VerifiedFile, hf_home
+
+if TYPE_CHECKING:
+    from llm_backend.runtimes.base import Runtime
 
 CONTAINER_PYTHON = "python3"
 LAUNCH_MODULE = "sglang.launch_server"
@@ -394,6 +400,68 @@ def spec_stats_from_server_info(info: dict[str, Any]) -> SpecStats | None:
     return SpecStats(accept_length=accept, gen_throughput=throughput, line=None)
 
 
+# gpt-oss's tokenizer (openai-harmony) reads `o200k_base.tiktoken` from TIKTOKEN_ENCODINGS_BASE
+# when that variable is set, never downloads it then, and checks its SHA-256
+# (openai/harmony `src/tiktoken_ext/public_encodings.rs`, `Encoding::load`, `expected_hash`).
+HARMONY_ENCODING_FILE = "o200k_base.tiktoken"
+HARMONY_ENCODING_SHA256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"
+HARMONY_ENCODING_BYTES = 3_613_922
+HARMONY_ENCODINGS_URL = "https://openaipublic.blob.core.windows.net/encodings/"
+ENCODINGS_URL_ENV = "LLM_BACKEND_ENCODINGS_URL"  # a mirror of the folder above
+# Where the Hugging Face cache lives inside SGLang's image (HF_HOME unset there).
+CONTAINER_HF_HOME = "/root/.cache/huggingface"
+
+
+def is_local_model(model: str) -> bool:
+    """A path (absolute, relative or home) rather than a Hugging Face Hub repository id."""
+    return model.startswith(("/", ".", "~")) or model.count("/") != 1
+
+
+def harmony_encoding(folder: Path) -> VerifiedFile:
+    """The encoding file gpt-oss needs in `folder`, fetched from ENCODINGS_URL_ENV or OpenAI."""
+    base = os.environ.get(ENCODINGS_URL_ENV) or HARMONY_ENCODINGS_URL
+    return VerifiedFile(
+        kind="encoding", name=HARMONY_ENCODING_FILE, folder=folder,
+        filename=HARMONY_ENCODING_FILE, url=base.rstrip("/") + "/" + HARMONY_ENCODING_FILE,
+        sha256=HARMONY_ENCODING_SHA256, size=HARMONY_ENCODING_BYTES,
+    )
+
+
+def encoding_folder(profile: Profile, runtime: Runtime) -> Path | None:
+    """The host folder behind the profile's TIKTOKEN_ENCODINGS_BASE; None when it sets none.
+
+    Raises ConfigError when the folder the server sees is not mounted from this machine.
+    """
+    base = profile.env.get("TIKTOKEN_ENCODINGS_BASE")
+    if not base:
+        return None
+    folder = runtime.host_path(profile=profile, path=base)
+    if folder is None:
+        raise ConfigError(
+            f"profile {profile.name!r} sets TIKTOKEN_ENCODINGS_BASE={base}, but no volume "
+            f"mounts a host folder there, so {HARMONY_ENCODING_FILE} cannot be put in place",
+            remedy=f'add "~/tiktoken_encodings:{base}" to volumes under '
+            f"[profiles.{profile.name}.docker]",
+        )
+    return folder
+
+
+def hub_cache_for(profile: Profile, runtime: Runtime) -> Path:
+    """The host folder of the Hugging Face hub cache the server reads weights from."""
+    inner = profile.env.get("HF_HOME") or (
+        CONTAINER_HF_HOME if runtime.in_container else str(hf_home()))
+    folder = runtime.host_path(profile=profile, path=inner)
+    if folder is None:
+        raise ConfigError(
+            f"profile {profile.name!r}: the server's Hugging Face cache {inner} is not mounted "
+            "from this machine, so every start would download the weights again",
+            remedy=f'add "~/.cache/huggingface:{inner}" to volumes under '
+            f"[profiles.{profile.name}.docker]",
+        )
+    explicit = os.environ.get("HF_HUB_CACHE")
+    return Path(explicit) if explicit and not runtime.in_container else folder / "hub"
+
+
 class SGLangEngine(Engine):
     """SGLang's `launch_server`: /health is 503 until warmup is done, then 200."""
 
@@ -485,3 +553,21 @@ class SGLangEngine(Engine):
 
     def spec_stats_from_info(self, *, info: dict[str, Any]) -> SpecStats | None:
         return spec_stats_from_server_info(info)
+
+    def artifacts(self, *, profile: Profile, runtime: Runtime) -> list[Source]:
+        """The model and draft model from the Hub (only what SGLang loads) and gpt-oss's encoding.
+
+        Local model paths are the user's: nothing is pulled for them.
+        """
+        sources: list[Source] = []
+        repos = [("model", profile.model)]
+        if profile.speculative.enabled and profile.speculative.draft_model:
+            repos.append(("draft_model", profile.speculative.draft_model))
+        for kind, repo in repos:
+            if not is_local_model(repo):
+                sources.append(HubRepository(repo, kind=kind,  # type: ignore[arg-type]
+                                             cache_dir=hub_cache_for(profile, runtime)))
+        folder = encoding_folder(profile, runtime)
+        if folder is not None:
+            sources.append(harmony_encoding(folder))
+        return sources

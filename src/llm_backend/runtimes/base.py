@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llm_backend.config import Profile
 from llm_backend.state import InstanceRecord
+
+if TYPE_CHECKING:
+    from llm_backend.pull import Source
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,7 @@ class Runtime(ABC):
     """How a server runs: a process group we own, or a Docker Compose service."""
 
     name: str
+    in_container: bool = False  # True when the server sees a container's filesystem
 
     @abstractmethod
     def launch(self, *, spec: LaunchSpec) -> Launched:
@@ -80,3 +85,15 @@ class Runtime(ABC):
     def details(self, *, record: InstanceRecord) -> dict[str, Any]:
         """Runtime facts for `status` (container, image, health); empty when there are none."""
         return {}
+
+    def artifacts(self, *, profile: Profile) -> list[Source]:
+        """What this runtime needs before it can run the profile (a container image)."""
+        return []
+
+    def host_path(self, *, profile: Profile, path: str) -> Path | None:
+        """Where a path the server sees lives on this machine; None when it is not reachable.
+
+        A process of ours sees the host's own files, so the default is the path itself
+        (with `~` expanded).
+        """
+        return Path(os.path.expanduser(path))

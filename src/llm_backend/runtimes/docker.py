@@ -25,6 +25,7 @@ import psutil
 
 from llm_backend.config import Profile
 from llm_backend.errors import BackendError, CommandFailed
+from llm_backend.pull import Source
 from llm_backend.runtimes.base import Launched, LaunchSpec, Runtime, StopResult
 from llm_backend.runtimes.compose import (
     LABEL_PROFILE,
@@ -34,6 +35,7 @@ from llm_backend.runtimes.compose import (
     image_for,
     project_name,
 )
+from llm_backend.runtimes.docker_image import DockerImage
 from llm_backend.runtimes.native import process_matches
 from llm_backend.state import InstanceRecord
 
@@ -123,6 +125,7 @@ class DockerRuntime(Runtime):
     """Runs a profile as a one-service Compose project; the container is labelled as ours."""
 
     name = "docker"
+    in_container = True
 
     def __init__(self) -> None:
         self._docker = os.environ.get(DOCKER_ENV) or "docker"
@@ -322,6 +325,23 @@ class DockerRuntime(Runtime):
         ]
 
     # --- launch ----------------------------------------------------------------------
+
+    def artifacts(self, *, profile: Profile) -> list[Source]:
+        """The profile's image for this machine, fetched through the Docker engine."""
+        return [DockerImage(image_for(profile))]
+
+    def host_path(self, *, profile: Profile, path: str) -> Path | None:
+        """The host side of the `host:container` bind mount that holds `path`, if any."""
+        for volume in profile.docker.volumes:
+            host, _, rest = volume.partition(":")
+            target = rest.split(":")[0]
+            if not host.startswith(("/", "~", ".")):
+                continue  # a named volume: not a folder of this machine we can write into
+            if target and (path == target or path.startswith(target.rstrip("/") + "/")):
+                inside = path[len(target):].lstrip("/")
+                return Path(os.path.expanduser(host)) / inside if inside else \
+                    Path(os.path.expanduser(host))
+        return None
 
     def compose_file_path(self, *, spec: LaunchSpec) -> Path:
         root = spec.state_dir or spec.log_path.parent.parent

@@ -1,0 +1,348 @@
+"""`llm-backend pull`: weights from a Hub endpoint, gpt-oss's encoding, and their failures.
+
+The Hub is the stand-in in tests/hub_standin.py (the real Hub is unreachable here), driven by
+the real huggingface_hub through HF_ENDPOINT; the encoding is OpenAI's real file (rebuilt by
+scripts/make-test-encoding.py, SHA-256 checked) served by a real local HTTP server. Images
+and the Docker registry are in test_pull_image.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Env, wait_for
+from tests.hub_standin import HubStandin, Repo
+
+ENCODING_NAME = "o200k_base.tiktoken"
+ENCODING_SHA256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"
+TEST_DATA = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / \
+    "llm-backend" / "test-data"
+
+MODEL = "acme/tiny-moe"
+DRAFT = "acme/tiny-eagle3"
+
+
+def _bytes(seed: str, size: int) -> bytes:
+    block = hashlib.sha256(seed.encode()).digest()
+    return (block * (size // len(block) + 1))[:size]
+
+
+def model_files() -> dict[str, bytes]:
+    """A gpt-oss-shaped repository: top-level shards + `original/` and `metal/` copies."""
+    return {
+        "config.json": b'{"architectures": ["GptOssForCausalLM"], "num_hidden_layers": 2}',
+        "generation_config.json": b"{}",
+        "tokenizer.json": b'{"model": {}}',
+        "tokenizer_config.json": b"{}",
+        "chat_template.jinja": b"{{ messages }}",
+        "model-00001-of-00002.safetensors": _bytes("shard-1", 1_500_000),
+        "model-00002-of-00002.safetensors": _bytes("shard-2", 1_200_000),
+        "model.safetensors.index.json": b'{"weight_map": {}}',
+        "original/model--00001-of-00001.safetensors": _bytes("original", 400_000),
+        "metal/model.bin": _bytes("metal", 300_000),
+        "README.md": b"# tiny",
+        ".gitattributes": b"*.safetensors filter=lfs",
+    }
+
+
+SGLANG_LOADS = {
+    "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+    "chat_template.jinja", "model-00001-of-00002.safetensors",
+    "model-00002-of-00002.safetensors", "model.safetensors.index.json",
+}
+
+
+@pytest.fixture
+def hub() -> Iterator[HubStandin]:
+    standin = HubStandin({
+        MODEL: Repo(model_files()),
+        DRAFT: Repo({"config.json": b"{}", "model.safetensors": _bytes("draft", 600_000)},
+                    commit="fedcba9876543210fedcba9876543210fedcba98"),
+    }).start()
+    yield standin
+    standin.stop()
+
+
+def hub_world(world: Env, hub: HubStandin, *, extra: str = "", env: str = "") -> Path:
+    hf_home = world.root / "hf"
+    world.env.update({"HF_ENDPOINT": hub.endpoint, "HF_HOME": str(hf_home),
+                      "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_ETAG_TIMEOUT": "5"})
+    for name in ("HF_TOKEN", "HF_HUB_OFFLINE", "HF_HUB_CACHE"):
+        world.env.pop(name, None)
+    world.write_config(f"""
+[profiles.hubtest]
+engine = "sglang"
+runtime = "native"
+model = "{MODEL}"
+python = "{sys.executable}"
+{extra}
+[profiles.hubtest.env]
+{env}
+[profiles.hubtest.speculative]
+enabled = true
+algorithm = "EAGLE3"
+draft_model = "{DRAFT}"
+""")
+    return hf_home / "hub"
+
+
+def snapshot(cache: Path, repo: str) -> Path:
+    folder = cache / ("models--" + repo.replace("/", "--")) / "snapshots"
+    found = list(folder.iterdir()) if folder.is_dir() else []
+    assert len(found) == 1, f"expected one snapshot in {folder}, found {found}"
+    return found[0]
+
+
+def artifacts_of(stdout: str) -> dict[str, dict[str, object]]:
+    data = json.loads(stdout)
+    return {item["kind"]: item for item in data["artifacts"]}
+
+
+def test_pull_fetches_only_what_sglang_loads_and_dry_run_changes_nothing(
+    world: Env, hub: HubStandin
+) -> None:
+    cache = hub_world(world, hub)
+    dry = world.run("pull", "--profile", "hubtest", "--dry-run", "--json", check=True)
+    planned = artifacts_of(dry.stdout)
+    expected = sum(len(model_files()[name]) for name in SGLANG_LOADS)
+    assert planned["model"] == {
+        "kind": "model", "name": MODEL, "present": False, "bytes": expected,
+        "location": str(cache / "models--acme--tiny-moe"), "missing_bytes": expected,
+        "detail": "8 files at 0123456789ab",
+    }
+    assert planned["draft_model"]["present"] is False
+    assert not cache.exists() or not any(cache.rglob("*.safetensors"))
+
+    pulled = world.run("pull", "--profile", "hubtest", "--json", check=True)
+    after = artifacts_of(pulled.stdout)
+    assert after["model"]["present"] is True and after["model"]["missing_bytes"] == 0
+    assert after["draft_model"]["present"] is True
+    folder = snapshot(cache, MODEL)
+    got = {path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file()}
+    assert got == SGLANG_LOADS  # no original/, metal/, README or .gitattributes
+    for name in SGLANG_LOADS:
+        assert (folder / name).read_bytes() == model_files()[name], name
+    draft = snapshot(cache, DRAFT)
+    assert (draft / "model.safetensors").read_bytes() == _bytes("draft", 600_000)
+
+    again = world.run("pull", "--profile", "hubtest", "--json", check=True)
+    assert json.loads(again.stdout)["fetched"] == []
+
+
+def test_interrupted_pull_resumes_with_the_files_already_there(
+    world: Env, hub: HubStandin
+) -> None:
+    cache = hub_world(world, hub)
+    hub.delay_per_chunk_s = 0.05  # the second shard takes about a second
+    process = world.popen("pull", "--profile", "hubtest")
+    first = cache / "models--acme--tiny-moe" / "snapshots"
+    try:
+        assert wait_for(lambda: any(first.rglob("model-00001-of-00002.safetensors")), 60)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    folder = snapshot(cache, MODEL)
+    assert not (folder / "config.json").exists(), "killed before the small files"
+    shard_gets = [path for method, path in hub.requests
+                  if method == "GET" and path.endswith("model-00001-of-00002.safetensors")]
+    assert len(shard_gets) == 1
+
+    hub.delay_per_chunk_s = 0.0
+    resumed = world.run("pull", "--profile", "hubtest", "--json", check=True)
+    assert json.loads(resumed.stdout)["fetched"] == [MODEL, DRAFT]
+    shard_gets = [path for method, path in hub.requests
+                  if method == "GET" and path.endswith("model-00001-of-00002.safetensors")]
+    assert len(shard_gets) == 1, "the finished shard was downloaded again"
+    for name in SGLANG_LOADS:
+        assert (folder / name).read_bytes() == model_files()[name], name
+    leftovers = list((cache / "models--acme--tiny-moe" / "blobs").glob("*.incomplete"))
+    assert leftovers == [], "a killed pull's partial file was not cleaned up"
+
+
+def test_gated_repository_needs_a_token(world: Env, hub: HubStandin) -> None:
+    hub.repos[MODEL].gated_token = "hf_right"
+    cache = hub_world(world, hub)
+    refused = world.run("pull", "--profile", "hubtest")
+    assert refused.returncode == 7, refused.stderr
+    assert f"error: {MODEL} is gated or private on {hub.endpoint} and no token is set" \
+        in refused.stderr
+    assert "fix: accept the licence" in refused.stderr and "HF_TOKEN" in refused.stderr
+    assert "hf_right" not in refused.stderr + refused.stdout
+    assert not any(cache.rglob("*.safetensors"))
+
+    world.env["HF_TOKEN"] = "hf_wrong"
+    wrong = world.run("pull", "--profile", "hubtest")
+    assert wrong.returncode == 7 and "the token was refused" in wrong.stderr
+    assert "hf_wrong" not in wrong.stderr + wrong.stdout
+
+    world.env["HF_TOKEN"] = "hf_right"
+    world.run("pull", "--profile", "hubtest", check=True)
+    assert (snapshot(cache, MODEL) / "model-00002-of-00002.safetensors").is_file()
+
+
+def test_unknown_repository_and_unreachable_hub(world: Env, hub: HubStandin) -> None:
+    hub_world(world, hub)
+    text = (world.cwd / "llm-backend.toml").read_text().replace(MODEL, "acme/no-such-model")
+    world.write_config(text)
+    missing = world.run("pull", "--profile", "hubtest")
+    assert missing.returncode == 7
+    assert f"error: no repository 'acme/no-such-model' (revision main) on {hub.endpoint}" \
+        in missing.stderr
+    assert "fix: check `model` / `speculative.draft_model`" in missing.stderr
+
+    world.env["HF_ENDPOINT"] = "http://127.0.0.1:9"  # discard port: nothing listens
+    down = world.run("pull", "--profile", "hubtest", timeout=240)
+    assert down.returncode == 7
+    assert "error: could not reach http://127.0.0.1:9 for acme/no-such-model" in down.stderr
+    assert "fix: check the network (or HF_ENDPOINT)" in down.stderr
+
+
+def test_offline_with_nothing_cached(world: Env, hub: HubStandin) -> None:
+    cache = hub_world(world, hub)
+    world.env["HF_HUB_OFFLINE"] = "1"
+    dry = world.run("pull", "--profile", "hubtest", "--dry-run", "--json", check=True)
+    assert artifacts_of(dry.stdout)["model"]["present"] is False
+    offline = world.run("pull", "--profile", "hubtest")
+    assert offline.returncode == 7
+    assert f"error: {MODEL} is incomplete in {cache} and HF_HUB_OFFLINE is set" in offline.stderr
+    assert "fix: unset HF_HUB_OFFLINE" in offline.stderr
+    assert [request for request in hub.requests] == []
+
+
+def test_no_disk_space_for_the_download_changes_nothing(world: Env, hub: HubStandin) -> None:
+    hub.repos[MODEL].listed_only["model-00003-of-00003.safetensors"] = 2**50  # 1 PiB
+    cache = hub_world(world, hub)
+    refused = world.run("pull", "--profile", "hubtest")
+    assert refused.returncode == 7
+    assert "error: not enough disk space in" in refused.stderr
+    assert "the pull needs 1024.0 TiB" in refused.stderr
+    assert "fix: free" in refused.stderr
+    assert not any(cache.rglob("*.safetensors")), "a download started before the disk check"
+
+
+# --- gpt-oss's encoding ------------------------------------------------------------------
+
+
+@pytest.fixture
+def encoding_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A real HTTP server over a folder; the real encoding file in it unless a test swaps it."""
+    source = TEST_DATA / ENCODING_NAME
+    if not source.is_file():
+        pytest.fail(f"no {source}\nfix: scripts/setup.sh --test (it rebuilds the file)",
+                    pytrace=False)
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / ENCODING_NAME).write_bytes(source.read_bytes())
+    handler = partial(SimpleHTTPRequestHandler, directory=str(served))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/", served
+    server.shutdown()
+    server.server_close()
+
+
+def encoding_world(world: Env, hub: HubStandin, url: str) -> Path:
+    folder = world.root / "tiktoken"
+    hub_world(world, hub, env=f'TIKTOKEN_ENCODINGS_BASE = "{folder}"')
+    world.env["LLM_BACKEND_ENCODINGS_URL"] = url
+    return folder
+
+
+def test_encoding_missing_or_wrong_is_fetched_and_checked(
+    world: Env, hub: HubStandin, encoding_server: tuple[str, Path]
+) -> None:
+    url, _ = encoding_server
+    folder = encoding_world(world, hub, url)
+    dry = artifacts_of(world.run("pull", "--profile", "hubtest", "--dry-run", "--json",
+                                 check=True).stdout)
+    assert dry["encoding"]["present"] is False
+    assert dry["encoding"]["location"] == str(folder / ENCODING_NAME)
+
+    world.run("pull", "--profile", "hubtest", check=True)
+    target = folder / ENCODING_NAME
+    assert hashlib.sha256(target.read_bytes()).hexdigest() == ENCODING_SHA256
+
+    target.write_bytes(b"not the encoding\n")  # a damaged or wrong file
+    wrong = artifacts_of(world.run("pull", "--profile", "hubtest", "--dry-run", "--json",
+                                   check=True).stdout)["encoding"]
+    assert wrong["present"] is False and "has SHA-256" in str(wrong["detail"])
+    world.run("pull", "--profile", "hubtest", check=True)
+    assert hashlib.sha256(target.read_bytes()).hexdigest() == ENCODING_SHA256
+
+
+def test_encoding_server_with_a_wrong_file_leaves_nothing_in_place(
+    world: Env, hub: HubStandin, encoding_server: tuple[str, Path]
+) -> None:
+    url, served = encoding_server
+    (served / ENCODING_NAME).write_bytes(b"tampered\n" * 1000)
+    folder = encoding_world(world, hub, url)
+    refused = world.run("pull", "--profile", "hubtest")
+    assert refused.returncode == 7
+    assert f"error: {url}{ENCODING_NAME} gave a file with SHA-256" in refused.stderr
+    assert f"expected {ENCODING_SHA256}" in refused.stderr
+    assert not (folder / ENCODING_NAME).exists()
+    assert not list(folder.glob("*.partial"))
+
+
+def test_encoding_folder_not_mounted_in_docker_is_a_config_error(
+    world: Env, hub: HubStandin
+) -> None:
+    hub_world(world, hub, extra='runtime = "docker"\n', env='TIKTOKEN_ENCODINGS_BASE = "/enc"')
+    text = (world.cwd / "llm-backend.toml").read_text().replace('runtime = "native"\n', "", 1)
+    world.write_config(text + """
+[profiles.hubtest.docker]
+image = "lmsysorg/sglang:v0.5.23"
+volumes = ["~/.cache/huggingface:/root/.cache/huggingface"]
+""")
+    refused = world.run("pull", "--profile", "hubtest", "--dry-run")
+    assert refused.returncode == 2, refused.stderr
+    assert "sets TIKTOKEN_ENCODINGS_BASE=/enc, but no volume mounts a host folder there" \
+        in refused.stderr
+    assert 'fix: add "~/tiktoken_encodings:/enc" to volumes under [profiles.hubtest.docker]' \
+        in refused.stderr
+    assert "None" not in refused.stderr
+
+
+def test_llamacpp_profile_needs_only_binary_and_model_file(world: Env) -> None:
+    dry = world.run("pull", "--profile", "smollm2-cpu", "--dry-run", "--json", check=True)
+    data = json.loads(dry.stdout)
+    assert data["profile"] == "smollm2-cpu"
+    kinds = [(item["kind"], item["present"]) for item in data["artifacts"]]
+    assert kinds == [("binary", True), ("model_file", True)]
+    model = data["artifacts"][1]
+    assert model["bytes"] == Path(str(model["location"])).stat().st_size
+    pulled = world.run("pull", "--profile", "smollm2-cpu", "--json", check=True)
+    assert json.loads(pulled.stdout)["fetched"] == []
+
+
+def test_pull_is_interruptible_by_sigint(world: Env, hub: HubStandin) -> None:
+    cache = hub_world(world, hub)
+    hub.delay_per_chunk_s = 0.2
+    process = world.popen("pull", "--profile", "hubtest")
+    try:
+        assert wait_for(lambda: any(hub_path.endswith(".safetensors")
+                                    for _, hub_path in hub.requests), 60)
+        time.sleep(0.3)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, stderr
+    assert "error: interrupted by SIGINT" in stderr
+    blobs = cache / "models--acme--tiny-moe" / "blobs"
+    assert not list(blobs.glob("*.incomplete")), "an interrupted pull left a partial file"
