@@ -40,7 +40,7 @@ say "creating .venv and installing llm-backend"
 python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check --upgrade pip
 if ((with_tests)); then
-  .venv/bin/pip install -q --disable-pip-version-check -e '.[dev,plot]'
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[dev,plot,router]'
 else
   .venv/bin/pip install -q --disable-pip-version-check -e .
 fi
@@ -54,8 +54,9 @@ say "making sure a llama-server binary exists (built once, then cached)"
 
 if ((with_tests)); then
   if command -v apt-get >/dev/null 2>&1; then
+    # iproute2: the scale-out tests make network namespaces and veth pairs of their own.
     apt_install earlyoom docker.io docker-compose curl sudo e2fsprogs util-linux procps \
-      docker-registry
+      docker-registry iproute2
     command -v npm >/dev/null 2>&1 || apt_install npm
   fi
   # The tests start their own earlyoom processes; the packaged service must not run.

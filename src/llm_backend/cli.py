@@ -40,6 +40,9 @@ app.add_typer(profiles_app, name="profiles")
 app.add_typer(engine_app, name="engine")
 host_app = typer.Typer(help="Host preparation: the sudoers rules it needs.")
 app.add_typer(host_app, name="host")
+from llm_backend.cli_router import router_app  # noqa: E402
+
+app.add_typer(router_app, name="router")
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -429,6 +432,10 @@ def stop(
             return
         how = "killed" if outcome.killed else "stopped"
         console.print(f"{how} {outcome.profile} in {outcome.duration_s:.1f}s; no process left")
+        if outcome.router:
+            from llm_backend.lifecycle import describe_leave
+
+            console.print("  " + describe_leave(outcome.router), markup=False)
 
     run_guarded(action)
 
@@ -506,7 +513,8 @@ def restart() -> None:
 
         with StartDisplay("restart", interactive=err_console.is_terminal) as display:
             result = lifecycle.restart(
-                before_start=checks, on_event=display, ensure_binary=ensure_llama_server
+                before_start=checks, on_event=display, ensure_binary=ensure_llama_server,
+                on_notice=lambda text: err_console.print(text, markup=False),
             )
         print_started(result)
 

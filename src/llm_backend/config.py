@@ -163,6 +163,49 @@ class HostPrepConfig(StrictModel):
         return value
 
 
+class DistributedConfig(StrictModel):
+    """One model across several nodes (SGLang multi-node tensor parallelism).
+
+    Every node runs the same profile except `node_rank`. `dist_init_addr` is node 0's
+    address on the fast link and a free port (SGLang derives a few more ports after it);
+    `interface` is the fast link's network interface on this node (a ConnectX-7 port on a
+    DGX Spark). Source: SGLang 0.5.23 `--nnodes/--node-rank/--dist-init-addr`.
+    """
+
+    nnodes: int = Field(default=1, ge=1, le=1024)
+    node_rank: int = Field(default=0, ge=0)
+    dist_init_addr: str | None = None
+    interface: str | None = None
+    gpus_per_node: int = Field(default=1, ge=1, le=64)
+
+    @field_validator("dist_init_addr")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(
+                f"{value!r} is not HOST:PORT; write node 0's address on the fast link and a "
+                "free port, like '192.168.100.10:20000'"
+            )
+        if host.startswith("[") or host.count(":") > 0:
+            raise ValueError(
+                f"{value!r} is an IPv6 address; multi-node SGLang hangs on IPv6 "
+                "--dist-init-addr (sglang#2892, #7478): use node 0's IPv4 address"
+            )
+        return value
+
+    @property
+    def enabled(self) -> bool:
+        return self.nnodes > 1
+
+    @property
+    def tp_size(self) -> int:
+        """SGLang's --tp-size is the total over all nodes."""
+        return self.nnodes * self.gpus_per_node
+
+
 class Profile(StrictModel):
     """One backend, fully resolved: what runs, how, where, and how long to wait."""
 
@@ -194,6 +237,28 @@ class Profile(StrictModel):
     speculative: SpeculativeConfig = Field(default_factory=SpeculativeConfig)
     docker: DockerConfig = Field(default_factory=DockerConfig)
     host_prep: HostPrepConfig = Field(default_factory=HostPrepConfig)
+    # Scale-out (llm_backend.cluster): the router this server joins once ready, and the URL
+    # the router reaches it at (default: http://host:port).
+    router_url: str | None = None
+    router_worker_url: str | None = None
+    drain_timeout_s: float = Field(default=30, ge=0)
+    replicas: int = Field(default=1, ge=1, le=64)
+    device_ids: list[str] = Field(default_factory=list)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+
+    @field_validator("router_url", "router_worker_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"https?://[^/\s]+/?", value):
+            raise ValueError(
+                f"{value!r} is not a base URL; write it like 'http://127.0.0.1:30080'"
+            )
+        return value.rstrip("/") if value is not None else None
+
+    @property
+    def worker_url(self) -> str:
+        """The URL a router uses to reach this server."""
+        return self.router_worker_url or self.endpoint
 
     @property
     def endpoint(self) -> str:
@@ -208,6 +273,40 @@ class Profile(StrictModel):
     @property
     def model_name(self) -> str:
         return self.served_model_name or self.model
+
+
+RouterPolicy = Literal["cache_aware", "round_robin", "random", "power_of_two"]
+
+
+class RouterConfig(StrictModel):
+    """sglang-router under our lifecycle: the top-level `[router]` table of a config file.
+
+    sglang-router 0.3.2 binds 0.0.0.0:30000 and Prometheus 0.0.0.0:29000 by default
+    (`python -m sglang_router.launch_router --help`); here both default to loopback.
+    Its health check defaults to every 60 s; 10 s here, so a dead member leaves sooner.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=30080, ge=1, le=65535)
+    prometheus_host: str = "127.0.0.1"
+    prometheus_port: int = Field(default=29000, ge=1, le=65535)
+    policy: RouterPolicy = "cache_aware"
+    # The interpreter that has sglang-router installed; empty: the one running llm-backend.
+    python: str | None = None
+    health_check_interval_s: int = Field(default=10, ge=1, le=3600)
+    health_check_timeout_s: int = Field(default=5, ge=1, le=600)
+    health_failure_threshold: int = Field(default=3, ge=1, le=100)
+    health_success_threshold: int = Field(default=2, ge=1, le=100)
+    request_timeout_s: int = Field(default=1800, ge=1)
+    start_timeout_s: float = Field(default=30, gt=0)
+    stop_grace_s: float = Field(default=10, ge=0)
+    log_level: Literal["debug", "info", "warn", "error"] = "info"
+    extra_args: list[str] = Field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        """Where this machine reaches the router (a wildcard bind at loopback)."""
+        return connect_url(self.host, self.port)
 
 
 @dataclass(frozen=True)
@@ -227,6 +326,7 @@ class Layer:
     profiles: dict[str, dict[str, Any]]
     default_profile: str | None = None
     path: Path | None = None
+    router: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -253,6 +353,36 @@ class ConfigSet:
             if layer.default_profile:
                 return layer.default_profile
         return os.environ.get(f"{ENV_PREFIX}PROFILE") or None
+
+    def router(self, overrides: dict[str, Any] | None = None) -> RouterConfig:
+        """The `[router]` tables merged (later files win), then the command line's values."""
+        merged: dict[str, Any] = {}
+        sources: dict[str, str] = {}
+        for layer in self.layers:
+            _deep_merge(merged, layer.router, sources, layer.label, prefix="")
+        for key, value in (overrides or {}).items():
+            merged[key] = value
+            sources[key] = "command line"
+        try:
+            return RouterConfig.model_validate(merged)
+        except ValidationError as error:
+            lines = []
+            for item in error.errors():
+                key = ".".join(str(part) for part in item["loc"])
+                where = f" (from {sources[key]})" if key in sources else ""
+                if item["type"] == "extra_forbidden":
+                    allowed = ", ".join(sorted(RouterConfig.model_fields))
+                    lines.append(f"unknown key 'router.{key}'{where}; allowed keys: {allowed}")
+                else:
+                    message = str(item["msg"]).removeprefix("Value error, ")
+                    lines.append(
+                        f"key 'router.{key}' = {item.get('input')!r}{where} is invalid: {message}"
+                    )
+            raise ConfigError(
+                "; ".join(lines),
+                remedy=f"correct the [router] table in ./{LOCAL_CONFIG_NAME} "
+                "(or ~/.config/llm-backend/config.toml)",
+            ) from None
 
     def source_of(self, name: str) -> str:
         for layer in reversed(self.layers):
@@ -404,10 +534,11 @@ def read_layer(path: Path, label: str) -> Layer | None:
             f"{path} is not valid TOML: {error}",
             remedy=f"fix the syntax of {path} at the place named above",
         ) from None
-    unknown = sorted(set(data) - {"profiles", "default_profile"})
+    unknown = sorted(set(data) - {"profiles", "default_profile", "router"})
     if unknown:
         raise ConfigError(
-            f"{path}: unknown top-level key {unknown[0]!r}; allowed: default_profile, profiles",
+            f"{path}: unknown top-level key {unknown[0]!r}; allowed: default_profile, profiles, "
+            "router",
             remedy=f"put profile settings under [profiles.NAME] in {path}",
         )
     profiles = data.get("profiles", {})
@@ -422,7 +553,15 @@ def read_layer(path: Path, label: str) -> Layer | None:
             f"{path}: default_profile = {default!r} is not a profile name",
             remedy=f'write default_profile = "smollm2-cpu" in {path}',
         )
-    return Layer(label=label, profiles=profiles, default_profile=default, path=path)
+    router = data.get("router", {})
+    if not isinstance(router, dict):
+        raise ConfigError(
+            f"{path}: 'router' must be a table, got {router!r}",
+            remedy=f"write a [router] section in {path}",
+        )
+    return Layer(
+        label=label, profiles=profiles, default_profile=default, path=path, router=router
+    )
 
 
 ENV_KEYS: dict[str, str] = {

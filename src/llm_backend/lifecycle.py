@@ -32,19 +32,25 @@ from llm_backend.runtimes.base import LaunchSpec, Runtime
 from llm_backend.runtimes.native import process_matches
 from llm_backend.state import InstanceRecord, StateStore
 
-STATES = ("stopped", "preparing_host", "launching", "loading", "ready", "stopping", "failed")
+# "alive": a member that serves no API of its own and is up (a multi-node follower rank whose
+# health endpoint answers once its weights are in); it never becomes "ready".
+STATES = (
+    "stopped", "preparing_host", "launching", "loading", "ready", "alive", "stopping", "failed",
+)
 
 ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
     "stopped": frozenset({"preparing_host", "launching"}),
     "preparing_host": frozenset({"launching", "failed", "stopping"}),
     "launching": frozenset({"loading", "failed", "stopping"}),
-    "loading": frozenset({"ready", "failed", "stopping"}),
+    "loading": frozenset({"ready", "alive", "failed", "stopping"}),
     "ready": frozenset({"stopping", "failed"}),
+    "alive": frozenset({"stopping", "failed"}),
     "stopping": frozenset({"stopped", "failed"}),
     "failed": frozenset({"stopping", "stopped", "preparing_host", "launching"}),
 }
 
-ACTIVE_STATES = frozenset({"preparing_host", "launching", "loading", "ready"})
+ACTIVE_STATES = frozenset({"preparing_host", "launching", "loading", "ready", "alive"})
+UP_STATES = frozenset({"ready", "alive"})
 
 
 class HostPreparation(Protocol):
@@ -100,6 +106,7 @@ class StopOutcome:
     duration_s: float
     leftovers: list[str] = field(default_factory=list)
     host_restored: list[str] = field(default_factory=list)
+    router: dict[str, Any] | None = None  # left the router: removed, drained, waited_s
 
 
 @dataclass(frozen=True)
@@ -280,11 +287,13 @@ class Lifecycle:
             if preparation:
                 preparation.check()
             argv = engine.build_argv(profile=profile, for_container=for_container)
+            env = launch_env(profile, engine)  # a missing fast interface fails here
             return self._launch_and_watch(
                 profile=profile,
                 engine=engine,
                 runtime=runtime,
                 argv=argv,
+                env=env,
                 overrides=overrides or {},
                 preparation=preparation,
                 on_event=on_event,
@@ -298,6 +307,7 @@ class Lifecycle:
         engine: Engine,
         runtime: Runtime,
         argv: list[str],
+        env: dict[str, str],
         overrides: dict[str, Any],
         preparation: HostPreparation | None,
         on_event: Callable[[MonitorEvent], None],
@@ -335,7 +345,7 @@ class Lifecycle:
                         spec=LaunchSpec(
                             profile=profile,
                             argv=argv,
-                            env=dict(profile.env),
+                            env=env,
                             log_path=log_path,
                             health_path=engine.health_path,
                             state_dir=self.store.root,
@@ -368,14 +378,17 @@ class Lifecycle:
                 self._fail(record, runtime, profile, result, preparation)
             if preparation:
                 restored = preparation.restore()
+            role = engine.health_role(profile=profile)
             record = self.transition(
                 self.store.load_instance() or record,
-                "ready",
+                role,
                 ready_at=time.time(),
                 start_duration_s=round(result.duration_s, 3),
-                phase="ready",
+                phase=role,
             )
             self.store.record_start(profile.name, result.duration_s, result.phase_offsets)
+            if profile.router_url and role == "ready":
+                record = self._join_router(record, profile, on_notice)
         return StartResult(
             outcome="started",
             profile=profile.name,
@@ -387,7 +400,48 @@ class Lifecycle:
             duration_s=result.duration_s,
             argv=argv,
             host_restored=restored,
+            state=record.state,
         )
+
+    def _join_router(
+        self, record: InstanceRecord, profile: Profile, on_notice: Callable[[str], None]
+    ) -> InstanceRecord:
+        """Register the ready server with its router; a refusal is a notice, the server stays."""
+        from llm_backend.cluster.membership import join
+
+        try:
+            membership = join(profile)
+        except BackendError as error:
+            on_notice(f"not registered with the router: {error.message} ({error.remedy})")
+            return record
+        on_notice(f"registered {membership.worker_url} with the router at {membership.router_url}")
+        updated = record.evolve(
+            runtime_info={**record.runtime_info, "router": membership.to_json()}
+        )
+        self.store.save_instance(updated)
+        return updated
+
+    def _leave_router(self, record: InstanceRecord, drain_timeout_s: float) -> dict[str, Any]:
+        """Deregister and wait for in-flight requests to finish, before the server stops."""
+        from llm_backend.cluster.membership import Membership, leave
+
+        membership = Membership.from_json(record.runtime_info.get("router"))
+        if membership is None:
+            return {}
+        result = leave(
+            membership,
+            engine=get_engine(record.engine),
+            endpoint=record.client_endpoint,
+            drain_timeout_s=drain_timeout_s,
+        )
+        return {
+            "router_url": membership.router_url,
+            "removed": result.removed,
+            "drained": result.drained,
+            "in_flight_left": result.in_flight_left,
+            "waited_s": result.waited_s,
+            "note": result.note,
+        }
 
     def _fail(
         self,
@@ -465,7 +519,7 @@ class Lifecycle:
         runtime = self.runtime(record.runtime)
         alive = runtime.is_alive(record=record)
         owner_alive = process_matches(record.owner_pid, record.owner_create_time) is not None
-        if record.state == "ready" and not alive:
+        if record.state in UP_STATES and not alive:
             return self.transition(
                 record,
                 "failed",
@@ -489,8 +543,15 @@ class Lifecycle:
                 )
             engine = get_engine(record.engine)
             if record.state == "loading" and _health(record.client_endpoint, engine)[0] == 200:
-                return self.transition(record, "ready", ready_at=time.time(), phase="ready")
+                role = self._role(record, engine)
+                return self.transition(record, role, ready_at=time.time(), phase=role)
         return record
+
+    def _role(self, record: InstanceRecord, engine: Engine) -> str:
+        try:
+            return engine.health_role(profile=self.resolve(record.profile).profile)
+        except BackendError:
+            return "ready"
 
     def status(self) -> Status:
         record = self.refresh()
@@ -551,6 +612,13 @@ class Lifecycle:
                 grace_s = self.resolve(record.profile).profile.stop_grace_s
             except BackendError:
                 grace_s = 10.0
+        router: dict[str, Any] | None = None
+        if record.runtime_info.get("router") and not force:
+            try:
+                drain_s = self.resolve(record.profile).profile.drain_timeout_s
+            except BackendError:
+                drain_s = 30.0
+            router = self._leave_router(record, drain_s)
         if record.state != "stopping":
             record = self.transition(record, "stopping")
         result = runtime.stop(record=record, grace_s=grace_s, force=force)
@@ -576,6 +644,7 @@ class Lifecycle:
             profile=record.profile,
             killed=result.killed,
             duration_s=result.duration_s,
+            router=router,
         )
 
     def restart(
@@ -593,7 +662,10 @@ class Lifecycle:
                 remedy="llm-backend start",
             )
         overrides = record.runtime_info.get("overrides") or {}
-        self.stop()
+        stopped = self.stop()
+        notice = start_kwargs.get("on_notice")
+        if stopped.router and notice is not None:
+            notice(describe_leave(stopped.router))
         if before_start is not None:
             before_start(record.profile, overrides)
         return self.start(profile_name=record.profile, overrides=overrides, **start_kwargs)
@@ -608,6 +680,27 @@ class Lifecycle:
                 remedy="llm-backend start",
             )
         return record
+
+
+def describe_leave(left: dict[str, Any]) -> str:
+    """One line on how a server left its router (StopOutcome.router)."""
+    drained = "drained" if left.get("drained") else f"{left.get('in_flight_left')} still in flight"
+    removed = "removed" if left.get("removed") else "was not registered"
+    return (
+        f"left the router at {left.get('router_url')} ({removed}; {drained} "
+        f"after {float(left.get('waited_s') or 0):.1f}s)"
+    )
+
+
+def launch_env(profile: Profile, engine: Engine) -> dict[str, str]:
+    """The engine's environment for this profile (multi-node interface settings), then the
+    profile's own `env`, which wins."""
+    host_ip = None
+    if profile.distributed.interface:
+        from llm_backend.cluster.network import interface_ipv4
+
+        host_ip = interface_ipv4(profile.distributed.interface)
+    return {**engine.launch_env(profile=profile, host_ip=host_ip), **profile.env}
 
 
 def _phase_recorder(

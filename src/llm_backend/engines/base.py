@@ -265,3 +265,20 @@ class Engine(ABC):
         Raises ConfigError when a needed folder is not reachable from the host.
         """
         return []
+
+    # Where the server tells how many requests it is working on (None: it cannot tell).
+    load_path: str | None = None
+
+    def in_flight_requests(self, *, body: Any) -> int | None:
+        """Requests running or queued, from the JSON answer of `load_path`; None if unknown."""
+        return None
+
+    def health_role(self, *, profile: Profile) -> str:
+        """What a 200 from `health_path` means for this profile: "ready" (serves requests)
+        or "alive" (a member that serves no API, such as a follower rank)."""
+        return "ready"
+
+    def launch_env(self, *, profile: Profile, host_ip: str | None) -> dict[str, str]:
+        """Environment the engine needs beyond the profile's `env` (multi-node settings);
+        `host_ip` is this node's address on the profile's fast interface, when it has one."""
+        return {}

@@ -148,6 +148,14 @@ class LlamaCppEngine(Engine):
 
     name = "llamacpp"
     info_path = "/props"
+    # `/slots` is on by default (llama.cpp common/common.h `endpoint_slots = true`); each slot
+    # has `is_processing` (tools/server/server-context.cpp), as pinned by llama-cpp-python 0.3.36.
+    load_path = "/slots"
+
+    def in_flight_requests(self, *, body: Any) -> int | None:
+        if not isinstance(body, list):
+            return None
+        return sum(1 for slot in body if isinstance(slot, dict) and slot.get("is_processing"))
 
     def build_argv(self, *, profile: Profile, for_container: bool = False) -> list[str]:
         if for_container:

@@ -191,7 +191,10 @@ PHASE_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
      "kv_cache"),
     (re.compile(r"Capture (?:\w+ ){0,2}(?:cuda|CUDA) graph (?:begin|end|bs\b|num tokens)|"
                 r"Capturing batches|Capturing num tokens|Compiling num tokens"), "cuda_graph"),
-    (re.compile(r"Uvicorn running on|Started server process|Application startup complete"),
+    # A rank >= 1 prints no uvicorn lines: its dummy health server is its "up" (0.5.23
+    # `utils/common.py` launch_dummy_health_check_server).
+    (re.compile(r"Uvicorn running on|Started server process|Application startup complete|"
+                r"Dummy health check server (?:started|scheduled)"),
      "server_up"),
     (re.compile(r'"GET /(?:get_)?model_info HTTP|"POST /generate HTTP'), "warmup"),
     (re.compile(r"The server is fired up and ready to roll"), "ready"),
@@ -494,10 +497,62 @@ class SGLangEngine(Engine):
                 "--speculative-eagle-topk", str(spec.eagle_topk),
                 "--speculative-num-draft-tokens", str(spec.num_draft_tokens),
             ]
+        flags += self.distributed_flags(profile=profile)
         flags += list(profile.extra_args)
         host = "0.0.0.0" if for_container else profile.host
         flags += ["--host", host, "--port", str(profile.port)]
         return flags
+
+    def distributed_flags(self, *, profile: Profile) -> list[str]:
+        """Multi-node tensor parallelism: the same flags on every node except --node-rank.
+
+        --tp-size is the total over all nodes (0.5.23 `arg_groups/fields/parallel.py`; the
+        multi-node docs run `--tp 16 --nnodes 2` for two 8-GPU nodes).
+        """
+        dist = profile.distributed
+        if not dist.enabled:
+            return []
+        return [
+            "--tp-size", str(dist.tp_size),
+            "--nnodes", str(dist.nnodes),
+            "--node-rank", str(dist.node_rank),
+            "--dist-init-addr", str(dist.dist_init_addr),
+        ]
+
+    def launch_env(self, *, profile: Profile, host_ip: str | None) -> dict[str, str]:
+        """SGLANG_HOST_IP pins the address SGLang advertises to the other ranks (0.5.23
+        `utils/network.py` reads SGLANG_HOST_IP, then HOST_IP, before guessing: a guess can
+        be the Wi-Fi address, and both ranks then hang after "Custom allreduce is disabled
+        because this process group spans across nodes"). NCCL and Gloo take the interface
+        by name (NCCL_SOCKET_IFNAME, GLOO_SOCKET_IFNAME). The profile's own `env` wins."""
+        dist = profile.distributed
+        if not dist.enabled or not dist.interface:
+            return {}
+        env = {"NCCL_SOCKET_IFNAME": dist.interface, "GLOO_SOCKET_IFNAME": dist.interface}
+        if host_ip:
+            env["SGLANG_HOST_IP"] = host_ip
+        return env
+
+    def health_role(self, *, profile: Profile) -> str:
+        """Rank >= 1 serves no API: once its schedulers are ready it starts a dummy server
+        whose /health, /health_generate and /ping always answer 200 (0.5.23
+        `entrypoints/engine.py` calls `launch_dummy_health_check_server` from
+        `utils/common.py` for `node_rank >= 1`). So 200 there means "my weights are in"."""
+        return "alive" if profile.distributed.node_rank >= 1 else "ready"
+
+    # 0.5.23 `entrypoints/v1_loads.py`: GET /v1/loads -> {"loads": [per DP rank
+    # {"num_running_reqs", "num_waiting_reqs", ...}]} (`managers/load_snapshot.py`).
+    load_path = "/v1/loads?include=core"
+
+    def in_flight_requests(self, *, body: Any) -> int | None:
+        loads = body.get("loads") if isinstance(body, dict) else None
+        if not isinstance(loads, list):
+            return None
+        return sum(
+            int(load.get("num_running_reqs", 0)) + int(load.get("num_waiting_reqs", 0))
+            for load in loads
+            if isinstance(load, dict)
+        )
 
     def __init__(self) -> None:
         self._moe_layers: int | None = None

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import psutil
 
@@ -176,3 +177,74 @@ def _name(process: psutil.Process) -> str:
         return process.name()
     except psutil.NoSuchProcess:
         return "gone"
+
+
+def spawn_group(*, argv: list[str], env: dict[str, str], log_path: Path) -> Launched:
+    """Run `argv` as the leader of a new process group, stdout and stderr into `log_path`.
+
+    For helper processes that are not a profile's server (the router): the same detached,
+    owned process group as `NativeRuntime.launch`, recorded by PID and start time.
+    """
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        try:
+            child = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **env},
+                start_new_session=True,
+                close_fds=True,
+            )
+        except OSError as error:
+            raise BackendError(
+                f"could not run {argv[0]}: {error}",
+                remedy=f"install it, or point the setting that names {argv[0]!r} elsewhere",
+            ) from None
+    _SPAWNED[child.pid] = child
+    try:
+        create_time: float | None = psutil.Process(child.pid).create_time()
+    except psutil.NoSuchProcess:
+        create_time = None
+    return Launched(pid=child.pid, pid_create_time=create_time, runtime_info={"pgid": child.pid})
+
+
+def stop_group(
+    *, pid: int | None, create_time: float | None, grace_s: float, force: bool = False
+) -> StopResult:
+    """SIGTERM to the group that `spawn_group` made, `grace_s` to exit, then SIGKILL.
+
+    Only the recorded leader (PID and start time both match) and its group are signalled.
+    """
+    started = time.monotonic()
+    leader = process_matches(pid, create_time)
+    if leader is None:
+        _reap_spawned(pid)
+        return StopResult(was_running=False, killed=False, duration_s=0.0)
+    pgid = int(pid or 0)
+    members = NativeRuntime._tree(leader, pgid)
+    killed = False
+    if not force:
+        NativeRuntime._signal(pgid, members, signal.SIGTERM)
+        members = _wait_gone(members, timeout_s=grace_s)
+    if members or force:
+        killed = True
+        NativeRuntime._signal(pgid, members, signal.SIGKILL)
+        _wait_gone(members, timeout_s=5)
+    _reap_spawned(pid)
+    leftovers = [f"pid {p.pid} ({_name(p)})" for p in NativeRuntime._tree(None, pgid)]
+    return StopResult(
+        was_running=True, killed=killed, duration_s=time.monotonic() - started,
+        leftovers=leftovers,
+    )
+
+
+_SPAWNED: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def _reap_spawned(pid: int | None) -> None:
+    child = _SPAWNED.pop(pid or -1, None)
+    if child is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(timeout=0.5)
