@@ -94,3 +94,37 @@ def test_other_ranks_did_not_finish_loading(world: Env) -> None:
     assert failure["class"] == "rank_not_loaded"
     assert "--dist-timeout" in failure["remedy"] and "first error" in failure["remedy"]
     assert "attention-backend" not in failure["remedy"]
+
+
+# --- flags ----------------------------------------------------------------------------------
+
+
+def test_abbreviated_speculative_draft_is_refused_with_the_full_name(world: Env) -> None:
+    in_case(world, "sglang-3362-abbrev-flags")
+    completed = world.run("start", "--dry-run", "--profile", "case3362", timeout=120)
+    assert completed.returncode != 0
+    assert "replace --speculative-draft with --speculative-draft-model-path" in completed.stderr
+
+
+def test_other_servers_flags_name_sglangs(world: Env) -> None:
+    in_case(world, "alengr-spark-vllm-flags")
+    completed = world.run("start", "--dry-run", "--profile", "spark-old-flags", timeout=120)
+    assert completed.returncode != 0
+    err = completed.stderr
+    assert "replace --num-nodes with --nnodes" in err
+    assert "--dist-init-addr 10.0.0.1:20000" in err
+    assert "fp8_e4m3" in err and "fp8_e5m2" in err and "mxfp8;" not in err
+    assert "did you mean mxfp8" not in err and "numa" not in err
+    assert "replace --gpu-memory-utilization with --mem-fraction-static" in err
+    assert "replace --max-model-len with --context-length" in err
+    assert "replace --fp8-gemm-runner-backend with --fp8-gemm-backend" in err
+
+
+def test_an_image_of_another_release_is_a_warning(world: Env) -> None:
+    in_case(world, "eagle284-qwen3-eagle3-flags")
+    completed = world.run("start", "--dry-run", "--profile", "qwen3-eagle3", timeout=120)
+    out = completed.stdout + completed.stderr
+    assert completed.returncode == 0, out
+    assert "0.5.23" in out and "lmsysorg/sglang:latest" in out
+    assert "warning: --cuda-graph-max-bs is ambiguous" in out
+    assert "would refuse" not in out

@@ -748,7 +748,8 @@ def check_engine_flags(profile: Profile, engine: Engine, *, for_container: bool)
     )
     raise_for_problems(check, profile)
     notes = f" ({'; '.join(check.notes)})" if check.notes else ""
-    return check.summary + notes
+    warnings = "".join(f"; warning: {problem.message}" for problem in check.warnings)
+    return check.summary + notes + warnings
 
 
 def _spec(record: InstanceRecord, engine: Engine) -> dict[str, Any] | None:

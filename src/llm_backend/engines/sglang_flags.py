@@ -4,13 +4,18 @@ Three ways, best first: SGLang's own argument parser inside the profile's image 
 image is present locally), the locally installed `sglang` (native runtime), or the flag
 table committed in `data/sglang_flags.json`, generated from a pinned sglang release's own
 parser by `scripts/generate_sglang_flags.py`. Flags that belong to other servers
-(`--max-model-len`) and ambiguous prefixes (`--speculative-draft`) are errors that name
-the right flag.
+(vLLM's `--max-model-len`, llama.cpp's `-ngl`, torchrun's `--master-addr`) are errors that
+name SGLang's flag or say why SGLang has none (`data/foreign_flags.json`, built from vLLM's
+`EngineArgs` CLI and llama.cpp's `common/arg.cpp`); ambiguous prefixes
+(`--speculative-draft`) name the full flag; spelling is suggested only for near-typos.
+When only the table could check a Docker profile whose image is another SGLang release,
+what the table alone refuses is a warning, not a failure.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import os
 import platform
@@ -26,21 +31,46 @@ from llm_backend.errors import ConfigError
 
 TABLE_RESOURCE = "sglang_flags.json"
 
-# Flags people bring from other servers, with SGLang's name for the same thing.
-WRONG_FLAGS: dict[str, tuple[str, str]] = {
-    "--max-model-len": ("--context-length", "--max-model-len is vLLM's name"),
-    "--max-batch-size": (
-        "--max-running-requests",
-        "SGLang caps concurrent requests with --max-running-requests "
-        "(and the CUDA-graph batch with --cuda-graph-max-bs-decode)",
-    ),
-    "--gpu-memory-utilization": (
-        "--mem-fraction-static",
-        "--gpu-memory-utilization is vLLM's name",
-    ),
-    "--max-num-seqs": ("--max-running-requests", "--max-num-seqs is vLLM's name"),
-    "--tensor-parallel": ("--tp-size", "the tensor-parallel flag is --tp-size"),
-}
+FOREIGN_RESOURCE = "foreign_flags.json"
+ORIGINS = {"vllm": "vLLM", "llama.cpp": "llama.cpp", "torchrun": "torchrun"}
+
+
+@dataclass(frozen=True)
+class ForeignFlag:
+    """A flag of another server (vLLM, llama.cpp, torchrun) and SGLang's flag for it, if any."""
+
+    flag: str
+    origin: str
+    sglang: str | None
+    why: str
+
+
+@dataclass(frozen=True)
+class ForeignTable:
+    """Other servers' flags and values, mapped to SGLang's (see `data/foreign_flags.json`)."""
+
+    flags: dict[str, ForeignFlag]
+    # SGLang flag -> foreign value -> (SGLang values to use, why)
+    values: dict[str, dict[str, tuple[tuple[str, ...], str]]]
+
+
+@functools.cache
+def load_foreign() -> ForeignTable:
+    """The committed equivalences of vLLM, llama.cpp and torchrun flags."""
+    text = (resources.files("llm_backend") / "data" / FOREIGN_RESOURCE).read_text(
+        encoding="utf-8"
+    )
+    data = json.loads(text)
+    flags = {
+        row["flag"]: ForeignFlag(row["flag"], row["from"], row["sglang"], row["why"])
+        for row in data["flags"]
+    }
+    values = {
+        flag: {value: (tuple(entry["use"]), entry["why"]) for value, entry in by_value.items()}
+        for flag, by_value in data["values"].items()
+    }
+    return ForeignTable(flags=flags, values=values)
+
 
 # Run by a Python that has sglang: build the parser exactly as `prepare_server_args` does.
 _PARSER_PRELUDE = """
@@ -143,6 +173,9 @@ class FlagProblem:
     flag: str
     message: str
     suggestion: str | None = None
+    # True when the flag or value is another server's (wrong in every SGLang release);
+    # False when only this table's release refuses it.
+    certain: bool = False
 
 
 @dataclass(frozen=True)
@@ -153,6 +186,8 @@ class FlagCheck:
     sglang_version: str
     problems: tuple[FlagProblem, ...] = ()
     notes: tuple[str, ...] = ()
+    # What only this table's release refuses, for an image of another release.
+    warnings: tuple[FlagProblem, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -161,6 +196,8 @@ class FlagCheck:
     @property
     def summary(self) -> str:
         verdict = "ok" if self.ok else f"{len(self.problems)} problem(s)"
+        if self.warnings:
+            verdict += f", {len(self.warnings)} warning(s)"
         return f"SGLang flags checked with {self.source} (sglang {self.sglang_version}): {verdict}"
 
 
@@ -173,25 +210,127 @@ def load_table() -> FlagTable:
 # --- checking against the table ---------------------------------------------------------
 
 
+def _words(flag: str) -> list[str]:
+    return [word for word in flag.lstrip("-").replace("_", "-").split("-") if word]
+
+
+def _edit_distance(left: str, right: str) -> int:
+    previous = list(range(len(right) + 1))
+    for i, char in enumerate(left, 1):
+        current = [i]
+        for j, other in enumerate(right, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1,
+                               previous[j - 1] + (char != other)))
+        previous = current
+    return previous[-1]
+
+
+def near_typo(wrong: str, right: str) -> bool:
+    """Whether `wrong` is `right` mistyped, not another name: one or two letters off in one
+    word, one word added or dropped, or words swapped. `--num-nodes` is not `--numa-node`
+    (both words differ) and `fp8` is not `mxfp8` (a different format)."""
+    if wrong == right:
+        return False
+    a, b = _words(wrong), _words(right)
+    if not a or not b:
+        return False
+    if sorted(a) == sorted(b):
+        return True
+    if len(a) == len(b):
+        differing = [(x, y) for x, y in zip(a, b, strict=True) if x != y]
+        if len(differing) != 1:
+            return False
+        x, y = differing[0]
+        return _edit_distance(x, y) <= (1 if min(len(x), len(y)) < 6 else 2) and x[0] == y[0]
+    longer, shorter = (a, b) if len(a) > len(b) else (b, a)
+    if len(longer) - len(shorter) != 1 or len(shorter) < 2:
+        return False
+    return any(longer[:index] + longer[index + 1:] == shorter for index in range(len(longer)))
+
+
+def _typo_match(name: str, candidates: list[str]) -> str | None:
+    close = difflib.get_close_matches(name, candidates, n=8, cutoff=0.6)
+    return next((candidate for candidate in close if near_typo(name, candidate)), None)
+
+
 def _suggest(flag: str, table: FlagTable) -> tuple[str | None, str]:
-    """The right flag for a wrong one, and why; `(None, "")` when nothing is close."""
-    if flag in WRONG_FLAGS:
-        right, why = WRONG_FLAGS[flag]
-        return right, why
+    """The right flag for a wrong one, and why; `(None, why)` when SGLang has none."""
+    foreign = load_foreign().flags.get(flag)
+    if foreign is not None:
+        return foreign.sglang, f"{flag} is {ORIGINS.get(foreign.origin, foreign.origin)}'s: " + (
+            foreign.why
+        )
     dashed = flag.replace("_", "-")
     if dashed != flag and dashed in table.by_flag:
         return dashed, "SGLang's flags use dashes, not underscores"
-    close = difflib.get_close_matches(flag, list(table.by_flag), n=1, cutoff=0.75)
+    close = _typo_match(flag, [name for name in table.by_flag if name.startswith("--")])
     if close:
-        return close[0], "closest SGLang flag"
+        return close, "a near spelling"
     return None, ""
 
 
 def _unknown(flag: str, table: FlagTable) -> FlagProblem:
     right, why = _suggest(flag, table)
+    foreign = flag in load_foreign().flags
     if right:
-        return FlagProblem(flag, f"{flag} is not an SGLang flag ({why}); use {right}", right)
+        return FlagProblem(
+            flag, f"{flag} is not an SGLang flag ({why}); use {right}", right, certain=foreign
+        )
+    if foreign:
+        return FlagProblem(
+            flag, f"{flag} is not an SGLang flag and SGLang has no equivalent ({why})", None,
+            certain=True,
+        )
     return FlagProblem(flag, f"{flag} is not an SGLang flag", None)
+
+
+def _is_flag(token: str) -> bool:
+    """`--x` and `-x` are flags; `-1` and `-0.5` are values."""
+    return token.startswith("-") and len(token) > 1 and not re.match(r"-\.?\d", token)
+
+
+def _merge_rendezvous(flags: list[str], problems: list[FlagProblem]) -> list[FlagProblem]:
+    """torchrun's --master-addr X --master-port Y become one SGLang fix: --dist-init-addr X:Y."""
+    addr_flags = {"--master-addr", "--master_addr", "--data-parallel-address", "-dpa"}
+    port_flags = {"--master-port", "--master_port", "--data-parallel-rpc-port", "-dpp"}
+
+    def value_of(names: set[str]) -> str | None:
+        for index, token in enumerate(flags):
+            name, has_inline, inline = token.partition("=")
+            if name in names:
+                return inline if has_inline else (flags[index + 1] if index + 1 < len(flags)
+                                                   else None)
+        return None
+
+    address, port = value_of(addr_flags), value_of(port_flags)
+    if address is None and port is None:
+        return problems
+    target = f"--dist-init-addr {address or 'HOST'}:{port or 'PORT'}"
+    merged: list[FlagProblem] = []
+    done = False
+    for problem in problems:
+        if problem.flag in addr_flags | port_flags:
+            if done:
+                continue
+            done = True
+            wrong = " and ".join(
+                name for name in (
+                    next((f for f in flags if f.partition("=")[0] in addr_flags), None),
+                    next((f for f in flags if f.partition("=")[0] in port_flags), None),
+                ) if name
+            )
+            merged.append(FlagProblem(
+                wrong.split("=")[0] if " and " not in wrong else wrong,
+                f"{wrong} are torchrun's (not SGLang flags); SGLang's rendezvous is one flag: "
+                f"{target}" if " and " in wrong else
+                f"{wrong} is torchrun's (not an SGLang flag); SGLang's rendezvous is one flag: "
+                f"{target}",
+                target,
+                certain=True,
+            ))
+        else:
+            merged.append(problem)
+    return merged
 
 
 def check_with_table(flags: list[str], table: FlagTable) -> FlagCheck:
@@ -203,13 +342,19 @@ def check_with_table(flags: list[str], table: FlagTable) -> FlagCheck:
     while index < len(flags):
         token = flags[index]
         index += 1
-        if not token.startswith("--"):
+        if not _is_flag(token):
             problems.append(
                 FlagProblem(token, f"unexpected value {token!r} (not after a flag that takes one)")
             )
             continue
         name, has_inline, inline_value = token.partition("=")
         option = table.by_flag.get(name)
+        if option is None and (name in load_foreign().flags or not name.startswith("--")):
+            # Another server's flag (even when it is a prefix of SGLang ones), or a short
+            # flag: argparse matches no prefix of SGLang's long options for `-x`.
+            problems.append(_unknown(name, table))
+            index = _skip_values(flags, index)
+            continue
         if option is None:
             # In the parser's own order, so the first candidate is the main spelling.
             matches = [flag for flag in table.by_flag if flag.startswith(name)]
@@ -244,13 +389,13 @@ def check_with_table(flags: list[str], table: FlagTable) -> FlagCheck:
         elif option.nargs is None or isinstance(option.nargs, int):
             wanted = 1 if option.nargs is None else int(option.nargs)
             taken = flags[index:index + wanted]
-            if len(taken) < wanted or any(value.startswith("--") for value in taken):
+            if len(taken) < wanted or any(_is_flag(value) for value in taken):
                 problems.append(FlagProblem(name, f"{name} needs a value"))
                 continue
             values = taken
             index += wanted
         else:
-            while index < len(flags) and not flags[index].startswith("--"):
+            while index < len(flags) and not _is_flag(flags[index]):
                 values.append(flags[index])
                 index += 1
                 if option.nargs == "?":
@@ -270,27 +415,39 @@ def check_with_table(flags: list[str], table: FlagTable) -> FlagCheck:
     return FlagCheck(
         source="the flag table",
         sglang_version=table.sglang_version,
-        problems=tuple(problems),
+        problems=tuple(_merge_rendezvous(flags, problems)),
         notes=tuple(notes),
     )
 
 
 def _skip_values(flags: list[str], index: int) -> int:
-    while index < len(flags) and not flags[index].startswith("--"):
+    while index < len(flags) and not _is_flag(flags[index]):
         index += 1
     return index
 
 
 def _check_value(name: str, option: FlagOption, value: str) -> FlagProblem | None:
     if option.choices and value not in option.choices:
-        close = difflib.get_close_matches(value, list(option.choices), n=1, cutoff=0.6)
-        hint = f"; did you mean {close[0]}?" if close else ""
+        listed = (
+            f"{', '.join(option.choices[:12])}{', ...' if len(option.choices) > 12 else ''}"
+        )
+        foreign = load_foreign().values.get(option.flags[0], {}).get(value)
+        if foreign is not None:
+            use = [choice for choice in foreign[0] if choice in option.choices]
+            if use:
+                return FlagProblem(
+                    name,
+                    f"{name} {value!r} is not one of SGLang's choices ({foreign[1]}); "
+                    f"use {' or '.join(use)}",
+                    f"{name} {use[0]}",
+                    certain=True,
+                )
+        close = _typo_match(value, list(option.choices))
+        hint = f"; did you mean {close}?" if close else ""
         return FlagProblem(
             name,
-            f"{name} {value!r} is not one of SGLang's choices "
-            f"({', '.join(option.choices[:12])}{', ...' if len(option.choices) > 12 else ''})"
-            + hint,
-            f"{name} {close[0]}" if close else None,
+            f"{name} {value!r} is not one of SGLang's choices ({listed})" + hint,
+            f"{name} {close}" if close else None,
         )
     if option.type in ("int", "float"):
         try:
@@ -367,12 +524,12 @@ def check_with_parser(
     from_table = check_with_table(flags, table)
     if int(result.get("exit_code") or 0) != 0:
         problems = problems_from_parser_error(str(result.get("stderr", "")), table)
-        # argparse stops at the first error; add the well-known wrong flags it did not reach.
+        # argparse stops at the first error; add the other servers' flags it did not reach.
         named = {problem.flag for problem in problems}
         problems += [
             problem
             for problem in from_table.problems
-            if problem.flag in WRONG_FLAGS and problem.flag not in named
+            if problem.certain and problem.flag not in named
         ]
     # SGLang's parser accepts unique prefixes; the table names them so the profile is explicit.
     notes = list(from_table.notes)
@@ -453,12 +610,33 @@ def check_profile_flags(
         else:
             notes.append(f"python {python!r} was not found")
     result = check_with_table(flags, table)
+    problems = result.problems
+    warnings: tuple[FlagProblem, ...] = ()
+    image = image_for_platform(profile.docker) if profile.runtime == "docker" else None
+    if image and not profile.command and not image_is_release(image, table.sglang_version):
+        # SGLang's own parser in that image could not run here; the table is another
+        # release, so what only the table refuses may be fine there (and the reverse).
+        notes.append(
+            f"the flag table is SGLang {table.sglang_version}'s; image {image} is not that "
+            "release and could not be checked here, so what only the table refuses is a "
+            f"warning (pin docker.image = \"lmsysorg/sglang:v{table.sglang_version}\", or "
+            f"pull {image} and check again)"
+        )
+        problems = tuple(problem for problem in result.problems if problem.certain)
+        warnings = tuple(problem for problem in result.problems if not problem.certain)
     return FlagCheck(
-        source="the committed flag table",
+        source=f"the flag table of SGLang {table.sglang_version}",
         sglang_version=table.sglang_version,
-        problems=result.problems,
+        problems=problems,
         notes=(*notes, *result.notes),
+        warnings=warnings,
     )
+
+
+def image_is_release(image: str, version: str) -> bool:
+    """Whether `image`'s tag names SGLang `version` (`lmsysorg/sglang:v0.5.23`, `...-cu129`)."""
+    tag = image.rsplit("/", 1)[-1].partition(":")[2].partition("@")[0]
+    return tag == f"v{version}" or tag.startswith(f"v{version}-")
 
 
 def raise_for_problems(check: FlagCheck, profile: Profile) -> None:
