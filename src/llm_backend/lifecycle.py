@@ -369,6 +369,7 @@ class Lifecycle:
                     or profile.expected_load_s,
                     on_event=_phase_recorder(self, on_event),
                     checks=[preparation.guard] if preparation else [],
+                    download_paths=_download_paths(engine, profile, runtime),
                 )
                 result = monitor.run()
             except BaseException as error:
@@ -860,3 +861,11 @@ def log_tail(path: str | Path, lines: int) -> list[str]:
     except FileNotFoundError:
         return []
     return data.splitlines()[-lines:]
+
+
+def _download_paths(engine: Engine, profile: Profile, runtime: Runtime) -> list[Path]:
+    """Folders whose growth shows a download inside the load (none when they cannot be known)."""
+    try:
+        return engine.download_paths(profile=profile, runtime=runtime)
+    except BackendError:
+        return []

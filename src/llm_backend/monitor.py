@@ -6,6 +6,8 @@ output), so only a stalled load times out; `load_timeout_s` caps the whole load.
 
 from __future__ import annotations
 
+import os
+import re
 import time
 from collections import deque
 from collections.abc import Callable
@@ -33,6 +35,7 @@ class MonitorEvent:
     eta_s: float | None = None
     line: str | None = None
     health_status: int | None = None
+    download_bytes: int | None = None  # bytes in the model cache while a download runs
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,10 @@ class MonitorResult:
     exit_code: int | None
     spec: SpecStats | None = None
     health_first_200_at: float | None = None
+
+
+DOWNLOAD_PHASE = "download"
+LINE_END = re.compile(rb"\r\n|\r|\n")
 
 
 class LogFollower:
@@ -68,8 +75,10 @@ class LogFollower:
             return []
         self.offset += len(data)
         data = self._partial + data
-        *complete, self._partial = data.split(b"\n")
-        return [line.decode("utf-8", errors="replace").rstrip("\r") for line in complete]
+        # A carriage return ends a line too: progress bars (tqdm, huggingface_hub) redraw
+        # themselves with "\r" and no "\n" for as long as a download runs.
+        *complete, self._partial = LINE_END.split(data)
+        return [line.decode("utf-8", errors="replace") for line in complete if line]
 
     def flush(self) -> list[str]:
         lines = self.read_lines()
@@ -97,6 +106,9 @@ class Monitor:
     on_event: Callable[[MonitorEvent], None] = lambda event: None
     checks: list[Callable[[], Failure | None]] = field(default_factory=list)
     reader: LogReader | None = None
+    # Folders a download inside the load writes into: bytes landing there are progress.
+    download_paths: list[Path] = field(default_factory=list)
+    download_check_interval_s: float = 1.0
 
     def run(self) -> MonitorResult:
         import httpx  # imported here: `status` and friends should not pay for it
@@ -110,6 +122,11 @@ class Monitor:
         offsets: dict[str, float] = {}
         current_phase: str | None = None
         failure_seen_at: float | None = None
+        download_s = 0.0  # time spent in the download phase, outside the overall cap
+        last_tick = started
+        download_bytes = -1  # bytes under download_paths at the last check
+        downloading = False
+        next_download_check = started
         health_url = self.base_url.rstrip("/") + self.engine.health_path
 
         def finish(ready: bool, failure: Failure | None, code: int | None) -> MonitorResult:
@@ -186,6 +203,23 @@ class Monitor:
                         return finish(False, tripped, None)
 
                 now = time.monotonic()
+                if self.download_paths and now >= next_download_check:
+                    next_download_check = now + self.download_check_interval_s
+                    size = _bytes_under(self.download_paths)
+                    if size > download_bytes:
+                        if download_bytes >= 0:  # the first reading is only the baseline
+                            last_progress = now
+                            downloading = True
+                            self.on_event(MonitorEvent(
+                                kind="phase", elapsed_s=now - started, phase=DOWNLOAD_PHASE,
+                                line=f"{size} bytes in the model cache",
+                                download_bytes=size,
+                            ))
+                        else:
+                            downloading = False
+                    else:
+                        downloading = False
+                    download_bytes = size
                 if now - last_progress > self.stall_timeout_s:
                     return finish(
                         False,
@@ -198,7 +232,10 @@ class Monitor:
                         ),
                         None,
                     )
-                if now - started > self.load_timeout_s:
+                if current_phase == DOWNLOAD_PHASE or downloading:  # the cap is for the load
+                    download_s += now - last_tick
+                last_tick = now
+                if now - started - download_s > self.load_timeout_s:
                     return finish(
                         False,
                         Failure(
@@ -232,3 +269,23 @@ def _probe(client: httpx.Client, url: str) -> int | None:
         return client.get(url).status_code
     except httpx.HTTPError:
         return None
+
+
+def _bytes_under(folders: list[Path]) -> int:
+    """Bytes of the files under `folders` (partial downloads included), without following links."""
+    total = 0
+    stack = [str(folder) for folder in folders]
+    while stack:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                elif entry.is_file(follow_symlinks=False):
+                    total += entry.stat(follow_symlinks=False).st_size
+            except OSError:
+                continue
+    return total

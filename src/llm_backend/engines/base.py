@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llm_backend.config import Profile
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
 
 PHASES = (
     "init",
+    "download",
     "load_weights",
     "moe_shuffle",
     "kv_cache",
@@ -41,6 +43,31 @@ FAILURE_CLASSES = (
     "timeout",
     "exited",
 )
+
+
+# A huggingface_hub / tqdm byte bar: "model-00001-of-00015.safetensors:  45%|####5 | 2.25G/4.99G
+# [00:30<00:36, 75.3MB/s]" (tqdm `format_meter` with unit="B", unit_scale=True: sizes in powers
+# of 1000 with k/M/G/T/P suffixes, then the rate in B/s, "?B/s" before the first sample).
+BYTE_BAR = re.compile(
+    r"(?P<done>\d+(?:\.\d+)?)(?P<done_unit>[kMGTPE]?)/(?P<total>\d+(?:\.\d+)?)"
+    r"(?P<total_unit>[kMGTPE]?)\s*\[[^\]]*B/s\]"
+)
+SI_UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18}
+# Printed by SGLang's weight loader around a download from the Hub (sglang 0.5.23
+# `python/sglang/srt/model_loader/weight_utils.py` `download_weights_from_hf`).
+DOWNLOAD_START = re.compile(r"Using model weights format \[")
+
+
+def download_event(text: str, line: str) -> PhaseEvent | None:
+    """The `download` phase from a loader line or a byte progress bar, with bytes done/total."""
+    bar = BYTE_BAR.search(text)
+    if bar:
+        done = float(bar.group("done")) * SI_UNITS[bar.group("done_unit")]
+        total = float(bar.group("total")) * SI_UNITS[bar.group("total_unit")]
+        return PhaseEvent("download", line, (int(done), int(total)))
+    if DOWNLOAD_START.search(text):
+        return PhaseEvent("download", line)
+    return None
 
 
 @dataclass(frozen=True)
@@ -256,6 +283,13 @@ class Engine(ABC):
         return None
 
     info_path: str | None = None
+
+    def download_paths(self, *, profile: Profile, runtime: Runtime) -> list[Path]:
+        """Host folders the server downloads into while it loads; their growth is progress.
+
+        Empty by default (the engine downloads nothing itself).
+        """
+        return []
 
     def artifacts(self, *, profile: Profile, runtime: Runtime) -> list[Source]:
         """What this profile needs on disk before it can load (weights, encodings, binary).

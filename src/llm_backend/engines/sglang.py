@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llm_backend.config import Profile
-from llm_backend.engines.base import Engine, Failure, LogReader, PhaseEvent, SpecStats
+from llm_backend.engines.base import (
+    Engine,
+    Failure,
+    LogReader,
+    PhaseEvent,
+    SpecStats,
+    download_event,
+)
 from llm_backend.errors import ConfigError
 from llm_backend.pull import HubRepository, Source, VerifiedFile, hf_home
 
@@ -282,7 +289,7 @@ class SGLangLogReader(LogReader):
         failure = self._failure(text, line)
         if failure is not None:
             events.append(failure)
-        phase = self._phase(text, line)
+        phase = self._phase(text, line) or download_event(text, line)
         if phase is not None:
             events.append(phase)
         if DECODE.search(text):
@@ -608,6 +615,15 @@ class SGLangEngine(Engine):
 
     def spec_stats_from_info(self, *, info: dict[str, Any]) -> SpecStats | None:
         return spec_stats_from_server_info(info)
+
+    def download_paths(self, *, profile: Profile, runtime: Runtime) -> list[Path]:
+        """The Hub cache folders of the model and the draft: SGLang downloads what is missing
+        there itself, with its progress bars switched off (`tqdm_class=DisabledTqdm` in
+        sglang 0.5.23 `weight_utils.py` `download_weights_from_hf`), so only the bytes landing
+        in these folders show that a download goes on.
+        """
+        return [source.storage_folder for source in self.artifacts(profile=profile, runtime=runtime)
+                if isinstance(source, HubRepository)]
 
     def artifacts(self, *, profile: Profile, runtime: Runtime) -> list[Source]:
         """The model and draft model from the Hub (only what SGLang loads) and gpt-oss's encoding.
