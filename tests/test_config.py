@@ -83,10 +83,10 @@ def test_bad_value_names_key_value_and_rule() -> None:
 
 
 def test_bad_engine_lists_the_allowed_ones() -> None:
-    user = Layer(label="x", profiles={"smollm2-cpu": {"engine": "vllm"}})
+    user = Layer(label="x", profiles={"smollm2-cpu": {"engine": "no-such-engine"}})
     with pytest.raises(ConfigError) as caught:
         ConfigSet(layers=[builtin_layer(), user]).resolve("smollm2-cpu")
-    assert "'vllm'" in caught.value.message
+    assert "'no-such-engine'" in caught.value.message
     assert "sglang" in caught.value.message and "llamacpp" in caught.value.message
 
 

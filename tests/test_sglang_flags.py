@@ -26,10 +26,10 @@ from llm_backend.engines.sglang_flags import (
     check_profile_flags,
     check_with_parser,
     check_with_table,
-    image_for_platform,
     load_table,
     problems_from_parser_error,
 )
+from llm_backend.runtimes.compose import image_for
 
 REPO = Path(__file__).resolve().parent.parent
 FLAGSHIP_ARGV = shlex.split(
@@ -86,8 +86,8 @@ def test_flagship_profile_fields() -> None:
     assert profile.docker.shm_size and profile.host_prep.enabled
     assert profile.stop_grace_s >= 30
     assert profile.load_timeout_s >= 900 and profile.stall_timeout_s >= 120
-    assert image_for_platform(profile.docker, "x86_64") == profile.docker.image
-    assert image_for_platform(profile.docker, "aarch64") == profile.docker.image_aarch64
+    assert image_for(profile, "x86_64") == profile.docker.image
+    assert image_for(profile, "aarch64") == profile.docker.image_aarch64
     assert profile.docker.image != profile.docker.image_aarch64
 
 

@@ -259,5 +259,5 @@ def test_diagnose_cli_llamacpp_and_bad_input(world: Any) -> None:
     missing = world.run("diagnose", str(world.cwd / "nope.log"))
     assert missing.returncode != 0
     assert "nope.log" in missing.stderr and "fix:" in missing.stderr
-    wrong = world.run("diagnose", "--engine", "vllm", str(log))
-    assert wrong.returncode != 0 and "'vllm'" in wrong.stderr
+    wrong = world.run("diagnose", "--engine", "no-such-engine", str(log))
+    assert wrong.returncode != 0 and "'no-such-engine'" in wrong.stderr

@@ -7,7 +7,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -16,6 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from llm_backend.config import Profile, flatten, load_config
+from llm_backend.engines import get_engine
 from llm_backend.errors import BackendError, NotRunningError, StartFailed
 from llm_backend.lifecycle import (
     HostPreparation,
@@ -26,7 +27,11 @@ from llm_backend.lifecycle import (
     log_tail,
 )
 from llm_backend.monitor import MonitorEvent
+from llm_backend.runtimes import get_runtime
 from llm_backend.state import HOST_JOURNAL_FILE, StateStore
+
+if TYPE_CHECKING:
+    from llm_backend.engines.base import Engine
 
 app = typer.Typer(
     help="Start, watch and stop an OpenAI-compatible LLM server on this machine.",
@@ -166,18 +171,13 @@ class StartDisplay:
 
 
 def ensure_llama_server(profile: Profile) -> None:
-    """Build llama-server into the cache when the profile needs it and none is found."""
-    if profile.engine != "llamacpp":
+    """Install the profile's engine first when it needs it (llama.cpp: build llama-server)."""
+    engine = get_engine(profile.engine)
+    notice = engine.install_needed(profile=profile)
+    if notice is None:
         return
-    from llm_backend.engines.llamacpp import find_binary
-
-    if find_binary(profile) is not None:
-        return
-    err_console.print(
-        "no llama-server binary found: building it now "
-        "(same as `llm-backend engine install llama.cpp`, a few minutes)"
-    )
-    _install_llama_cpp()
+    err_console.print(notice)
+    _install_engine(engine)
 
 
 def print_started(result: StartResult) -> None:
@@ -331,7 +331,7 @@ def run_preflight(
         return
     report = preflight(profile, host_prep=host_prep, skip=skip)
     for check in report.warnings:
-        if check.name == "gpu" and profile.engine == "llamacpp":
+        if check.name == "gpu" and not get_engine(profile.engine).needs_gpu:
             continue  # a CPU profile does not care
         err_console.print(f"warning: {check.name}: {check.summary}", markup=False,
                           soft_wrap=True)
@@ -422,7 +422,8 @@ def stop(
 
         lifecycle = make_lifecycle()
         record = lifecycle.store.load_instance()
-        tree = process_tree(record.pid) if record and record.runtime == "native" else ()
+        tree = (process_tree(record.pid)
+                if record and not get_runtime(record.runtime).in_container else ())
         try:
             outcome = lifecycle.stop(force=force, grace_s=timeout)
         finally:
@@ -906,9 +907,7 @@ def profiles_show(
 # --- engine install ----------------------------------------------------------------------
 
 
-def _install_llama_cpp() -> None:
-    from llm_backend.engines.llamacpp_build import install_llama_cpp
-
+def _install_engine(engine: Engine) -> None:
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -917,7 +916,8 @@ def _install_llama_cpp() -> None:
         transient=True,
         disable=not err_console.is_terminal,
     ) as progress:
-        task = progress.add_task("llama.cpp", total=100)
+        label = engine.install_names[0] if engine.install_names else engine.name
+        task = progress.add_task(label, total=100)
         last_step: list[str] = [""]
 
         def on_progress(step: str, fraction: float | None) -> None:
@@ -928,13 +928,13 @@ def _install_llama_cpp() -> None:
             if step != last_step[0]:
                 last_step[0] = step
                 if not err_console.is_terminal:
-                    err_console.print(f"llama.cpp: {step}")
+                    err_console.print(f"{label}: {step}")
 
-        result = install_llama_cpp(on_progress=on_progress)
+        result = engine.install(on_progress=on_progress)
     if result.built:
-        console.print(f"built llama-server in {result.duration_s:.0f}s: {result.binary}")
+        console.print(f"built {result.binary.name} in {result.duration_s:.0f}s: {result.binary}")
     else:
-        console.print(f"llama-server already installed: {result.binary}")
+        console.print(f"{result.binary.name} already installed: {result.binary}")
 
 
 @engine_app.command("install")
@@ -944,13 +944,17 @@ def engine_install(
     """Build llama.cpp's llama-server into the user's cache (a no-op when it is there)."""
 
     def action() -> None:
-        if name not in ("llama.cpp", "llamacpp"):
+        from llm_backend.engines import installable_engine, registry
+
+        engine = installable_engine(name)
+        if engine is None:
+            names = [item.install_names[0] for item in registry().all() if item.install_names]
             raise BackendError(
-                f"cannot install engine {name!r}; installable: llama.cpp",
-                remedy="llm-backend engine install llama.cpp (SGLang: use its Docker image "
-                "or pip install sglang)",
+                f"cannot install engine {name!r}; installable: {', '.join(names)}",
+                remedy=f"llm-backend engine install {names[0]} (other engines come as a Docker "
+                "image or a Python package: see `llm-backend doctor`)",
             )
-        _install_llama_cpp()
+        _install_engine(engine)
 
     run_guarded(action)
 
@@ -1336,7 +1340,8 @@ def render_spec(spec: dict[str, Any]) -> str:
 def diagnose(
     logfile: Annotated[str, typer.Argument(help="A saved server log, or - for stdin.")],
     engine: Annotated[
-        str | None, typer.Option(help="sglang or llamacpp (guessed from the log if left out).")
+        str | None, typer.Option(help="Engine name, e.g. sglang or llamacpp (guessed from the log "
+                                 "if left out).")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
@@ -1344,11 +1349,15 @@ def diagnose(
     from llm_backend.diagnose import diagnose_lines
 
     def action() -> None:
-        if engine is not None and engine not in ("sglang", "llamacpp"):
-            raise BackendError(
-                f"unknown engine {engine!r}; diagnose reads sglang and llamacpp logs",
-                remedy="pass --engine sglang or --engine llamacpp, or leave it out to guess",
-            )
+        if engine is not None:
+            from llm_backend.engines import registry
+
+            problem = registry().unknown(engine)
+            if problem:
+                raise BackendError(
+                    f"{problem}; diagnose reads those engines' logs",
+                    remedy="pass --engine with one of those, or leave it out to guess",
+                )
         if logfile == "-":
             lines = sys.stdin.read().splitlines()
         else:

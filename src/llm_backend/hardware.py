@@ -7,46 +7,27 @@ tested on recorded descriptions of real machines as well as on the live one.
 
 from __future__ import annotations
 
-import contextlib
-import importlib.metadata
-import importlib.util
 import json
 import os
 import platform
-import shutil
-import subprocess
 from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llm_backend.engines.base import MemoryNeed
+from llm_backend.engines.sglang import installed_version as sglang_version
 from llm_backend.gpu import GpuReport, read_gpus, read_meminfo
+from llm_backend.runtimes.docker_facts import DockerFacts, docker_facts
+from llm_backend.units import GIB
+from llm_backend.units import format_bytes as gib
 
-GIB = 1024**3
 SCHEMA_VERSION = 1
+__all__ = ["GIB", "DockerFacts", "MemoryNeed", "docker_facts", "gib", "sglang_version"]
 
 PROFILE_120B = "gpt-oss-120b-eagle3"
 PROFILE_20B = "gpt-oss-20b-eagle3"
 PROFILE_CPU = "smollm2-cpu"
-
-
-@dataclass(frozen=True)
-class MemoryNeed:
-    """The least memory a GPU profile loads in: one discrete GPU, or a unified-memory box.
-
-    120b: MXFP4 weights are ~61-65 GB and the loaded server uses about 84 GB with KV cache and
-    the EAGLE3 draft, so it needs an 80 GB-class GPU (an H100 reports 79.6 GiB) or a 128 GB
-    unified box (MemTotal ~119 GiB on a DGX Spark). 20b: ~13 GB of weights; 24 GB-class cards.
-    """
-
-    gpu_bytes: int
-    unified_bytes: int
-
-
-MEMORY_NEEDS: dict[str, MemoryNeed] = {
-    PROFILE_120B: MemoryNeed(gpu_bytes=75 * GIB, unified_bytes=110 * GIB),
-    PROFILE_20B: MemoryNeed(gpu_bytes=22 * GIB, unified_bytes=28 * GIB),
-}
 
 
 @dataclass(frozen=True)
@@ -57,33 +38,6 @@ class GpuSpec:
     memory_total_bytes: int | None
     unified_memory: bool = False
     compute_capability: str | None = None
-
-
-@dataclass(frozen=True)
-class DockerFacts:
-    """Whether Docker can run a GPU container here: engine, NVIDIA runtime, Compose."""
-
-    cli_found: bool = False
-    engine_reachable: bool = False
-    engine_problem: str | None = None
-    server_version: str | None = None
-    runtimes: tuple[str, ...] = ()
-    default_runtime: str | None = None
-    cdi_devices: tuple[str, ...] = ()
-    compose_version: str | None = None
-    compose_command: tuple[str, ...] = ()
-    docker_host: str | None = None
-
-    @property
-    def nvidia_runtime(self) -> bool:
-        """The NVIDIA container runtime is registered, or NVIDIA CDI devices are known."""
-        return "nvidia" in self.runtimes or any(
-            device.startswith("nvidia.com/gpu") for device in self.cdi_devices
-        )
-
-    @property
-    def gpu_ready(self) -> bool:
-        return self.engine_reachable and self.nvidia_runtime and self.compose_version is not None
 
 
 @dataclass(frozen=True)
@@ -151,85 +105,6 @@ class ProfileChoice:
 # --- reading the live machine ---------------------------------------------------------------
 
 
-def _run(argv: list[str], timeout: float = 10.0) -> subprocess.CompletedProcess[str] | None:
-    try:
-        return subprocess.run(
-            argv, capture_output=True, text=True, timeout=timeout, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-
-
-def docker_facts(timeout: float = 10.0) -> DockerFacts:
-    """Ask the Docker CLI (honouring DOCKER_HOST) about the engine, runtimes and Compose."""
-    docker = shutil.which("docker")
-    docker_host = os.environ.get("DOCKER_HOST")
-    compose_version, compose_command = _compose(docker)
-    if docker is None:
-        return DockerFacts(
-            engine_problem="the `docker` command is not on PATH",
-            compose_version=compose_version,
-            compose_command=compose_command,
-            docker_host=docker_host,
-        )
-    result = _run([docker, "info", "--format", "{{json .}}"], timeout=timeout)
-    if result is None:
-        problem = f"`docker info` did not answer within {timeout:.0f}s"
-        info: dict[str, Any] = {}
-    else:
-        info = {}
-        with contextlib.suppress(ValueError):
-            info = json.loads(result.stdout.strip() or "{}")
-        server_errors = info.get("ServerErrors") or []
-        if result.returncode != 0 or server_errors or not info.get("ServerVersion"):
-            detail = "; ".join(str(item) for item in server_errors) or result.stderr.strip()
-            problem = (
-                detail.splitlines()[-1] if detail else f"`docker info` exited {result.returncode}"
-            )
-        else:
-            problem = None
-    cdi = tuple(str(item.get("ID", item)) if isinstance(item, dict) else str(item)
-                for item in (info.get("DiscoveredDevices") or []))
-    return DockerFacts(
-        cli_found=True,
-        engine_reachable=problem is None,
-        engine_problem=problem,
-        server_version=info.get("ServerVersion"),
-        runtimes=tuple(sorted((info.get("Runtimes") or {}).keys())),
-        default_runtime=info.get("DefaultRuntime"),
-        cdi_devices=cdi,
-        compose_version=compose_version,
-        compose_command=compose_command,
-        docker_host=docker_host,
-    )
-
-
-def _compose(docker: str | None) -> tuple[str | None, tuple[str, ...]]:
-    """Compose's version and how to call it: the `docker compose` plugin, else `docker-compose`."""
-    candidates: list[list[str]] = []
-    if docker:
-        candidates.append([docker, "compose"])
-    standalone = shutil.which("docker-compose")
-    if standalone:
-        candidates.append([standalone])
-    for command in candidates:
-        result = _run([*command, "version", "--short"], timeout=30.0)
-        if result is not None and result.returncode == 0 and result.stdout.strip():
-            label = ("docker", "compose") if len(command) == 2 else ("docker-compose",)
-            return result.stdout.strip().removeprefix("v"), label
-    return None, ()
-
-
-def sglang_version() -> str | None:
-    """The installed SGLang's version if `import sglang` can find it (without importing torch)."""
-    if importlib.util.find_spec("sglang") is None:
-        return None
-    try:
-        return importlib.metadata.version("sglang")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
 def _cpu_model() -> str | None:
     try:
         text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
@@ -278,8 +153,29 @@ def describe_host(
 # --- the pure choice ------------------------------------------------------------------------
 
 
-def gib(value: int | None) -> str:
-    return "?" if value is None else f"{value / GIB:.1f} GiB"
+def builtin_memory_needs() -> dict[str, MemoryNeed]:
+    """What each built-in GPU profile's model needs, from its `model_facts` (via its engine)."""
+    from llm_backend.config import ConfigSet, builtin_layer
+
+    config = ConfigSet(layers=[builtin_layer()])
+    return memory_needs(config, (PROFILE_120B, PROFILE_20B))
+
+
+def memory_needs(config: Any, names: Collection[str]) -> dict[str, MemoryNeed]:
+    """`Engine.memory_need` of each named profile of `config` (a ConfigSet) that has one."""
+    from llm_backend.engines import get_engine
+    from llm_backend.errors import BackendError
+
+    needs: dict[str, MemoryNeed] = {}
+    for name in names:
+        try:
+            profile = config.resolve(name).profile
+        except BackendError:
+            continue
+        need = get_engine(profile.engine).memory_need(profile=profile)
+        if need is not None and need.gpu_bytes is not None:
+            needs[name] = need
+    return needs
 
 
 def memory_fit(hardware: HardwareDescription, need: MemoryNeed) -> tuple[bool, str]:
@@ -287,24 +183,25 @@ def memory_fit(hardware: HardwareDescription, need: MemoryNeed) -> tuple[bool, s
     if not hardware.gpus:
         problem = f" ({hardware.nvml_problem})" if hardware.nvml_problem else ""
         return False, f"no NVIDIA GPU found{problem}"
+    gpu_bytes = need.gpu_bytes or 0
     if hardware.unified_memory:
         name = next(gpu.name for gpu in hardware.gpus if gpu.unified_memory)
         total = hardware.memory_total_bytes
-        if total >= need.unified_bytes:
+        unified = need.unified_bytes or gpu_bytes
+        if total >= unified:
             return True, (
-                f"{name} with {gib(total)} unified memory (needs {gib(need.unified_bytes)})"
+                f"{name} with {gib(total)} unified memory (needs {gib(unified)})"
             )
         return False, (
-            f"{name} has {gib(total)} unified memory, less than the {gib(need.unified_bytes)} "
-            "it needs"
+            f"{name} has {gib(total)} unified memory, less than the {gib(unified)} it needs"
         )
     largest = max(hardware.gpus, key=lambda gpu: gpu.memory_total_bytes or 0)
     size = largest.memory_total_bytes or 0
     count = len(hardware.gpus)
     which = f"{largest.name} ({gib(size)})" + (f", 1 of {count} GPUs" if count > 1 else "")
-    if size >= need.gpu_bytes:
-        return True, f"{which} (needs {gib(need.gpu_bytes)} on one GPU)"
-    return False, f"the largest GPU is {which}, less than the {gib(need.gpu_bytes)} it needs"
+    if size >= gpu_bytes:
+        return True, f"{which} (needs {gib(gpu_bytes)} on one GPU)"
+    return False, f"the largest GPU is {which}, less than the {gib(gpu_bytes)} it needs"
 
 
 def working_runtime(hardware: HardwareDescription, preferred: str) -> tuple[str | None, str]:
@@ -336,20 +233,26 @@ def select_profile(
     *,
     available: Collection[str] = (PROFILE_120B, PROFILE_20B, PROFILE_CPU),
     runtimes: Mapping[str, str] | None = None,
+    needs: Mapping[str, MemoryNeed] | None = None,
 ) -> ProfileChoice:
     """The best built-in profile this machine can run, with a reason for every one passed over.
 
     The 120b EAGLE3 profile needs one 80 GB-class GPU or a 128 GB unified-memory box; the 20b
     one a 24 GB-class GPU; both a working runtime (Docker with the NVIDIA runtime, or SGLang
-    installed natively). Anything else gets the CPU profile.
+    installed natively). Anything else gets the CPU profile. `needs`: each profile's memory
+    need (default: the built-in profiles' `model_facts`).
     """
     runtimes = runtimes or {}
+    needs = builtin_memory_needs() if needs is None else needs
     reasons: list[str] = []
     for candidate in (PROFILE_120B, PROFILE_20B):
         if candidate not in available:
             reasons.append(f"not {candidate}: no profile of that name is defined")
             continue
-        fits, memory_text = memory_fit(hardware, MEMORY_NEEDS[candidate])
+        if candidate not in needs:
+            reasons.append(f"not {candidate}: its profile gives no model_facts.min_gpu_memory")
+            continue
+        fits, memory_text = memory_fit(hardware, needs[candidate])
         if not fits:
             reasons.append(f"not {candidate}: {memory_text}")
             continue

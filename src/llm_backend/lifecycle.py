@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import time
-import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ import psutil
 from llm_backend.config import ConfigSet, Profile, ResolvedProfile, load_config
 from llm_backend.engines import get_engine
 from llm_backend.engines.base import Engine, Failure
+from llm_backend.engines.base import http_get as _get
 from llm_backend.errors import BackendError, NotRunningError, StartFailed
 from llm_backend.monitor import Monitor, MonitorEvent, MonitorResult
 from llm_backend.net import can_bind
@@ -229,7 +229,7 @@ class Lifecycle:
         profile = resolved.profile
         engine = get_engine(profile.engine)
         runtime = self.runtime(profile.runtime)
-        for_container = profile.runtime == "docker"
+        for_container = runtime.in_container
         preparation = (
             self.host_prep_factory(profile, self.store)
             if host_prep and profile.host_prep.enabled and self.host_prep_factory
@@ -719,75 +719,18 @@ def _phase_recorder(
     return handle
 
 
-def _get(url: str, timeout_s: float = 2.0) -> tuple[int, bytes]:
-    """One GET with the standard library: `status` stays fast without importing httpx."""
-    parts = urllib.parse.urlsplit(url)
-    connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port,
-                                            timeout=timeout_s)
-    try:
-        connection.request("GET", parts.path or "/")
-        response = connection.getresponse()
-        return response.status, response.read()
-    finally:
-        connection.close()
-
-
 def check_engine_flags(profile: Profile, engine: Engine, *, for_container: bool) -> str | None:
-    """Preflight for SGLang: its own parser (or the flag table) must accept the profile's flags.
-
-    Raises a bad_flag ConfigError before anything on the host changes; returns a line that
-    says what checked them (and which SGLang version).
-    """
-    from llm_backend.engines.sglang import SGLangEngine
-
-    if not isinstance(engine, SGLangEngine):
-        return None
-    from llm_backend.engines.sglang_flags import check_profile_flags, raise_for_problems
-
-    check = check_profile_flags(
-        profile, engine.server_flags(profile=profile, for_container=for_container)
-    )
-    raise_for_problems(check, profile)
-    notes = f" ({'; '.join(check.notes)})" if check.notes else ""
-    warnings = "".join(f"; warning: {problem.message}" for problem in check.warnings)
-    return check.summary + notes + warnings
+    """Preflight of the engine's flags (its own parser or table): raises a bad_flag ConfigError
+    before anything on the host changes; returns a line that says what checked them."""
+    return engine.check_flags(profile=profile, for_container=for_container)
 
 
 def _spec(record: InstanceRecord, engine: Engine) -> dict[str, Any] | None:
     """Speculative-decoding figures: the info endpoint first, else the latest decode log line."""
-    paths = [engine.info_path, getattr(engine, "info_fallback_path", None)]
-    for path in [path for path in paths if path]:
-        try:
-            status, body = _get(record.client_endpoint + path)
-        except (OSError, http.client.HTTPException):
-            break
-        if status == 404:
-            continue
-        try:
-            info = json.loads(body)
-        except ValueError:
-            break
-        stats = engine.spec_stats_from_info(info=info) if isinstance(info, dict) else None
-        if stats is not None:
-            return {
-                "accept_length": stats.accept_length,
-                "accept_rate": stats.accept_rate,
-                "gen_throughput": stats.gen_throughput,
-                "source": path,
-            }
-        break
-    reader = engine.log_reader()
-    for line in log_tail(record.log_path, 400):
-        reader.feed(line)
-    latest = reader.reading.spec
-    if latest is None:
-        return None
-    return {
-        "accept_length": latest.accept_length,
-        "accept_rate": latest.accept_rate,
-        "gen_throughput": latest.gen_throughput,
-        "source": "log",
-    }
+    stats = engine.read_spec_stats(
+        endpoint=record.client_endpoint, log_lines=lambda: log_tail(record.log_path, 400)
+    )
+    return stats.to_json() if stats is not None else None
 
 
 def _health(endpoint: str, engine: Engine) -> tuple[int | None, float | None]:

@@ -14,8 +14,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
 from llm_backend.bench import ProgressCallback, Target, run_sweep, warm_up
 from llm_backend.bench.loadgen import LevelRun
 from llm_backend.bench.report import BenchReport, build_report
@@ -261,20 +259,9 @@ def ab_warnings(comparisons: Sequence[LevelComparison], on: BenchReport) -> tupl
 
 
 def _accept_length(profile: Profile) -> float | None:
-    """SGLang reports an accept length on its info endpoint; llama.cpp does not (None)."""
+    """The accept length the engine's info endpoint reports (SGLang does; llama.cpp: None)."""
     engine = get_engine(profile.engine)
-    if engine.info_path is None:
-        return None
-    try:
-        response = httpx.get(
-            profile.client_endpoint + engine.info_path, timeout=5.0, trust_env=False
-        )
-        info = response.json()
-    except (httpx.HTTPError, ValueError):
-        return None
-    if not isinstance(info, dict):
-        return None
-    stats = engine.spec_stats_from_info(info=info)
+    stats = engine.read_spec_stats(endpoint=profile.client_endpoint, timeout_s=5.0)
     return stats.accept_length if stats is not None else None
 
 

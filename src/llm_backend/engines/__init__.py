@@ -1,34 +1,79 @@
-"""Built-in engines, registered by name."""
+"""The engine registry: one line per built-in engine, plugins by entry point or environment.
+
+Adding an engine: its module under `engines/`, one line in `BUILTIN_ENGINES`, and a profile
+TOML under `profiles/`. A plugin outside this package registers through the entry point
+group `llm_backend.engines` (`name = "module:Class"`) or the environment variable
+`LLM_BACKEND_ENGINES` (`module:Class[,module:Class...]`); see `llm_backend.registry`.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from llm_backend.engines.base import Engine
-from llm_backend.errors import ConfigError
+from llm_backend.registry import Registry
 
-_FACTORIES: dict[str, Callable[[], Engine]] = {}
+if TYPE_CHECKING:
+    from llm_backend.engines.base import Engine
+
+ENGINES_ENV = "LLM_BACKEND_ENGINES"
+ENTRY_POINT_GROUP = "llm_backend.engines"
+
+# Listed order is the order `diagnose` prefers when two engines' markers tie.
+BUILTIN_ENGINES = {
+    "sglang": "llm_backend.engines.sglang:SGLangEngine",
+    "llamacpp": "llm_backend.engines.llamacpp:LlamaCppEngine",
+}
+
+_registry: Registry[Engine] | None = None
+
+
+def registry() -> Registry[Engine]:
+    """The process-wide engine registry (built on first use)."""
+    global _registry
+    if _registry is None:
+        from llm_backend.engines.base import Engine
+
+        _registry = Registry(
+            kind="engine",
+            base=Engine,
+            builtins=BUILTIN_ENGINES,
+            env_var=ENGINES_ENV,
+            entry_point_group=ENTRY_POINT_GROUP,
+            remedy="set `engine` in the profile to one of those",
+        )
+    return _registry
 
 
 def register(name: str, factory: Callable[[], Engine]) -> None:
-    _FACTORIES[name] = factory
+    """Register an engine in this process (a plugin in another process: see the module doc)."""
+    registry().register(name, factory)
 
 
 def get_engine(name: str) -> Engine:
-    """The engine called `name`; an unknown one is a config error naming the known ones."""
-    if not _FACTORIES:
-        _register_builtins()
-    if name not in _FACTORIES:
-        raise ConfigError(
-            f"unknown engine {name!r}; known engines: {', '.join(sorted(_FACTORIES))}",
-            remedy="set `engine` in the profile to one of those",
-        )
-    return _FACTORIES[name]()
+    """A new instance of the engine called `name`; ConfigError naming the known ones if none."""
+    return registry().get(name)
 
 
-def _register_builtins() -> None:
-    from llm_backend.engines.llamacpp import LlamaCppEngine
-    from llm_backend.engines.sglang import SGLangEngine
+def engine_names() -> list[str]:
+    """Every engine name: built-in ones, then plugins."""
+    return registry().names()
 
-    register("llamacpp", LlamaCppEngine)
-    register("sglang", SGLangEngine)
+
+def installable_engine(name: str) -> Engine | None:
+    """The engine that `llm-backend engine install NAME` installs (by its `install_names`)."""
+    for engine in registry().all():
+        if name in engine.install_names:
+            return engine
+    return None
+
+
+def guess_engine(lines: list[str]) -> str:
+    """The engine whose log markers match the most lines; ties go to the earlier-listed one."""
+    counts: list[tuple[int, str]] = []
+    for engine in registry().all():
+        markers = engine.log_markers
+        count = sum(1 for line in lines if markers.search(line)) if markers else 0
+        counts.append((count, engine.name))
+    best = max(count for count, _ in counts)
+    return next(name for count, name in counts if count == best)

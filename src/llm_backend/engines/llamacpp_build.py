@@ -16,9 +16,9 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
+from llm_backend.engines.base import InstallResult
 from llm_backend.engines.llamacpp import LLAMA_CPP_PYTHON_VERSION, cached_binary_path
 from llm_backend.errors import BackendError, CommandFailed
 
@@ -32,16 +32,6 @@ CMAKE_OPTIONS = (
     "-DLLAMA_CURL=OFF",
 )
 PERCENT = re.compile(r"^\[\s*(\d+)%\]")
-
-
-@dataclass(frozen=True)
-class InstallResult:
-    """Where the binary is, and whether this call built it."""
-
-    binary: Path
-    built: bool
-    duration_s: float
-    version: str
 
 
 def installed_binary(version: str = LLAMA_CPP_PYTHON_VERSION) -> Path | None:

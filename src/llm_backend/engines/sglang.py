@@ -5,22 +5,35 @@ checkpoint shards, MoE weight shuffling and CUDA-graph batches), its failures on
 failure classes with a remedy each, and its decode lines onto speculative-decoding stats.
 Log formats changed in 2026 (`Decode batch.` -> `Decode batch,`, `Capture cuda graph` ->
 `Capture target verify CUDA graph`); both are read.
+
+Facts about SGLang here are from its source at the pinned version 0.5.23 (paths under
+`python/sglang/`): the launcher `launch_server.py`, the endpoints in
+`srt/entrypoints/http_server.py` (/health is 503 until warmup, /server_info, formerly
+/get_server_info), `avg_spec_accept_length` in `srt/managers/scheduler.py`
+(`get_internal_state`), log lines in `srt/model_executor/model_runner.py` and
+`srt/managers/scheduler.py`.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import os
 import re
 import shutil
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llm_backend.config import Profile
+from llm_backend.checks import Check, CheckResult, Context, result
+from llm_backend.config import Profile, builtin_model_facts
+from llm_backend.engines import hub
 from llm_backend.engines.base import (
     Engine,
     Failure,
     LogReader,
+    MemoryNeed,
     PhaseEvent,
     SpecStats,
     download_event,
@@ -33,9 +46,6 @@ if TYPE_CHECKING:
 
 CONTAINER_PYTHON = "python3"
 LAUNCH_MODULE = "sglang.launch_server"
-
-# MoE layers of the models we ship profiles for (the shuffle log names the layer, not the total).
-MOE_LAYERS = {"gpt-oss-120b": 36, "gpt-oss-20b": 24}
 
 TIMESTAMP = re.compile(
     r"^\[(\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2})(?:\.\d+)?(?:Z)?(?P<ranks>(?: [A-Z]+\d+)*)\] ?"
@@ -223,10 +233,17 @@ ACCEPT_RATE = re.compile(r"accept rate: ([0-9.]+)")
 GEN_THROUGHPUT = re.compile(r"gen throughput \(token/s\): ([0-9.]+)")
 
 
+LOG_MARKERS = re.compile(
+    r"sglang|ServerArgs|\] (?:Load weight|Init torch distributed|Capture cuda graph)|"
+    r"Decode batch[.,]|Prefill batch[.,]|fired up and ready to roll|Scheduler hit an exception|"
+    r"Shuffling MoE weights|Capturing batches \(bs="
+)
+
+
 def moe_layers_of(model: str) -> int | None:
-    """How many MoE layers a model we know has (the shuffle log names layers, not the total)."""
-    name = model.lower()
-    return next((layers for key, layers in MOE_LAYERS.items() if key in name), None)
+    """MoE layers of a model a built-in profile describes (its `model_facts.moe_layers`)."""
+    facts = builtin_model_facts(model)
+    return facts.moe_layers if facts is not None else None
 
 
 def flag_value(args: list[str], flag: str) -> str | None:
@@ -472,13 +489,70 @@ def hub_cache_for(profile: Profile, runtime: Runtime) -> Path:
     return Path(explicit) if explicit and not runtime.in_container else folder / "hub"
 
 
+def installed_version() -> str | None:
+    """The installed SGLang's version if `import sglang` can find it (without importing torch)."""
+    if importlib.util.find_spec("sglang") is None:
+        return None
+    try:
+        return importlib.metadata.version("sglang")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+# --- SGLang's preflight checks --------------------------------------------------------------
+
+
+def check_installed(ctx: Context) -> CheckResult | None:
+    """`sglang`: a native run needs the `sglang` package importable here."""
+    if ctx.in_container:
+        return None
+    version = installed_version()
+    if version:
+        return result("sglang", "pass", f"sglang {version} is importable", version=version)
+    return result("sglang", "fail", "the `sglang` Python package is not installed here",
+                  "pip install 'sglang[all]' in this environment, or use --runtime docker")
+
+
+TIKTOKEN_URL = "https://openaipublic.blob.core.windows.net/encodings"
+
+
+def check_tiktoken(ctx: Context) -> CheckResult | None:
+    """`tiktoken`: the encoding file gpt-oss's harmony tokenizer loads (model_facts)."""
+    name = ctx.profile.model_facts.tiktoken_file
+    if not name:
+        return None
+    base = ctx.profile.env.get("TIKTOKEN_ENCODINGS_BASE")
+    folder: Path | None
+    if base:
+        host = ctx.runtime.host_path(profile=ctx.profile, path=base)
+        folder = Path(host) if host is not None else None
+    else:
+        folder = Path(os.environ.get("TIKTOKEN_ENCODINGS_BASE") or "~/tiktoken_encodings")
+        folder = folder.expanduser()
+    fix = (f"mkdir -p ~/tiktoken_encodings && wget -O ~/tiktoken_encodings/{name} "
+           f"{TIKTOKEN_URL}/{name}; then set TIKTOKEN_ENCODINGS_BASE in the profile's "
+           "env (and mount the folder for Docker)")
+    if folder is not None and (folder / name).is_file():
+        wired = "" if base else " (the profile does not set TIKTOKEN_ENCODINGS_BASE)"
+        return result("tiktoken", "pass" if base else "warn",
+                      f"{name} found in {folder}{wired}", None if base else fix)
+    return result(
+        "tiktoken", "warn",
+        f"no {name} in {folder}: gpt-oss's harmony encoding is fetched from the "
+        "internet at start, and offline /v1/responses (or, in older SGLang, the start) fails",
+        fix,
+    )
+
+
 class SGLangEngine(Engine):
     """SGLang's `launch_server`: /health is 503 until warmup is done, then 200."""
 
     name = "sglang"
-    info_path = "/server_info"
-    # Before 2026 the info endpoint was only /get_server_info; it still answers now.
-    info_fallback_path = "/get_server_info"
+    # /server_info since 2026; before, only /get_server_info, which still answers
+    # (srt/entrypoints/http_server.py).
+    info_paths = ("/server_info", "/get_server_info")
+    needs_gpu = True
+    log_markers = LOG_MARKERS
 
     def launcher(self, *, profile: Profile, for_container: bool = False) -> list[str]:
         """What runs before the flags: the profile's `command`, else python -m launch_server."""
@@ -568,7 +642,7 @@ class SGLangEngine(Engine):
     def build_argv(self, *, profile: Profile, for_container: bool = False) -> list[str]:
         # The reader made after this knows the model's MoE layer count (shuffle progress)
         # and the profile's --mem-fraction-static (for the out-of-memory remedy).
-        self._moe_layers = moe_layers_of(profile.model)
+        self._moe_layers = profile.model_facts.moe_layers or moe_layers_of(profile.model)
         fraction = flag_value(profile.extra_args, "--mem-fraction-static")
         try:
             self._mem_fraction_static = float(fraction) if fraction else None
@@ -642,3 +716,52 @@ class SGLangEngine(Engine):
         if folder is not None:
             sources.append(harmony_encoding(folder))
         return sources
+    def check_flags(self, *, profile: Profile, for_container: bool = False) -> str | None:
+        """SGLang's own parser (in the image or the installed sglang), else the flag table."""
+        from llm_backend.engines.sglang_flags import check_profile_flags, raise_for_problems
+
+        check = check_profile_flags(
+            profile, self.server_flags(profile=profile, for_container=for_container)
+        )
+        raise_for_problems(check, profile)
+        notes = f" ({'; '.join(check.notes)})" if check.notes else ""
+        warnings = "".join(f"; warning: {problem.message}" for problem in check.warnings)
+        return check.summary + notes + warnings
+
+    def checks(self) -> tuple[Check, ...]:
+        return (
+            Check("sglang", check_installed),
+            Check("hf_token", hub.check_hf_token),
+            Check("model_cache", hub.check_model_cache),
+            Check("tiktoken", check_tiktoken),
+        )
+
+    def memory_need(self, *, profile: Profile) -> MemoryNeed | None:
+        """From the profile's `model_facts`; None when it gives no GPU memory need."""
+        facts = profile.model_facts
+        gpu = facts.bytes_of("min_gpu_memory")
+        if gpu is None:
+            return None
+        return MemoryNeed(
+            gpu_bytes=gpu,
+            unified_bytes=facts.bytes_of("min_unified_memory"),
+            load_peak_bytes=facts.bytes_of("load_peak_memory"),
+            # SGLang's gpt-oss loader keeps about a checkpoint's worth of host pages.
+            host_staging_bytes=facts.bytes_of("download_size"),
+        )
+
+    def hub_models(self, *, profile: Profile) -> tuple[str, ...]:
+        repos = [profile.model]
+        if profile.speculative.enabled and profile.speculative.draft_model:
+            repos.append(profile.speculative.draft_model)
+        return tuple(repo for repo in repos if hub.is_hub_id(repo))
+
+    def line_time(self, line: str) -> datetime | None:
+        """`[2025-03-08 12:29:21 TP0] ...` -> that time (SGLang's logging format)."""
+        stamp, _ = strip_prefix(line)
+        if stamp is None:
+            return None
+        try:
+            return datetime.fromisoformat(stamp.replace("T", " "))
+        except ValueError:
+            return None

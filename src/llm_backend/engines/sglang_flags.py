@@ -18,7 +18,6 @@ import difflib
 import functools
 import json
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -26,8 +25,11 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-from llm_backend.config import DockerConfig, Profile
+from llm_backend.config import Profile
 from llm_backend.errors import ConfigError
+from llm_backend.runtimes import get_runtime
+from llm_backend.runtimes.compose import image_for
+from llm_backend.runtimes.docker_facts import docker_cli, image_present
 
 TABLE_RESOURCE = "sglang_flags.json"
 
@@ -544,28 +546,12 @@ def check_with_parser(
 # --- choosing how to check a profile -----------------------------------------------------
 
 
-def image_for_platform(docker: DockerConfig, machine: str | None = None) -> str | None:
-    """The image for this CPU: `image_aarch64` on arm64 hosts when set, else `image`."""
-    machine = (machine or platform.machine()).lower()
-    if machine in ("aarch64", "arm64") and docker.image_aarch64:
-        return docker.image_aarch64
-    return docker.image
-
-
-def image_present(image: str) -> bool:
-    docker = shutil.which("docker")
-    if docker is None:
-        return False
+def _image_of(profile: Profile) -> str | None:
+    """The profile's image for this CPU, or None when it names none."""
     try:
-        completed = subprocess.run(
-            [docker, "image", "inspect", image],
-            capture_output=True,
-            timeout=30,
-            stdin=subprocess.DEVNULL,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return completed.returncode == 0
+        return image_for(profile)
+    except ConfigError:
+        return None
 
 
 def check_profile_flags(
@@ -579,11 +565,11 @@ def check_profile_flags(
             f"profile runs a custom command ({' '.join(profile.command)}), "
             "so the flags were checked against the table"
         )
-    elif profile.runtime == "docker":
-        image = image_for_platform(profile.docker)
+    elif get_runtime(profile.runtime).in_container:
+        image = _image_of(profile)
         if image and image_present(image):
             checked = check_with_parser(
-                ["docker", "run", "--rm", "--entrypoint", "python3", image],
+                [docker_cli(), "run", "--rm", "--entrypoint", "python3", image],
                 flags,
                 source=f"SGLang's parser in image {image}",
                 table=table,
@@ -612,7 +598,7 @@ def check_profile_flags(
     result = check_with_table(flags, table)
     problems = result.problems
     warnings: tuple[FlagProblem, ...] = ()
-    image = image_for_platform(profile.docker) if profile.runtime == "docker" else None
+    image = _image_of(profile) if get_runtime(profile.runtime).in_container else None
     if image and not profile.command and not image_is_release(image, table.sglang_version):
         # SGLang's own parser in that image could not run here; the table is another
         # release, so what only the table refuses may be fine there (and the reverse).

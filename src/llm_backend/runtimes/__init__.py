@@ -1,22 +1,52 @@
-"""Built-in runtimes, by name."""
+"""The runtime registry: one line per built-in runtime, plugins by entry point or environment.
+
+Adding a runtime: its module under `runtimes/` and one line in `BUILTIN_RUNTIMES`. A plugin
+outside this package registers through the entry point group `llm_backend.runtimes` or the
+environment variable `LLM_BACKEND_RUNTIMES` (`module:Class[,...]`); see `llm_backend.registry`.
+"""
 
 from __future__ import annotations
 
-from llm_backend.errors import ConfigError
-from llm_backend.runtimes.base import Runtime
+from typing import TYPE_CHECKING
+
+from llm_backend.registry import Registry
+
+if TYPE_CHECKING:
+    from llm_backend.runtimes.base import Runtime
+
+RUNTIMES_ENV = "LLM_BACKEND_RUNTIMES"
+ENTRY_POINT_GROUP = "llm_backend.runtimes"
+
+BUILTIN_RUNTIMES = {
+    "native": "llm_backend.runtimes.native:NativeRuntime",
+    "docker": "llm_backend.runtimes.docker:DockerRuntime",
+}
+
+_registry: Registry[Runtime] | None = None
+
+
+def registry() -> Registry[Runtime]:
+    """The process-wide runtime registry (built on first use)."""
+    global _registry
+    if _registry is None:
+        from llm_backend.runtimes.base import Runtime
+
+        _registry = Registry(
+            kind="runtime",
+            base=Runtime,
+            builtins=BUILTIN_RUNTIMES,
+            env_var=RUNTIMES_ENV,
+            entry_point_group=ENTRY_POINT_GROUP,
+            remedy="use --runtime with one of those, or set `runtime` in the profile",
+        )
+    return _registry
 
 
 def get_runtime(name: str) -> Runtime:
-    """The runtime called `name` (`native` or `docker`)."""
-    if name == "native":
-        from llm_backend.runtimes.native import NativeRuntime
+    """A new instance of the runtime called `name`; ConfigError naming the known ones if none."""
+    return registry().get(name)
 
-        return NativeRuntime()
-    if name == "docker":
-        from llm_backend.runtimes.docker import DockerRuntime
 
-        return DockerRuntime()
-    raise ConfigError(
-        f"unknown runtime {name!r}; known runtimes: docker, native",
-        remedy="use --runtime native or --runtime docker",
-    )
+def runtime_names() -> list[str]:
+    """Every runtime name: built-in ones, then plugins."""
+    return registry().names()

@@ -12,6 +12,7 @@ from llm_backend.config import Profile
 from llm_backend.state import InstanceRecord
 
 if TYPE_CHECKING:
+    from llm_backend.checks import Check
     from llm_backend.pull import Source
 
 
@@ -47,10 +48,19 @@ class StopResult:
 
 
 class Runtime(ABC):
-    """How a server runs: a process group we own, or a Docker Compose service."""
+    """How a server runs: a process group we own, or a Docker Compose service.
+
+    Subclasses set `name` (the profile's `runtime` value) and `in_container`, and implement
+    launch, liveness, exit code and stop; the rest has defaults for a runtime that runs the
+    engine's argv directly on this host. Methods take keyword arguments only. Register a new
+    runtime in `runtimes/__init__.py` (or as a plugin, see `llm_backend.registry`).
+    """
 
     name: str
-    in_container: bool = False  # True when the server sees a container's filesystem
+    # True when the server runs inside a container: the engine builds its argv with the
+    # image's binary and paths (`Engine.build_argv(for_container=True)`), and host-side
+    # binaries are not needed.
+    in_container: bool = False
 
     @abstractmethod
     def launch(self, *, spec: LaunchSpec) -> Launched:
@@ -69,7 +79,15 @@ class Runtime(ABC):
         """Graceful stop with escalation; afterwards nothing of the server is left."""
 
     def check(self, *, profile: Profile) -> None:
-        """Raise a BackendError if this runtime cannot run the profile here."""
+        """Raise a BackendError if this runtime cannot run the profile here (at `start`)."""
+
+    def checks(self) -> tuple[Check, ...]:
+        """The runtime's own preflight checks for `doctor` (engine daemon, image, ...)."""
+        return ()
+
+    def exposes_gpus(self, *, profile: Profile) -> bool:
+        """Whether the server sees this host's GPUs (a container only when given them)."""
+        return True
 
     def describe(self, *, profile: Profile, argv: list[str]) -> list[str]:
         """What `start --dry-run` shows this runtime would do."""

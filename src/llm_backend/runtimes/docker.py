@@ -23,6 +23,7 @@ from typing import Any
 
 import psutil
 
+from llm_backend.checks import Check
 from llm_backend.config import Profile
 from llm_backend.errors import BackendError, CommandFailed
 from llm_backend.pull import Source
@@ -35,12 +36,16 @@ from llm_backend.runtimes.compose import (
     image_for,
     project_name,
 )
+from llm_backend.runtimes.docker_facts import (
+    DOCKER_CHECKS,
+    compose_candidates,
+    compose_version,
+    docker_cli,
+)
 from llm_backend.runtimes.docker_image import DockerImage
 from llm_backend.runtimes.native import process_matches
 from llm_backend.state import InstanceRecord
 
-COMPOSE_ENV = "LLM_BACKEND_COMPOSE"  # e.g. "docker-compose" to force the v1 fallback
-DOCKER_ENV = "LLM_BACKEND_DOCKER"  # the docker CLI to use (default: docker on PATH)
 INSPECT_CACHE_S = 1.0  # how long a container state read stays fresh for `is_alive`
 COMMAND_TIMEOUT_S = 120.0
 ALIVE_STATES = frozenset({"created", "running"})
@@ -128,7 +133,7 @@ class DockerRuntime(Runtime):
     in_container = True
 
     def __init__(self) -> None:
-        self._docker = os.environ.get(DOCKER_ENV) or "docker"
+        self._docker = docker_cli()
         self._compose: ComposeTool | None = None
         self._followers: dict[int, subprocess.Popen[bytes]] = {}
         self._inspect_cache: dict[str, tuple[float, ContainerState | None]] = {}
@@ -194,24 +199,11 @@ class DockerRuntime(Runtime):
         """`docker compose` (v2) when the plugin is there, else `docker-compose`."""
         if self._compose is not None:
             return self._compose
-        forced = os.environ.get(COMPOSE_ENV)
-        candidates = (
-            [tuple(shlex.split(forced))]
-            if forced
-            else [(self._docker, "compose"), ("docker-compose",)]
-        )
+        candidates = compose_candidates(self._docker)
         for argv in candidates:
-            if shutil.which(argv[0]) is None:
-                continue
-            completed = subprocess.run(
-                [*argv, "version", "--short"],
-                capture_output=True,
-                text=True,
-                timeout=30,
-                stdin=subprocess.DEVNULL,
-            )
-            if completed.returncode == 0 and completed.stdout.strip():
-                self._compose = ComposeTool(argv=argv, version=completed.stdout.strip())
+            version = compose_version(argv)
+            if version is not None:
+                self._compose = ComposeTool(argv=argv, version=version)
                 return self._compose
         tried = " or ".join(f"`{' '.join(argv)}`" for argv in candidates)
         raise BackendError(
@@ -266,6 +258,14 @@ class DockerRuntime(Runtime):
         return [line for line in completed.stdout.splitlines() if line.strip()]
 
     # --- preflight -------------------------------------------------------------------
+
+    def checks(self) -> tuple[Check, ...]:
+        """docker_engine, nvidia_runtime (with `docker.gpus`), compose, image."""
+        return DOCKER_CHECKS
+
+    def exposes_gpus(self, *, profile: Profile) -> bool:
+        """The container sees GPUs only when the profile passes them (`docker.gpus`)."""
+        return bool(profile.docker.gpus)
 
     def check(self, *, profile: Profile) -> None:
         """Engine up, Compose present, image here, and the container name free or ours."""

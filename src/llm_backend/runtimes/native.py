@@ -51,6 +51,7 @@ class NativeRuntime(Runtime):
     """Runs the argv with `start_new_session`, so the server leads its own process group."""
 
     name = "native"
+    in_container = False
 
     def __init__(self) -> None:
         self._children: dict[int, subprocess.Popen[bytes]] = {}
