@@ -21,7 +21,7 @@ from llm_backend.host.guard import MemoryGuard
 from llm_backend.host.journal import Journal, JournalStep, Transaction
 from llm_backend.host.meminfo import MemInfo, read_meminfo, read_swaps
 from llm_backend.host.privileges import Privileges
-from llm_backend.host.swap import SWAP_LABEL, is_ours, plan_swap
+from llm_backend.host.swap import SWAP_LABEL, SwapOwner, is_ours, plan_swap
 
 pytestmark = [
     pytest.mark.hostprep,
@@ -29,6 +29,7 @@ pytestmark = [
 ]
 
 MIB = 1024 * 1024
+OWNER = SwapOwner(state_id=str(uuid.uuid4()), state_dir="/var/tmp/llm-backend-test-owner")
 
 
 @pytest.fixture
@@ -44,10 +45,25 @@ def scratch_swap() -> Iterator[str]:
             os.unlink(path)
 
 
-def make_swap_file(path: str, label: str | None) -> None:
+@pytest.fixture
+def plain_swap() -> Iterator[str]:
+    """A swap file path of plain characters (what a profile may name); cleaned up after."""
+    path = f"/var/tmp/llm-backend-test-{uuid.uuid4().hex[:8]}.swap"
+    try:
+        yield path
+    finally:
+        if any(area.path == path for area in read_swaps()):
+            subprocess.run(["swapoff", path], check=False)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def make_swap_file(path: str, label: str | None, uuid_text: str = OWNER.state_id) -> None:
     subprocess.run(["fallocate", "-l", "16M", path], check=True)
     os.chmod(path, 0o600)
-    subprocess.run(["mkswap", "-q", *(["-L", label] if label else []), path], check=True)
+    subprocess.run(
+        ["mkswap", "-q", "-U", uuid_text, *(["-L", label] if label else []), path], check=True
+    )
 
 
 def test_proc_swaps_path_with_a_space_is_decoded(scratch_swap: str) -> None:
@@ -81,53 +97,70 @@ def test_hugetlb_pages_count_instead_of_mem_available() -> None:
 def test_ours_only_with_our_label_root_owner_and_mode(scratch_swap: str) -> None:
     privileges = Privileges()
     make_swap_file(scratch_swap, "someone-else")
-    ours, why = is_ours(Path(scratch_swap), privileges)
+    ours, why = is_ours(Path(scratch_swap), privileges, OWNER)
     assert not ours and "'someone-else'" in why
     os.unlink(scratch_swap)
     make_swap_file(scratch_swap, SWAP_LABEL)
-    assert is_ours(Path(scratch_swap), privileges)[0]
+    assert is_ours(Path(scratch_swap), privileges, OWNER)[0]
     os.chmod(scratch_swap, 0o644)
-    ours, why = is_ours(Path(scratch_swap), privileges)
+    ours, why = is_ours(Path(scratch_swap), privileges, OWNER)
     assert not ours and "0644" in why
+
+
+def test_a_swap_file_belongs_to_one_state_dir(scratch_swap: str) -> None:
+    """Our label but another state dir's id (swap UUID): not ours, and it says whose."""
+    other = SwapOwner(state_id=str(uuid.uuid4()), state_dir="/var/tmp/other-state")
+    make_swap_file(scratch_swap, SWAP_LABEL, other.state_id)
+    ours, why = is_ours(Path(scratch_swap), Privileges(), OWNER)
+    assert not ours and other.state_id in why and "another state dir" in why
+    # With the owner's path in the boot block (what root's apply writes), it names it.
+    from llm_backend.host.swap import write_owner
+
+    write_owner(scratch_swap, other)
+    ours, why = is_ours(Path(scratch_swap), Privileges(), OWNER)
+    assert not ours and "the state dir /var/tmp/other-state" in why
+    assert is_ours(Path(scratch_swap), Privileges(), other)[0]
+    subprocess.run(["swapon", scratch_swap], check=True)  # the boot block is not swap's
+    assert any(area.path == scratch_swap for area in read_swaps())
 
 
 def config(**keys: object) -> HostPrepConfig:
     return HostPrepConfig.model_validate({"enabled": True, **keys})
 
 
-def test_plan_refuses_bad_paths_naming_the_value_and_the_fix(scratch_swap: str) -> None:
+def test_plan_refuses_bad_paths_naming_the_value_and_the_fix(plain_swap: str) -> None:
     privileges = Privileges()
     cases = {
-        "relative/swapfile": "not an absolute path",
         "/dev/shm/llm-backend-test.swap": "tmpfs",
         "/proc/llm-backend-test.swap": "proc filesystem",
     }
     for path, reason in cases.items():
         with pytest.raises(HostPrepError) as caught:
-            plan_swap(config(swap_file=path, swap_size="16M"), privileges)
+            plan_swap(config(swap_file=path, swap_size="16M"), privileges, owner=OWNER)
         assert reason in caught.value.message and repr(path) in caught.value.message
         assert "host_prep.swap_file" in caught.value.remedy
-    Path(scratch_swap).write_text("notes\n")
-    os.chmod(scratch_swap, 0o600)
+    Path(plain_swap).write_text("notes\n")
+    os.chmod(plain_swap, 0o600)
     with pytest.raises(HostPrepError) as caught:
-        plan_swap(config(swap_file=scratch_swap, swap_size="16M"), privileges)
+        plan_swap(config(swap_file=plain_swap, swap_size="16M"), privileges, owner=OWNER)
     assert "did not create" in caught.value.message and "no swap signature" in caught.value.message
-    assert Path(scratch_swap).read_text() == "notes\n"
+    assert Path(plain_swap).read_text() == "notes\n"
 
 
-def test_plan_refuses_a_file_larger_than_the_free_disk(scratch_swap: str) -> None:
+def test_plan_refuses_a_file_larger_than_the_free_disk(plain_swap: str) -> None:
     vfs = os.statvfs("/var/tmp")
     too_big = f"{vfs.f_bavail * vfs.f_frsize // 1024**3 + 2}G"
     with pytest.raises(HostPrepError) as caught:
-        plan_swap(config(swap_file=scratch_swap, swap_size=too_big), Privileges())
-    assert "not enough disk" in caught.value.message and scratch_swap in caught.value.message
+        plan_swap(config(swap_file=plain_swap, swap_size=too_big), Privileges(), owner=OWNER)
+    assert "not enough disk" in caught.value.message and plain_swap in caught.value.message
     assert "swap_size" in caught.value.remedy
-    assert not Path(scratch_swap).exists()
+    assert not Path(plain_swap).exists()
 
 
 def test_auto_size_from_the_footprint() -> None:
     info = read_meminfo()
-    small = plan_swap(config(swap_size="auto", expected_footprint="1G"), Privileges(), info)
+    small = plan_swap(config(swap_size="auto", expected_footprint="1G"), Privileges(), info,
+                      owner=OWNER)
     assert small.action == "none" and small.size == 0
     needed = info.mem_available + 3 * 1024**3
     big = plan_swap(
@@ -135,10 +168,11 @@ def test_auto_size_from_the_footprint() -> None:
                swap_file="/var/tmp/llm-backend-test-auto.swap"),
         Privileges(),
         info,
+        owner=OWNER,
     )
     assert big.action == "create" and big.size == 4 * 1024**3
     with pytest.raises(HostPrepError) as caught:
-        plan_swap(config(swap_size="auto"), Privileges(), info)
+        plan_swap(config(swap_size="auto"), Privileges(), info, owner=OWNER)
     assert "expected_footprint" in caught.value.remedy
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pwd
 import shutil
 import signal
 import stat
@@ -525,6 +526,10 @@ def nobody(world: Env, swap_path: str) -> Iterator[Nobody]:
         shutil.copy(world.cwd / "llm-backend.toml", shared / "cwd" / "llm-backend.toml")
         for path in [shared, *shared.rglob("*")]:
             path.chmod(0o777 if path.is_dir() else 0o755)
+        # The state dir must be nobody's own and writable by no one else.
+        nobody_ids = pwd.getpwnam("nobody")
+        os.chown(shared / "state", nobody_ids.pw_uid, nobody_ids.pw_gid)
+        (shared / "state").chmod(0o700)
         env = {
             **world.env,
             "LLM_BACKEND_STATE_DIR": str(shared / "state"),

@@ -26,6 +26,39 @@ LOCAL_CONFIG_NAME = "llm-backend.toml"
 
 __all__ = ["parse_size"]  # re-exported: profiles' size settings are parsed with it
 
+# Values that reach a sudoers line, a command run as root, or a path root writes or deletes
+# allow only these characters (issue 10): no spaces, globs, quotes, sudoers or shell
+# metacharacters. A profile name becomes part of a file name (logs/NAME.log).
+SAFE_PATH_PATTERN = re.compile(r"(/[A-Za-z0-9._-]+)+")
+SAFE_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+SAFE_PATH_MAX = 1024
+
+
+def check_safe_path(value: str) -> None:
+    """Refuse a path root may create, write or delete unless it is absolute, normalised and plain.
+
+    Plain: only letters, digits, '.', '_', '-' and '/', no empty, '.' or '..' component.
+    A space or `*` would turn a sudoers rule into a wildcard (in sudoers `*` matches spaces
+    too, so `rm -f -- /var/tmp/x *` allows `rm -f -- /var/tmp/x /etc/shadow`).
+    Raises ValueError naming the value and the first bad character.
+    """
+    if not value.startswith("/"):
+        raise ValueError(f"{value!r} is not an absolute path; use one like "
+                         "'/var/lib/llm-backend/swapfile'")
+    if len(value) > SAFE_PATH_MAX:
+        raise ValueError(f"{value[:40]!r}... is longer than {SAFE_PATH_MAX} characters")
+    bad = [c for c in value if not (c.isascii() and (c.isalnum() or c in "._-/"))]
+    if bad:
+        raise ValueError(
+            f"{value!r} contains {bad[0]!r}; a path used in root's commands and sudoers rules "
+            "may only hold letters, digits, '.', '_', '-' and '/' (no spaces, globs, quotes)"
+        )
+    if not SAFE_PATH_PATTERN.fullmatch(value):
+        raise ValueError(f"{value!r} has an empty component (a doubled or trailing '/')")
+    parts = value.split("/")[1:]
+    if any(part in (".", "..") for part in parts):
+        raise ValueError(f"{value!r} has a '.' or '..' component; write the path without them")
+
 
 class StrictModel(BaseModel):
     # defer_build: commands that never validate a profile (status) skip building the schemas
@@ -158,6 +191,12 @@ class HostPrepConfig(StrictModel):
     guard_interval_s: float = Field(default=0.5, gt=0, le=10)
     expected_footprint: str | None = None
     swapoff_timeout_s: float = Field(default=120, gt=0, le=3600)
+
+    @field_validator("swap_file")
+    @classmethod
+    def _swap_file_is_plain(cls, value: str) -> str:
+        check_safe_path(value)
+        return value
 
     @field_validator("swap_size")
     @classmethod
@@ -301,6 +340,16 @@ class Profile(StrictModel):
         problem = registry().unknown(value)
         if problem:
             raise ValueError(problem)
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_plain(cls, value: str) -> str:
+        if not SAFE_NAME_PATTERN.fullmatch(value):
+            raise ValueError(
+                f"{value!r} is not a plain profile name; use at most 64 letters, digits, "
+                "'.', '_' and '-', starting with a letter or digit (it becomes a file name)"
+            )
         return value
 
     @property

@@ -54,17 +54,38 @@ UP_STATES = frozenset({"ready", "alive"})
 
 
 class HostPreparation(Protocol):
-    """Reversible host changes around a load (implemented in `llm_backend.host`)."""
+    """Reversible host changes around a load (implemented in `llm_backend.host.HostPrep`).
 
-    def plan(self) -> list[str]: ...
+    Order of calls in `start`: `check` (before anything changes), `apply`, `guard` on every
+    monitor loop while loading, `restore` always (ready, failed, interrupted). Every method
+    raises only `HostPrepError` (exit 6) or `CommandFailed` (a privileged command failed:
+    argv, exit code, stderr tail); both carry `message` and `remedy`.
+    """
 
-    def check(self) -> None: ...
+    def plan(self) -> list[str]:
+        """Lines for `start --dry-run`: each step with its exact commands; changes nothing."""
+        ...
 
-    def apply(self) -> None: ...
+    def check(self) -> None:
+        """Refuse bad values, missing root/sudo rights, an unfinished earlier transaction, or
+        too little memory, before anything on the host changes."""
+        ...
 
-    def guard(self) -> Failure | None: ...
+    def apply(self) -> None:
+        """Journal each step, then make it (swap on, OOM daemons paused, caches dropped)."""
+        ...
 
-    def restore(self) -> list[str]: ...
+    def guard(self) -> Failure | None:
+        """One memory sample: a `Failure` (class out_of_memory) when MemAvailable stayed under
+        host_prep.guard_hard_floor (bytes) for two samples; under the soft floor it drops the
+        page cache again (at most every 5 s). Samples at most every host_prep.guard_interval_s."""
+        ...
+
+    def restore(self) -> list[str]:
+        """Undo every applied step in reverse order; returns one line per undo. A swap file
+        whose used pages do not fit in RAM, or whose swapoff passes its deadline, stays on and
+        is shown by `status`; a failed undo stays in the journal for `recover`."""
+        ...
 
 
 HostPrepFactory = Callable[[Profile, StateStore], HostPreparation]

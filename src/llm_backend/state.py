@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
+import pwd
+import stat
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from llm_backend.errors import AlreadyStartingError
+from llm_backend.errors import AlreadyStartingError, BackendError
 from llm_backend.net import connect_url, http_url
 
 INSTANCE_FILE = "instance.json"
@@ -20,43 +24,285 @@ HISTORY_FILE = "history.json"
 START_LOCK = "start.lock"
 STATE_LOCK = "state.lock"
 HOST_JOURNAL_FILE = "host-prep.json"  # written by llm_backend.host.journal
+STATE_ID_FILE = "state-id"
+
+
+DAMAGED_SUFFIX = ".damaged"
+# A state file bigger than this is not one we wrote (the records are a few KiB).
+MAX_STATE_FILE_BYTES = 4 * 1024 * 1024
+
+
+class StateDirError(BackendError):
+    """The state dir, or a file in it, cannot be trusted or used: names the path and the fix."""
+
+
+@dataclass(frozen=True)
+class DamagedFile:
+    """A state file that could not be read: moved aside (kept for the user), and why."""
+
+    path: str
+    moved_to: str | None
+    reason: str
+
+    def to_error(self) -> BackendError:
+        kept = f"; moved to {self.moved_to}" if self.moved_to else ""
+        return StateDirError(
+            f"{self.path} was damaged ({self.reason}){kept}",
+            remedy="nothing to do: it is rebuilt from what is running; look at the moved "
+            "file if you need what it said, then delete it",
+        )
+
+
+def _user() -> str:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
 
 
 def state_dir() -> Path:
-    """$LLM_BACKEND_STATE_DIR, else $XDG_STATE_HOME/llm-backend, else ~/.local/state/llm-backend."""
+    """$LLM_BACKEND_STATE_DIR, else $XDG_STATE_HOME/llm-backend, else ~/.local/state/llm-backend.
+
+    Made with mode 0700 if missing. Raises StateDirError when it names a file, cannot be
+    made, or is not owned by the running user / is writable by others (see `trusted_dir`).
+    """
     explicit = os.environ.get("LLM_BACKEND_STATE_DIR")
     if explicit:
         path = Path(explicit)
+        source = f"LLM_BACKEND_STATE_DIR={explicit}"
     else:
         base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
         path = Path(base) / "llm-backend"
-    path.mkdir(parents=True, exist_ok=True)
+        source = f"the state dir {path}"
+    return make_state_dir(path, source)
+
+
+def make_state_dir(path: Path, source: str | None = None) -> Path:
+    """Create `path` (mode 0700) if missing, then check that it can be trusted."""
+    source = source or f"the state dir {path}"
+    if path.exists() and not path.is_dir():
+        raise StateDirError(
+            f"{source} is not a directory",
+            remedy="point LLM_BACKEND_STATE_DIR at a directory (or unset it), or move "
+            f"{path} away",
+        )
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as error:
+        raise StateDirError(
+            f"cannot create {source}: {error.strerror}",
+            remedy="set LLM_BACKEND_STATE_DIR to a directory you can write, or fix the "
+            f"permissions of {path.parent}",
+        ) from None
+    trusted_dir(path)
     return path
+
+
+def trusted_dir(path: Path) -> None:
+    """The state dir must be the running user's and writable by no one else.
+
+    Root acts on what the state dir says (journal, records), so a directory another user
+    can write is refused. Group/other read bits on our own directory are removed (0700):
+    logs may hold prompts. Raises StateDirError with the chown/chmod fix.
+    """
+    info = os.stat(path)
+    uid = os.geteuid()
+    if info.st_uid != uid:
+        raise StateDirError(
+            f"the state dir {path} is owned by uid {info.st_uid}, not by {_user()} (uid {uid}) "
+            "who runs llm-backend; its records could make this user act on what another wrote",
+            remedy=f"sudo chown -R {_user()} {path}  (or use another LLM_BACKEND_STATE_DIR)",
+        )
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o022:
+        raise StateDirError(
+            f"the state dir {path} is writable by others (mode {mode:04o})",
+            remedy=f"chmod 0700 {path}",
+        )
+    if mode & 0o077:
+        with contextlib.suppress(OSError):
+            os.chmod(path, 0o700)
+
+
+def _check_handle(fd: int, path: Path) -> os.stat_result:
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        raise StateDirError(
+            f"{path} is not a regular file",
+            remedy=f"move it away: mv {path} {path}{DAMAGED_SUFFIX}",
+        )
+    uid = os.geteuid()
+    if info.st_uid != uid:
+        raise StateDirError(
+            f"{path} is owned by uid {info.st_uid}, not by {_user()} (uid {uid})",
+            remedy=f"sudo chown {_user()} {path}  (or remove it)",
+        )
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        os.fchmod(fd, 0o600)
+    return info
+
+
+def open_state_file(path: Path, flags: int = os.O_RDONLY) -> int:
+    """Open a file in the state dir without following a symlink; a new file gets mode 0600.
+
+    The file must be a regular file owned by the running user; group/other bits are
+    removed. Returns the descriptor. Raises StateDirError (symlink, directory, other
+    owner, or an OSError such as EACCES, EROFS, ENOSPC) naming the path and a fix.
+    """
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o600)
+    except FileNotFoundError:
+        raise
+    except OSError as error:
+        raise _os_error(path, error) from None
+    try:
+        _check_handle(fd, path)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _os_error(path: Path, error: OSError) -> StateDirError:
+    if error.errno == errno.ELOOP:
+        return StateDirError(
+            f"{path} is a symbolic link; llm-backend never follows links in its state dir",
+            remedy=f"rm {path}",
+        )
+    if error.errno == errno.EISDIR:
+        return StateDirError(
+            f"{path} is a directory, not a file",
+            remedy=f"move it away: mv {path} {path}{DAMAGED_SUFFIX}",
+        )
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StateDirError(
+            f"cannot write {path}: no space left on its filesystem",
+            remedy=f"free space on the filesystem of {path.parent}, or set "
+            "LLM_BACKEND_STATE_DIR to a directory on another one",
+        )
+    if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return StateDirError(
+            f"cannot write {path}: {error.strerror}",
+            remedy=f"make {path.parent} writable for {_user()} (chmod u+w), or set "
+            "LLM_BACKEND_STATE_DIR to a writable directory",
+        )
+    return StateDirError(
+        f"cannot use {path}: {error.strerror or error}",
+        remedy=f"check {path} and its directory, or set LLM_BACKEND_STATE_DIR elsewhere",
+    )
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
     """Write, fsync, rename, fsync the directory: a reader sees the old file or the new one."""
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write, fsync, rename, fsync the directory: a reader sees the old file or the new one.
+
+    The file gets mode 0600; the temporary file is made exclusively (never through a link)
+    and removed again when anything fails. Raises StateDirError (read-only or full state
+    dir, a directory in the way) naming the path and the fix.
+    """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    directory = os.open(path.parent, os.O_RDONLY)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)  # ours, from a write this process did not finish
     try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+        fd = os.open(
+            tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+        )
+    except OSError as error:
+        raise _os_error(path, error) from None
+    try:
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            if path.is_dir() and not path.is_symlink():
+                raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
+            os.replace(tmp, path)
+        except OSError as error:
+            raise _os_error(path, error) from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+
+def read_state_bytes(path: Path) -> bytes | None:
+    """The bytes of a state file, or None if it does not exist. Raises StateDirError."""
+    try:
+        fd = open_state_file(path)
+    except FileNotFoundError:
+        return None
+    try:
+        with os.fdopen(fd, "rb") as handle:
+            return handle.read(MAX_STATE_FILE_BYTES + 1)
+    except OSError as error:
+        raise _os_error(path, error) from None
+
+
+def move_aside(path: Path) -> str | None:
+    """Rename a damaged state file (or directory) to NAME.damaged-TIME; None if that failed."""
+    target = path.with_name(f"{path.name}{DAMAGED_SUFFIX}-{time.strftime('%Y%m%d-%H%M%S')}")
+    counter = 0
+    while target.exists() or target.is_symlink():
+        counter += 1
+        target = target.with_name(f"{target.name.split('~')[0]}~{counter}")
+    try:
+        os.rename(path, target)
+    except OSError:
+        return None
+    return str(target)
+
+
+def load_state_json(path: Path, *, expect: type = dict) -> tuple[Any | None, DamagedFile | None]:
+    """Read a JSON state file: (data, None), (None, None) if missing, or (None, damage).
+
+    Anything unreadable (binary bytes, not JSON, the wrong top-level type, too big, a
+    directory, a symlink, another owner's file) is moved aside and reported as damage;
+    this never raises for the file's contents, so `status` and `stop` keep working.
+    """
+    try:
+        raw = read_state_bytes(path)
+    except StateDirError as error:
+        problem = error.message.removeprefix(f"{path} ")
+        if not (path.is_dir() or path.is_symlink() or path.is_file()):
+            return None, DamagedFile(str(path), None, problem)
+        return None, DamagedFile(str(path), move_aside(path), problem)
+    if raw is None:
+        return None, None
+    reason: str | None = None
+    data: Any = None
+    if len(raw) > MAX_STATE_FILE_BYTES:
+        reason = f"larger than {MAX_STATE_FILE_BYTES} bytes"
+    else:
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            reason = "not UTF-8 text"
+        except ValueError as error:
+            reason = f"not JSON: {error}"
+        else:
+            if not isinstance(data, expect):
+                reason = f"a JSON {type(data).__name__}, not a {expect.__name__}"
+    if reason is None:
+        return data, None
+    return None, DamagedFile(str(path), move_aside(path), reason)
 
 
 def read_json(path: Path) -> Any | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except json.JSONDecodeError:
-        return None
+    """A JSON state file's data; None if missing or unreadable (then it is moved aside)."""
+    data, _ = load_state_json(path, expect=object)
+    return data
 
 
 @dataclass(frozen=True)
@@ -102,33 +348,111 @@ class InstanceRecord:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> InstanceRecord:
+        """Raises TypeError/ValueError for a missing field or a value of the wrong type."""
         known = set(cls.__dataclass_fields__)
-        return cls(**{key: value for key, value in data.items() if key in known})
+        record = cls(**{key: value for key, value in data.items() if key in known})
+        _check_types(record)
+        return record
+
+
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "profile": (str,), "engine": (str,), "runtime": (str,), "state": (str,), "host": (str,),
+    "port": (int,), "served_model_name": (str,), "argv": (list,), "log_path": (str,),
+    "created_at": (int, float), "pid": (int, type(None)),
+    "pid_create_time": (int, float, type(None)), "owner_pid": (int, type(None)),
+    "owner_create_time": (int, float, type(None)), "ready_at": (int, float, type(None)),
+    "start_duration_s": (int, float, type(None)), "phase": (str, type(None)),
+    "failure": (dict, type(None)), "runtime_info": (dict,), "exit_code": (int, type(None)),
+}
+
+
+def _check_types(record: InstanceRecord) -> None:
+    for name, types in _FIELD_TYPES.items():
+        value = getattr(record, name, None)
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise ValueError(f"{name} = {value!r:.40} is not {'/'.join(t.__name__ for t in types)}")
+    if not all(isinstance(part, str) for part in record.argv):
+        raise ValueError("argv holds a value that is not a string")
 
 
 class StateStore:
     """Reads and writes the files of one state dir."""
 
     def __init__(self, root: Path | None = None) -> None:
-        self.root = root or state_dir()
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root = make_state_dir(root) if root is not None else state_dir()
+        # State files found damaged (moved aside) by this store; commands report them.
+        self.damaged: list[DamagedFile] = []
 
     @property
     def instance_path(self) -> Path:
         return self.root / INSTANCE_FILE
 
+    def state_id(self) -> str:
+        """This state dir's id (a UUID made once): the swap UUID of the swap file it owns."""
+        path = self.root / STATE_ID_FILE
+        raw = read_state_bytes(path)
+        if raw is not None:
+            try:
+                return str(uuid.UUID(raw.decode("ascii").strip()))
+            except (ValueError, UnicodeDecodeError):
+                # A new id would orphan the swap file made under the old one: refuse.
+                raise StateDirError(
+                    f"{path} does not hold a state id ({raw[:40]!r})",
+                    remedy=f"restore it, or remove it (rm {path}) if no swap file of "
+                    "llm-backend is on (`swapon --show`)",
+                ) from None
+        new = str(uuid.uuid4())
+        atomic_write_text(path, new + "\n")
+        return new
+
     def logs_dir(self) -> Path:
+        """`logs/` in the state dir (0700); something else in its place is moved aside."""
         path = self.root / "logs"
-        path.mkdir(exist_ok=True)
+        if path.is_symlink() or (path.exists() and not path.is_dir()):
+            self.damaged.append(DamagedFile(str(path), move_aside(path), "not a directory"))
+        try:
+            path.mkdir(mode=0o700, exist_ok=True)
+        except OSError as error:
+            raise _os_error(path, error) from None
+        info = path.lstat()
+        if info.st_uid != os.geteuid() or stat.S_IMODE(info.st_mode) & 0o022:
+            trusted_dir(path)  # raises with the chown/chmod fix
+        if stat.S_IMODE(info.st_mode) & 0o077:
+            with contextlib.suppress(OSError):
+                os.chmod(path, 0o700)
         return path
 
+    def open_log(self, path: Path, *, truncate: bool) -> int:
+        """Open a log in `logs/` for appending (or emptied first), never through a symlink.
+
+        Returns a descriptor (mode 0600 file). Raises StateDirError for a symlink, a
+        directory, another owner's file, or an unwritable/full state dir.
+        """
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+        fd = open_state_file(path, flags)
+        if truncate:
+            try:
+                os.ftruncate(fd, 0)
+            except OSError as error:
+                os.close(fd)
+                raise _os_error(path, error) from None
+        return fd
+
     def load_instance(self) -> InstanceRecord | None:
-        data = read_json(self.instance_path)
-        if not isinstance(data, dict):
+        """The instance record, or None. A damaged record (not JSON, wrong types) is moved
+        aside and listed in `self.damaged`; this never raises for the file's contents."""
+        data, damage = load_state_json(self.instance_path)
+        if damage is not None:
+            self.damaged.append(damage)
+            return None
+        if data is None:
             return None
         try:
             return InstanceRecord.from_json(data)
-        except TypeError:
+        except (TypeError, ValueError) as error:
+            self.damaged.append(DamagedFile(
+                str(self.instance_path), move_aside(self.instance_path), f"wrong fields: {error}"
+            ))
             return None
 
     def save_instance(self, record: InstanceRecord) -> None:
@@ -139,8 +463,14 @@ class StateStore:
         with self.locked(STATE_LOCK), contextlib.suppress(FileNotFoundError):
             self.instance_path.unlink()
 
+    def _history(self) -> dict[str, Any]:
+        data, damage = load_state_json(self.root / HISTORY_FILE)
+        if damage is not None:
+            self.damaged.append(damage)
+        return data or {}
+
     def last_start_duration(self, profile: str) -> float | None:
-        history = read_json(self.root / HISTORY_FILE) or {}
+        history = self._history()
         entry = history.get(profile) if isinstance(history, dict) else None
         if isinstance(entry, dict) and isinstance(entry.get("start_duration_s"), int | float):
             return float(entry["start_duration_s"])
@@ -148,7 +478,7 @@ class StateStore:
 
     def phase_offsets(self, profile: str) -> dict[str, float]:
         """Seconds from launch to each phase in the last successful start (for the ETA)."""
-        history = read_json(self.root / HISTORY_FILE) or {}
+        history = self._history()
         entry = history.get(profile) if isinstance(history, dict) else None
         offsets = entry.get("phase_offsets") if isinstance(entry, dict) else None
         return dict(offsets) if isinstance(offsets, dict) else {}
@@ -158,9 +488,7 @@ class StateStore:
     ) -> None:
         with self.locked(STATE_LOCK):
             path = self.root / HISTORY_FILE
-            history = read_json(path) or {}
-            if not isinstance(history, dict):
-                history = {}
+            history = self._history()
             history[profile] = {
                 "start_duration_s": round(duration_s, 3),
                 "phase_offsets": {k: round(v, 3) for k, v in phase_offsets.items()},
@@ -168,10 +496,23 @@ class StateStore:
             }
             atomic_write_json(path, history)
 
+    def _lock_file(self, name: str) -> int:
+        """Open a lock file (0600, no symlink); a directory or link in its place is moved
+        aside (listed in `self.damaged`) and the lock file made anew."""
+        path = self.root / name
+        flags = os.O_RDWR | os.O_CREAT
+        try:
+            return open_state_file(path, flags)
+        except StateDirError as error:
+            if not (path.is_dir() or path.is_symlink()):
+                raise
+            self.damaged.append(DamagedFile(str(path), move_aside(path), error.message))
+            return open_state_file(path, flags)
+
     @contextlib.contextmanager
     def locked(self, name: str) -> Iterator[None]:
         """A blocking flock on a file in the state dir."""
-        with open(self.root / name, "a+") as handle:
+        with os.fdopen(self._lock_file(name), "r+b") as handle:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
             try:
                 yield
@@ -181,7 +522,7 @@ class StateStore:
     @contextlib.contextmanager
     def start_lock(self) -> Iterator[None]:
         """Exactly one `start` at a time; a second one fails at once instead of waiting."""
-        with open(self.root / START_LOCK, "a+") as handle:
+        with os.fdopen(self._lock_file(START_LOCK), "r+b") as handle:
             try:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -197,7 +538,7 @@ class StateStore:
 
     def start_lock_held(self) -> bool:
         """True while some process holds the start lock."""
-        with open(self.root / START_LOCK, "a+") as handle:
+        with os.fdopen(self._lock_file(START_LOCK), "r+b") as handle:
             try:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

@@ -18,7 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from llm_backend.state import HOST_JOURNAL_FILE, atomic_write_json, read_json
+from llm_backend.state import (
+    HOST_JOURNAL_FILE,
+    DamagedFile,
+    StateDirError,
+    atomic_write_json,
+    load_state_json,
+    move_aside,
+    open_state_file,
+)
 
 JOURNAL_FILE = HOST_JOURNAL_FILE
 JOURNAL_LOCK = "host-prep.lock"
@@ -55,13 +63,14 @@ class JournalStep:
         return {"name": self.name, "status": self.status, "data": self.data, "at": self.at}
 
     @classmethod
-    def from_json(cls, raw: dict[str, Any]) -> JournalStep:
-        return cls(
-            name=str(raw.get("name")),
-            status=str(raw.get("status")),
-            data=dict(raw.get("data") or {}),
-            at=float(raw.get("at") or 0.0),
-        )
+    def from_json(cls, raw: Any) -> JournalStep:
+        """Raises ValueError for an entry that is not what `to_json` writes."""
+        if not isinstance(raw, dict):
+            raise ValueError(f"a step is {raw!r:.40}, not an object")
+        name, status, data = raw.get("name"), raw.get("status"), raw.get("data") or {}
+        if not isinstance(name, str) or not isinstance(status, str) or not isinstance(data, dict):
+            raise ValueError(f"step {name!r:.40} has a name, status or data of the wrong type")
+        return cls(name=name, status=status, data=data, at=_number(raw.get("at"), "at"))
 
 
 @dataclass
@@ -98,16 +107,39 @@ class Transaction:
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> Transaction:
+        """Raises ValueError for a journal that is not what `to_json` writes (hand-edited,
+        forged or damaged): it is then moved aside, never half-trusted."""
+        owner_pid = raw.get("owner_pid", 0)
+        if isinstance(owner_pid, bool) or not isinstance(owner_pid, int):
+            raise ValueError(f"owner_pid = {owner_pid!r:.40} is not a number")
+        texts = {key: raw.get(key, default) for key, default in
+                 (("boot_id", ""), ("profile", ""), ("phase", APPLYING))}
+        for key, value in texts.items():
+            if not isinstance(value, str):
+                raise ValueError(f"{key} = {value!r:.40} is not text")
+        snapshot, steps, notes = raw.get("snapshot") or {}, raw.get("steps") or [], raw.get(
+            "notes") or []
+        if not isinstance(snapshot, dict) or not isinstance(steps, list) or not isinstance(
+                notes, list):
+            raise ValueError("snapshot, steps or notes has the wrong type")
         return cls(
-            boot_id=str(raw.get("boot_id", "")),
-            profile=str(raw.get("profile", "")),
-            owner_pid=int(raw.get("owner_pid") or 0),
-            phase=str(raw.get("phase", APPLYING)),
-            created_at=float(raw.get("created_at") or 0.0),
-            snapshot=dict(raw.get("snapshot") or {}),
-            steps=[JournalStep.from_json(item) for item in raw.get("steps") or []],
-            notes=[str(note) for note in raw.get("notes") or []],
+            boot_id=texts["boot_id"],
+            profile=texts["profile"],
+            owner_pid=owner_pid,
+            phase=texts["phase"],
+            created_at=_number(raw.get("created_at"), "created_at"),
+            snapshot=snapshot,
+            steps=[JournalStep.from_json(item) for item in steps],
+            notes=[str(note) for note in notes],
         )
+
+
+def _number(value: Any, key: str) -> float:
+    if value is None:
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{key} = {value!r:.40} is not a number")
+    return float(value)
 
 
 class Journal:
@@ -117,13 +149,26 @@ class Journal:
         self.root = root
         self.path = root / JOURNAL_FILE
         self.lock_path = root / JOURNAL_LOCK
-        self._lock_handle: IO[str] | None = None
+        self._lock_handle: IO[bytes] | None = None
+        # Set when `read` found the journal damaged (and moved it aside).
+        self.damage: DamagedFile | None = None
+
+    def exists(self) -> bool:
+        return os.path.lexists(self.path)
 
     def read(self) -> Transaction | None:
-        raw = read_json(self.path)
-        if not isinstance(raw, dict):
+        """The transaction, or None if there is none or it is damaged (see `self.damage`)."""
+        raw, damage = load_state_json(self.path)
+        if damage is not None:
+            self.damage = damage
             return None
-        return Transaction.from_json(raw)
+        if raw is None:
+            return None
+        try:
+            return Transaction.from_json(raw)
+        except ValueError as error:
+            self.damage = DamagedFile(str(self.path), move_aside(self.path), str(error))
+            return None
 
     def write(self, transaction: Transaction, *, point: str | None = None) -> None:
         """Persist the transaction durably, then pass the fault-injection point, if any."""
@@ -148,7 +193,7 @@ class Journal:
         """Take the transaction lock without waiting; False if another process holds it."""
         if self._lock_handle is not None:
             return True
-        handle = open(self.lock_path, "a+", encoding="utf-8")  # noqa: SIM115 - held across calls
+        handle = os.fdopen(self._open_lock(), "r+b")
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -156,6 +201,16 @@ class Journal:
             return False
         self._lock_handle = handle
         return True
+
+    def _open_lock(self) -> int:
+        flags = os.O_RDWR | os.O_CREAT
+        try:
+            return open_state_file(self.lock_path, flags)
+        except StateDirError:
+            if not (self.lock_path.is_dir() or self.lock_path.is_symlink()):
+                raise
+            move_aside(self.lock_path)
+            return open_state_file(self.lock_path, flags)
 
     def unlock(self) -> None:
         if self._lock_handle is not None:

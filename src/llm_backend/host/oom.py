@@ -151,25 +151,51 @@ def plan_oom(daemons: list[str]) -> OomPlan:
     return OomPlan("process", (), tuple(running), tuple(stopped), tuple(missing))
 
 
+KNOWN_UNITS = frozenset(unit for units in SYSTEMD_UNITS.values() for unit in units)
+KNOWN_PROCESS_NAMES = frozenset(name for names in PROCESS_NAMES.values() for name in names)
+
+
+def recorded_units(data: dict[str, Any]) -> list[str]:
+    """The journal's units, keeping only the OOM daemons' own (a journal entry is a hint)."""
+    units = data.get("units")
+    return [u for u in units if isinstance(u, str) and u in KNOWN_UNITS] if isinstance(
+        units, list) else []
+
+
+def recorded_processes(data: dict[str, Any]) -> list[dict[str, Any]]:
+    processes = data.get("processes")
+    return [p for p in processes if isinstance(p, dict)] if isinstance(processes, list) else []
+
+
 def resume_commands(data: dict[str, Any]) -> list[Command]:
     if data.get("mode") == "systemd":
         return [
-            Command((tool("systemctl"), "--no-ask-password", "start", str(unit)))
-            for unit in data.get("units") or []
+            Command((tool("systemctl"), "--no-ask-password", "start", unit))
+            for unit in recorded_units(data)
         ]
     return [
-        Command((tool("kill"), "-CONT", str(item["pid"]))) for item in data.get("processes") or []
+        Command((tool("kill"), "-CONT", str(int(item["pid"]))))
+        for item in recorded_processes(data)
+        if isinstance(item.get("pid"), int)
     ]
 
 
 def same_process(item: dict[str, Any]) -> psutil.Process | None:
-    """The recorded daemon process if it still lives (same PID and start time)."""
+    """The recorded daemon process if it still lives: same PID and start time, and an OOM
+    daemon's name (so a forged journal entry cannot make root signal any other process)."""
     try:
-        process = psutil.Process(int(item["pid"]))
-        if abs(process.create_time() - float(item["create_time"])) > CREATE_TIME_TOLERANCE_S:
+        pid = item["pid"]
+        created = item["create_time"]
+        if not isinstance(pid, int) or not isinstance(created, int | float) or pid <= 1:
+            return None
+        process = psutil.Process(pid)
+        if abs(process.create_time() - float(created)) > CREATE_TIME_TOLERANCE_S:
+            return None
+        exe_name = os.path.basename(process.exe() or "")
+        if process.name() not in KNOWN_PROCESS_NAMES and exe_name not in KNOWN_PROCESS_NAMES:
             return None
         return process
-    except (psutil.NoSuchProcess, psutil.AccessDenied, KeyError, ValueError):
+    except (psutil.Error, KeyError, ValueError, TypeError, OSError):
         return None
 
 
@@ -210,6 +236,10 @@ def resume(data: dict[str, Any], privileges: Privileges, *, same_boot: bool) -> 
     if not same_boot:
         return ["oom daemons: nothing to resume after a reboot"] if _recorded(data) else []
     if data.get("mode") == "systemd":
+        ignored = [u for u in data.get("units") or [] if u not in recorded_units(data)]
+        if ignored:
+            lines.append(f"oom daemons: the journal names {ignored!r}, not OOM daemon units; "
+                         "left alone")
         for command in resume_commands(data):
             privileges.run(
                 command,
@@ -217,16 +247,16 @@ def resume(data: dict[str, Any], privileges: Privileges, *, same_boot: bool) -> 
             )
             lines.append(f"oom daemon: {privileges.describe(command)}")
         return lines
-    for item in data.get("processes") or []:
+    for item in recorded_processes(data):
         process = same_process(item)
         if process is None:
             lines.append(
-                f"oom daemon: {item.get('daemon')} (pid {item.get('pid')}) is gone; "
-                "nothing to resume"
+                f"oom daemon: {item.get('daemon')} (pid {item.get('pid')}) is gone (no OOM "
+                "daemon with that pid and start time); nothing to resume"
             )
             continue
-        command = Command((tool("kill"), "-CONT", str(item["pid"])))
-        privileges.run(command, remedy=f"run `kill -CONT {item['pid']}` as root")
+        command = Command((tool("kill"), "-CONT", str(process.pid)))
+        privileges.run(command, remedy=f"run `kill -CONT {process.pid}` as root")
         _wait_stopped(process, stopped=False)
         lines.append(
             f"oom daemon: {item.get('daemon')} (pid {item.get('pid')}) resumed "

@@ -10,13 +10,14 @@ import contextlib
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from llm_backend.config import Profile, parse_size
 from llm_backend.engines.base import Failure
 from llm_backend.errors import BackendError, HostPrepError
-from llm_backend.host import caches, oom, swap
+from llm_backend.host import caches, oom
 from llm_backend.host.guard import MemoryGuard
 from llm_backend.host.journal import (
     APPLIED,
@@ -29,32 +30,22 @@ from llm_backend.host.journal import (
     fault_point,
 )
 from llm_backend.host.meminfo import MemInfo, boot_id, format_bytes, read_meminfo, read_swaps
-from llm_backend.host.privileges import Command, Privileges, tool
+from llm_backend.host.privileges import Command, Privileges
+from llm_backend.host.steps import STEPS, HostStep, StepContext, UndoContext, step_named
+from llm_backend.host.swap import SwapOwner, is_ours
 from llm_backend.state import StateStore
 
 
 @dataclass(frozen=True)
 class Decision:
-    """Everything the steps will do, decided from the profile and the host as it is now."""
+    """Every step, decided from the profile and the host as it is now."""
 
     meminfo: MemInfo
-    swap: swap.SwapPlan
-    oom: oom.OomPlan | None
-    drop_caches: bool
+    steps: tuple[HostStep, ...]
 
     def all_commands(self) -> list[Command]:
         """Every privileged command apply, guard and restore may run (for the sudo check)."""
-        commands = list(self.swap.commands)
-        if self.swap.action != "none":
-            path = self.swap.path
-            if self.swap.allocate_with == "fallocate":
-                commands.append(swap.allocation_command("dd", path, self.swap.size))
-            commands.append(Command((tool("swapoff"), path)))
-            commands.append(Command((tool("rm"), "-f", "--", path)))
-        if self.oom is not None:
-            commands += self.oom.pause_commands() + self.oom.resume_commands()
-        commands += [caches.sync_command(), caches.drop_command()]
-        return commands
+        return [command for step in self.steps for command in step.commands()]
 
 
 @dataclass(frozen=True)
@@ -75,7 +66,14 @@ class RecoveryReport:
 
 
 class HostPrep:
-    """The journaled, reversible host changes around one load."""
+    """The journaled, reversible host changes around one load: `STEPS` in order, undone in
+    reverse. Implements the lifecycle's `HostPreparation` protocol.
+
+    Errors: `HostPrepError` (a refused value or state, missing rights, a busy or unfinished
+    journal) and `CommandFailed` (a privileged command exited non-zero), each with a remedy.
+    Facts about swap, earlyoom, systemd-oomd and drop_caches are from util-linux swapon(8),
+    mkswap(8), swaplabel(8), linux mm/swapfile.c, and earlyoom's README (see docs/).
+    """
 
     def __init__(
         self, profile: Profile, store: StateStore, privileges: Privileges | None = None
@@ -91,84 +89,51 @@ class HostPrep:
 
     # --- deciding -----------------------------------------------------------------------
 
+    def owner(self) -> SwapOwner:
+        """This state dir as the owner of the swap file it makes."""
+        return SwapOwner(state_id=self.store.state_id(), state_dir=str(self.store.root))
+
     def decide(self) -> Decision:
+        """Decide every step; raises HostPrepError for input a step refuses."""
         meminfo = read_meminfo()
-        swap_plan = swap.plan_swap(self.config, self.privileges, meminfo)
-        daemons = list(self.config.pause_oom_daemons)
-        oom_plan = oom.plan_oom(daemons) if daemons else None
-        return Decision(meminfo, swap_plan, oom_plan, self.config.drop_caches)
+        context = StepContext(self.config, self.privileges, meminfo, self.owner())
+        return Decision(meminfo, tuple(step.decide(context) for step in STEPS))
 
     def plan(self) -> list[str]:
-        """Each step and its exact commands, for `start --dry-run`; changes nothing."""
+        """Each step and its exact commands, for `start --dry-run`; changes nothing.
+
+        Raises HostPrepError when a step refuses the profile's values or the host's state.
+        """
         decision = self.decide()
         how = "as root" if self.privileges.is_root else "through sudo -n"
         lines = [f"host preparation ({how}), journaled in {self.journal.path}:"]
         describe = self.privileges.describe
-        plan = decision.swap
-        if plan.action == "none":
-            lines.append(f"host 1 swap: none needed ({plan.reason})")
-        elif plan.action == "reuse_active":
-            lines.append(f"host 1 swap: {plan.reason}")
-        else:
-            lines.append(
-                f"host 1 swap: {plan.action} {plan.path}, {format_bytes(plan.size)} "
-                f"({plan.reason}) on {plan.filesystem} at {plan.mountpoint}, "
-                f"{format_bytes(plan.free_bytes)} free"
-            )
-            lines += [f"    $ {describe(command)}" for command in plan.commands]
-        if decision.oom is None:
-            lines.append("host 2 oom daemons: none configured (host_prep.pause_oom_daemons)")
-        else:
-            lines += self._oom_plan_lines(decision.oom)
-        if decision.drop_caches:
-            lines.append("host 3 page cache: sync, then drop caches")
-            lines += [
-                f"    $ {describe(command)}"
-                for command in (caches.sync_command(), caches.drop_command())
-            ]
-        else:
-            lines.append("host 3 page cache: left alone (host_prep.drop_caches = false)")
+        for number, step in enumerate(decision.steps, start=1):
+            lines += step.plan_lines(number, describe)
+        guard_number = len(decision.steps) + 1
         lines.append(
-            f"host 4 guard while loading: every {self.config.guard_interval_s:g} s read "
-            f"MemAvailable/SwapFree; under {self.config.guard_soft_floor} drop caches again, "
-            f"under {self.config.guard_hard_floor} stop the load (out_of_memory) and restore"
+            f"host {guard_number} guard while loading: every {self.config.guard_interval_s:g} s "
+            f"read MemAvailable/SwapFree; under {self.config.guard_soft_floor} drop caches "
+            f"again, under {self.config.guard_hard_floor} stop the load (out_of_memory) and "
+            "restore"
         )
         lines.append(
-            "host 5 restore after the load (also on failure, Ctrl-C, SIGTERM), reverse order:"
+            f"host {guard_number + 1} restore after the load (also on failure, Ctrl-C, "
+            "SIGTERM), reverse order:"
         )
-        if decision.oom is not None:
-            lines += [f"    $ {describe(command)}" for command in decision.oom.resume_commands()]
-        if plan.action != "none":
-            lines.append(
-                f"    $ {describe(Command((tool('swapoff'), plan.path)))}   (only if its used "
-                "swap fits comfortably in MemAvailable; deadline "
-                f"{self.config.swapoff_timeout_s:g} s, else left on and shown in status)"
-            )
-            if not self.config.keep_swap_file:
-                lines.append(f"    $ {describe(Command((tool('rm'), '-f', '--', plan.path)))}")
-        return lines
-
-    def _oom_plan_lines(self, plan: oom.OomPlan) -> list[str]:
-        lines: list[str] = []
-        if plan.mode == "systemd":
-            active = ", ".join(plan.active_units) or "none active"
-            lines.append(f"host 2 oom daemons (systemd): stop {active}")
-        else:
-            found = ", ".join(
-                f"{p.daemon} pid {p.pid} ({' '.join(p.cmdline)})" for p in plan.processes
-            ) or "none running"
-            lines.append(f"host 2 oom daemons (no systemd): pause with SIGSTOP: {found}")
-            for process in plan.already_stopped:
-                lines.append(
-                    f"    {process.daemon} pid {process.pid} is already stopped: left alone"
-                )
-        lines += [f"    $ {self.privileges.describe(command)}" for command in plan.pause_commands()]
+        for step in reversed(decision.steps):
+            lines += step.restore_lines(describe)
         return lines
 
     # --- the protocol -------------------------------------------------------------------
 
     def check(self) -> None:
-        """Refuse bad input and missing rights before anything on the host changes."""
+        """Refuse bad input and missing rights before anything on the host changes.
+
+        Raises HostPrepError: hard floor above soft floor, another start preparing this
+        host, an unfinished journal (fix: `llm-backend recover`), MemAvailable already under
+        the hard floor, a step refusing the profile, or a command sudo would not allow.
+        """
         soft = parse_size(self.config.guard_soft_floor)
         hard = parse_size(self.config.guard_hard_floor)
         if hard > soft:
@@ -203,7 +168,11 @@ class HostPrep:
         self.privileges.check_allowed(decision.all_commands())
 
     def apply(self) -> None:
-        """Journal each step, then make it: swap on, OOM daemons paused, caches dropped."""
+        """Journal each step, then make it: swap on, OOM daemons paused, caches dropped.
+
+        Raises HostPrepError or CommandFailed; what was done so far is in the journal and
+        `restore` (or the next command's recovery) undoes it.
+        """
         if not self.journal.try_lock():
             raise HostPrepError(
                 "another llm-backend is preparing this host right now",
@@ -232,21 +201,15 @@ class HostPrep:
         )
         if previous is not None and previous.phase == LEFT_ON:
             # An earlier run had to leave its swap on; keep that undo in this transaction.
-            taken_over = decision.swap.path if decision.swap.action != "none" else None
-            for step in previous.steps:
-                if step.status == "left_on" and step.data.get("path") != taken_over:
-                    transaction.steps.append(JournalStep("swap.previous", "done", step.data))
+            taken_over = {s.journal_data().get("path") for s in decision.steps if s.needed()}
+            for entry in previous.steps:
+                if entry.status == "left_on" and entry.data.get("path") not in taken_over:
+                    transaction.steps.append(JournalStep("swap.previous", "done", entry.data))
         self.transaction = transaction
         self.journal.write(transaction, point="begin")
-        if decision.swap.action != "none":
-            self._step("swap", decision.swap.journal_data(self.config),
-                       lambda: swap.apply_swap(decision.swap, self.privileges))
-        oom_plan = decision.oom
-        if oom_plan is not None and oom_plan.pause_commands():
-            self._step("oom", oom_plan.journal_data(),
-                       lambda: oom.pause(oom_plan, self.privileges))
-        if decision.drop_caches:
-            self._step("caches", {}, lambda: caches.drop_caches(self.privileges))
+        for step in decision.steps:
+            if step.needed():
+                self._step(step.name, step.journal_data(), step.apply)
         transaction.phase = APPLIED
         self.journal.write(transaction, point="applied")
         self.memory_guard = MemoryGuard(
@@ -275,7 +238,8 @@ class HostPrep:
             caches.drop_caches(self.privileges)
 
     def guard(self) -> Failure | None:
-        """Called by the monitor on every loop while the model loads."""
+        """Called by the monitor on every loop while the model loads: an out_of_memory
+        Failure once MemAvailable stays under host_prep.guard_hard_floor, else None."""
         if not self._guard_started:
             self._guard_started = True
             fault_point("guard.started")
@@ -284,7 +248,11 @@ class HostPrep:
         return self.memory_guard.check()
 
     def restore(self) -> list[str]:
-        """Undo in reverse order; returns what was undone (and what had to stay)."""
+        """Undo in reverse order; returns what was undone (and what had to stay).
+
+        Never raises for a failed undo: it comes back as an `error: ...` line and stays in
+        the journal for `llm-backend recover`.
+        """
         transaction = self.transaction or self.journal.read()
         if transaction is None:
             self.journal.unlock()
@@ -292,7 +260,9 @@ class HostPrep:
         if not self.journal.try_lock():
             return []
         try:
-            report = run_restore(transaction, self.journal, self.privileges, same_boot=True)
+            report = run_restore(
+                transaction, self.journal, self.privileges, same_boot=True, owner=self.owner()
+            )
         finally:
             self.journal.unlock()
             self.transaction = None
@@ -314,6 +284,7 @@ def run_restore(
     privileges: Privileges,
     *,
     same_boot: bool,
+    owner: SwapOwner,
     swapoff_timeout_s: float | None = None,
 ) -> RecoveryReport:
     """Undo every step of `transaction` in reverse order, journaling each undo.
@@ -328,21 +299,17 @@ def run_restore(
     restored: list[str] = []
     left_on: list[dict[str, Any]] = []
     errors: list[str] = []
+    context = UndoContext(privileges, same_boot, owner, swapoff_timeout_s)
     for step in reversed(transaction.steps):
         if step.status == "undone":
             continue
+        kind = step_named(step.name)
         try:
-            if step.name == "caches":
-                restored.append("page cache: dropped (nothing to undo)")
+            if kind is None:
+                errors.append(f"{step.name}: not a step this tool makes; left alone")
                 step.status = "undone"
-            elif step.name == "oom":
-                restored += oom.resume(step.data, privileges, same_boot=same_boot)
-                step.status = "undone"
-            elif step.name.startswith("swap"):
-                data = dict(step.data)
-                if swapoff_timeout_s is not None:
-                    data["swapoff_timeout_s"] = swapoff_timeout_s
-                undo = swap.undo_swap(data, privileges, same_boot=same_boot)
+            else:
+                undo = kind.undo(dict(step.data), context)
                 restored += undo.lines
                 if undo.left_on is not None:
                     step.status = "left_on"
@@ -389,7 +356,7 @@ def recover(
     for `recover` or the next `start` to spend, not `status`.
     """
     journal = Journal(store.root)
-    if not journal.path.exists():
+    if not journal.exists():
         return RecoveryReport(found=False)
     if not journal.try_lock():
         existing = journal.read()
@@ -401,9 +368,20 @@ def recover(
         )
     try:
         transaction = journal.read()
+        owner = SwapOwner(state_id=store.state_id(), state_dir=str(store.root))
         if transaction is None:
-            return RecoveryReport(
-                found=True, errors=[f"{journal.path} is not a readable journal; left as is"]
+            if journal.damage is None:
+                return RecoveryReport(found=False)
+            # The record of what changed is lost: rebuild it from the system itself.
+            transaction = rebuild_from_system(owner, privileges or Privileges())
+            report = run_restore(transaction, journal, privileges or Privileges(),
+                                 same_boot=True, owner=owner)
+            damage = journal.damage.to_error()
+            return replace(
+                report,
+                phase_before="damaged",
+                restored=[f"error: {damage.message}", f"fix: {damage.remedy}",
+                          *report.restored, *transaction.notes],
             )
         same_boot = transaction.boot_id == boot_id()
         if transaction.phase == LEFT_ON and same_boot and not retry_left_on:
@@ -418,20 +396,51 @@ def recover(
             journal,
             privileges or Privileges(),
             same_boot=same_boot,
+            owner=owner,
             swapoff_timeout_s=swapoff_timeout_s,
         )
     finally:
         journal.unlock()
 
 
+def rebuild_from_system(owner: SwapOwner, privileges: Privileges) -> Transaction:
+    """A transaction for what the system shows this state dir changed, when its journal is
+    lost: its own active swap files (label and state id, checked again before each undo).
+    Stopped OOM daemons are only reported: nothing says that this tool stopped them."""
+    transaction = Transaction(boot_id(), "(unknown: its journal was damaged)", 0, RESTORING,
+                              time.time())
+    for area in read_swaps():
+        if area.kind == "file" and is_ours(Path(area.path), privileges, owner)[0]:
+            transaction.steps.append(JournalStep("swap", "done", {
+                "path": area.path, "action": "reuse_active", "remove_file": True,
+            }))
+    for daemon in oom.PROCESS_NAMES:
+        for process in oom.find_processes(daemon):
+            if process.status == "stopped":
+                transaction.notes.append(
+                    f"warning: {daemon} pid {process.pid} is stopped (SIGSTOP); if llm-backend "
+                    f"paused it, resume it: kill -CONT {process.pid}"
+                )
+    return transaction
+
+
 def host_status(store: StateStore) -> dict[str, Any] | None:
     """The host-prep part of `status`: None when nothing is in effect."""
     journal = Journal(store.root)
-    if not journal.path.exists():
+    if not journal.exists():
         return None
     transaction = journal.read()
     if transaction is None:
-        return {"phase": "unreadable", "journal": str(journal.path)}
+        if journal.damage is None:
+            return None
+        damage = journal.damage.to_error()
+        return {
+            "phase": "damaged",
+            "journal": str(journal.path),
+            "steps": {},
+            "warning": f"error: {damage.message}; fix: llm-backend recover (turns off this "
+            "state dir's own swap files that are still on)",
+        }
     left_on = [
         step.data["left_on"] for step in transaction.steps if step.status == "left_on"
     ]

@@ -1,7 +1,10 @@
 """Step 1: our own swap file (never `swapon -a` / `swapoff -a`): create, mkswap, swapon, undo.
 
-The file is ours when it carries the swap label `llm-backend`, is a regular root-owned
-file with mode 0600, and has the SWAPSPACE2 signature. Any other file or swap area is
+The file is ours when it is a regular root-owned file with mode 0600 and the SWAPSPACE2
+signature, carries the swap label `llm-backend`, and its swap UUID is the state dir's id
+(`mkswap -U`): a swap file belongs to exactly one state dir. When root makes it, the
+boot block (the first 1024 bytes, unused by swap) also names that state dir, so another
+state dir that is refused can be told which one owns it. Any other file or swap area is
 left alone, and a swap file path that holds anything else is refused.
 """
 
@@ -16,12 +19,18 @@ from typing import Any
 
 import psutil
 
-from llm_backend.config import HostPrepConfig, parse_size
+from llm_backend.config import HostPrepConfig, check_safe_path, parse_size
 from llm_backend.errors import HostPrepError
 from llm_backend.host.meminfo import MemInfo, format_bytes, read_meminfo, swap_area
 from llm_backend.host.privileges import Command, Privileges, run_with_deadline, tool
 
 SWAP_LABEL = "llm-backend"
+# struct swap_header (linux include/linux/swap.h): bootbits[1024], version, last_page,
+# nr_badpages, uuid[16], volume_name[16], ...; the magic "SWAPSPACE2" ends the first page.
+BOOTBITS = 1024
+UUID_OFFSET = 1036
+LABEL_OFFSET = 1052
+OWNER_PREFIX = b"llm-backend state dir: "
 MIB = 1024**2
 GIB = 1024**3
 # Free space to leave on the filesystem: 5 % of it, at least 64 MiB, at most 1 GiB.
@@ -39,6 +48,23 @@ FALLOCATE_FILESYSTEMS = frozenset({"ext4", "xfs"})
 
 
 @dataclass(frozen=True)
+class SwapOwner:
+    """The state dir a swap file belongs to: its id (the swap UUID) and its path."""
+
+    state_id: str
+    state_dir: str
+
+
+@dataclass(frozen=True)
+class SwapHeader:
+    """What the first page of a swap file says: label, UUID, and the owner's state dir."""
+
+    label: str
+    uuid: str
+    owner_dir: str | None = None
+
+
+@dataclass(frozen=True)
 class SwapPlan:
     """What the swap step will do, decided from the config and the host as it is now."""
 
@@ -52,6 +78,8 @@ class SwapPlan:
     create_dir: str | None = None
     allocate_with: str = "fallocate"
     commands: tuple[Command, ...] = field(default_factory=tuple)
+    owner_id: str = ""
+    owner_dir: str = ""
 
     def journal_data(self, config: HostPrepConfig) -> dict[str, Any]:
         return {
@@ -62,6 +90,7 @@ class SwapPlan:
             "remove_file": not config.keep_swap_file,
             "swapoff_timeout_s": config.swapoff_timeout_s,
             "hard_floor": parse_size(config.guard_hard_floor),
+            "owner_id": self.owner_id,
         }
 
 
@@ -88,32 +117,72 @@ def filesystem_of(path: Path) -> tuple[str, str, Path]:
     return best[0], best[1], existing
 
 
-def read_label(path: Path, privileges: Privileges) -> str | None:
-    """The swap label of `path`, or None if it has no swap signature."""
+def _uuid_text(raw: bytes) -> str:
+    text = raw.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
+def read_header(path: Path, privileges: Privileges) -> SwapHeader | None:
+    """Label, UUID and owner of the swap file at `path`; None if it has no swap signature.
+
+    Opened without following a symlink. Not readable by us (not root): `swaplabel` as root.
+    """
+    page = os.sysconf("SC_PAGE_SIZE")
     try:
-        with open(path, "rb") as handle:
-            page = os.sysconf("SC_PAGE_SIZE")
-            header = handle.read(page)
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except PermissionError:
-        result = privileges.run(
-            Command((tool("swaplabel"), str(path))),
-            remedy="check the swap file path",
-            check=False,
-        )
-        if result.returncode != 0:
+        return _read_header_with_swaplabel(path, privileges)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
             return None
-        for line in result.stdout.splitlines():
-            if line.startswith("LABEL:"):
-                return line.partition(":")[2].strip()
-        return ""
+        header = os.pread(descriptor, page, 0)
+    finally:
+        os.close(descriptor)
     if len(header) < page or header[page - 10 :] != b"SWAPSPACE2":
         return None
-    # struct swap_header: bootbits[1024], version, last_page, nr_badpages, uuid[16], label[16]
-    return header[1052:1068].split(b"\0", 1)[0].decode("utf-8", errors="replace")
+    label = header[LABEL_OFFSET : LABEL_OFFSET + 16].split(b"\0", 1)[0]
+    owner = None
+    if header.startswith(OWNER_PREFIX):
+        owner = header[len(OWNER_PREFIX) : BOOTBITS].split(b"\n", 1)[0].decode(
+            "utf-8", errors="replace"
+        )
+    return SwapHeader(
+        label=label.decode("utf-8", errors="replace"),
+        uuid=_uuid_text(header[UUID_OFFSET : UUID_OFFSET + 16]),
+        owner_dir=owner,
+    )
 
 
-def is_ours(path: Path, privileges: Privileges) -> tuple[bool, str]:
-    """Whether the file at `path` is a swap file this tool made, and if not, why not."""
+def _read_header_with_swaplabel(path: Path, privileges: Privileges) -> SwapHeader | None:
+    result = privileges.run(
+        Command((tool("swaplabel"), str(path))), remedy="check the swap file path", check=False
+    )
+    if result.returncode != 0:
+        return None
+    values = {
+        key.strip(): value.strip()
+        for key, _, value in (line.partition(":") for line in result.stdout.splitlines())
+    }
+    return SwapHeader(label=values.get("LABEL", ""), uuid=values.get("UUID", ""))
+
+
+def write_owner(path: str, owner: SwapOwner) -> None:
+    """Name the owning state dir in the boot block (root only; swap never reads it)."""
+    text = OWNER_PREFIX + owner.state_dir.encode() + b"\n"
+    if len(text) > BOOTBITS:
+        return
+    descriptor = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
+    try:
+        os.pwrite(descriptor, text, 0)
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def is_ours(path: Path, privileges: Privileges, owner: SwapOwner) -> tuple[bool, str]:
+    """Whether the file at `path` is a swap file this state dir made, and if not, why not."""
     try:
         info = path.lstat()
     except FileNotFoundError:
@@ -124,12 +193,18 @@ def is_ours(path: Path, privileges: Privileges) -> tuple[bool, str]:
         return False, f"it is owned by uid {info.st_uid}, not root"
     if stat.S_IMODE(info.st_mode) != 0o600:
         return False, f"its mode is {stat.S_IMODE(info.st_mode):04o}, not 0600"
-    label = read_label(path, privileges)
-    if label is None:
+    header = read_header(path, privileges)
+    if header is None:
         return False, "it has no swap signature"
-    if label != SWAP_LABEL:
-        return False, f"its swap label is {label!r}, not {SWAP_LABEL!r}"
-    return True, "it carries the llm-backend swap label"
+    if header.label != SWAP_LABEL:
+        return False, f"its swap label is {header.label!r}, not {SWAP_LABEL!r}"
+    if header.uuid != owner.state_id:
+        where = f"the state dir {header.owner_dir}" if header.owner_dir else "another state dir"
+        return False, (
+            f"it belongs to {where} (swap UUID {header.uuid}), not to this state dir "
+            f"{owner.state_dir} (id {owner.state_id}); a swap file serves one state dir"
+        )
+    return True, "it carries the llm-backend swap label and this state dir's id"
 
 
 def has_holes(path: Path) -> bool:
@@ -163,10 +238,27 @@ def wanted_size(config: HostPrepConfig, meminfo: MemInfo) -> tuple[int, str]:
     )
 
 
+def mkswap_command(path: str) -> Command:
+    return Command((tool("mkswap"), "-L", SWAP_LABEL, path))
+
+
+def owner_command(path: str, state_id: str) -> Command:
+    """Set the swap UUID to the owning state dir's id (swaplabel(8) `-U`)."""
+    return Command((tool("swaplabel"), "-U", state_id, path))
+
+
 def plan_swap(
-    config: HostPrepConfig, privileges: Privileges, meminfo: MemInfo | None = None
+    config: HostPrepConfig,
+    privileges: Privileges,
+    meminfo: MemInfo | None = None,
+    *,
+    owner: SwapOwner,
 ) -> SwapPlan:
-    """Decide the swap step, refusing bad input before anything changes."""
+    """Decide the swap step, refusing bad input before anything changes.
+
+    Raises HostPrepError for a path on a RAM-backed or network filesystem, a path that
+    holds anything but this state dir's own swap file, or too little free disk.
+    """
     meminfo = meminfo or read_meminfo()
     raw_path = config.swap_file
     path = Path(raw_path)
@@ -189,7 +281,14 @@ def plan_swap(
         )
     active = swap_area(raw_path)
     exists = path.exists() or path.is_symlink()
-    ours, why = is_ours(path, privileges) if exists else (False, "")
+    ours, why = is_ours(path, privileges, owner) if exists else (False, "")
+    if exists and not ours and "state dir" in why:
+        raise HostPrepError(
+            f"host_prep.swap_file = {raw_path!r} is in use by another llm-backend: {why}",
+            remedy="give this profile its own host_prep.swap_file (one per state dir), such "
+            f'as "{path.parent}/swapfile-{owner.state_id[:8]}"; or stop the backend of the '
+            "state dir that owns it and run `llm-backend recover` there",
+        )
     if exists and not ours:
         state = "an active swap area" if active else "a file"
         raise HostPrepError(
@@ -203,6 +302,7 @@ def plan_swap(
             path=raw_path, size=active.size, action="reuse_active",
             reason=f"our swap file is already active ({format_bytes(active.size)}); reused",
             filesystem=fstype, mountpoint=mountpoint,
+            owner_id=owner.state_id, owner_dir=owner.state_dir,
         )
     vfs = os.statvfs(existing_dir)
     free = vfs.f_bavail * vfs.f_frsize
@@ -215,6 +315,7 @@ def plan_swap(
                 reason=f"our swap file is already there ({format_bytes(size)}); reused",
                 filesystem=fstype, mountpoint=mountpoint, free_bytes=free,
                 commands=(Command((tool("swapon"), raw_path)),),
+                owner_id=owner.state_id, owner_dir=owner.state_dir,
             )
         free += current.st_blocks * 512
     if free < size + margin:
@@ -236,7 +337,8 @@ def plan_swap(
     if fstype == "btrfs":
         commands.append(Command((tool("chattr"), "+C", raw_path)))
     commands.append(allocation_command(allocate_with, raw_path, size))
-    commands.append(Command((tool("mkswap"), "-L", SWAP_LABEL, raw_path)))
+    commands.append(mkswap_command(raw_path))
+    commands.append(owner_command(raw_path, owner.state_id))
     commands.append(Command((tool("swapon"), raw_path)))
     return SwapPlan(
         path=raw_path,
@@ -249,6 +351,8 @@ def plan_swap(
         create_dir=create_dir,
         allocate_with=allocate_with,
         commands=tuple(commands),
+        owner_id=owner.state_id,
+        owner_dir=owner.state_dir,
     )
 
 
@@ -266,6 +370,13 @@ def apply_swap(plan: SwapPlan, privileges: Privileges) -> list[str]:
     remedy = (
         f"check {plan.path} and its filesystem ({plan.mountpoint}), or start with --no-host-prep"
     )
+    if plan.action == "create" and (os.path.lexists(plan.path)):
+        # Made between the plan and now, by someone else (another state dir's start).
+        raise HostPrepError(
+            f"host_prep.swap_file = {plan.path!r} appeared after it was planned; another "
+            "llm-backend (or someone else) is making it",
+            remedy="give each state dir its own host_prep.swap_file, then start again",
+        )
     for command in plan.commands:
         is_fallocate = command.argv[0].endswith("fallocate")
         result = privileges.run(command, remedy=remedy, check=not is_fallocate)
@@ -275,6 +386,8 @@ def apply_swap(plan: SwapPlan, privileges: Privileges) -> list[str]:
             done.append(privileges.describe(fallback))
             continue
         done.append(privileges.describe(command))
+        if command.argv[0].endswith("swaplabel") and privileges.is_root:
+            write_owner(plan.path, SwapOwner(plan.owner_id, plan.owner_dir))
     active = swap_area(plan.path)
     if plan.action != "none" and active is None:
         raise HostPrepError(
@@ -289,16 +402,38 @@ def swapoff_budget(mem_available: int, hard_floor: int) -> int:
     return max(0, (mem_available - hard_floor) // 2)
 
 
-def undo_swap(data: dict[str, Any], privileges: Privileges, *, same_boot: bool) -> SwapUndo:
+def undo_swap(
+    data: dict[str, Any], privileges: Privileges, *, same_boot: bool, owner: SwapOwner
+) -> SwapUndo:
     """Swapoff our file when its used pages fit comfortably in RAM, then remove it unless kept.
 
-    Idempotent: checks /proc/swaps and the file before each action.
+    Idempotent: checks /proc/swaps and the file before each action. A journal entry is
+    only a hint: the file must still be this state dir's own swap file (label, UUID, root,
+    0600) before it is swapped off or removed, so a forged or stale entry naming any other
+    file or swap area changes nothing.
     """
     path = str(data.get("path") or "")
     lines: list[str] = []
     if not path or data.get("action") == "none":
         return SwapUndo(lines)
+    try:
+        check_safe_path(path)
+    except ValueError as error:
+        return SwapUndo([f"swap: the journal names {path!r}, which is not a path this tool "
+                         f"makes ({error}); left alone"])
+    file_path = Path(path)
     area = swap_area(path) if same_boot else None
+    exists = os.path.lexists(path)
+    ours, why = is_ours(file_path, privileges, owner) if exists else (False, "it does not exist")
+    if exists and not ours:
+        return SwapUndo([
+            f"swap: left {path} alone: {why}; the journal named it, but only this state dir's "
+            "own swap file is ever swapped off or removed (if it is an unfinished swap file "
+            f"of an interrupted start, remove it by hand: swapoff {path}; rm {path})"
+        ])
+    if area is not None and not exists:
+        return SwapUndo([f"swap: left {path} on: it is active but its file is gone, so it "
+                         "cannot be checked as ours"])
     if area is not None:
         meminfo = read_meminfo()
         budget = swapoff_budget(meminfo.mem_available, int(data.get("hard_floor") or 0))
@@ -325,22 +460,29 @@ def undo_swap(data: dict[str, Any], privileges: Privileges, *, same_boot: bool) 
                 left_on={"path": path, "used": area.used, "reason": reason},
             )
         lines.append(f"swap: {privileges.describe(command)} ({format_bytes(area.used)} was in use)")
-    file_path = Path(path)
     remove = bool(data.get("remove_file", True))
-    created = data.get("action") in ("create", "recreate")
-    if remove and file_path.exists() and swap_area(path) is None:
-        ours, _ = is_ours(file_path, privileges)
-        if ours or created:
-            command = Command((tool("rm"), "-f", "--", path))
-            privileges.run(command, remedy=f"remove {path} by hand")
-            lines.append(f"swap: removed {path}")
-    elif not remove and file_path.exists():
+    if remove and ours and swap_area(path) is None:
+        command = Command((tool("rm"), "-f", "--", path))
+        privileges.run(command, remedy=f"remove {path} by hand")
+        lines.append(f"swap: removed {path}")
+    elif not remove and ours:
         lines.append(f"swap: kept {path} (keep_swap_file = true)")
     create_dir = data.get("create_dir")
-    if create_dir and Path(create_dir).is_dir() and swap_area(path) is None:
+    if create_dir and _our_directory(str(create_dir), path) and swap_area(path) is None:
         # rmdir removes it only if empty: anything someone put there stays.
         command = Command((tool("rmdir"), "--", str(create_dir)))
         result = privileges.run(command, remedy=f"remove {create_dir} by hand", check=False)
         if result.returncode == 0:
             lines.append(f"swap: removed the directory {create_dir} it had created")
     return SwapUndo(lines)
+
+
+def _our_directory(directory: str, path: str) -> bool:
+    """The folder made for the swap file: its parent, a real directory, root's, mode 0700."""
+    if os.path.dirname(path) != directory:
+        return False
+    try:
+        info = os.lstat(directory)
+    except OSError:
+        return False
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == 0 and stat.S_IMODE(info.st_mode) == 0o700
