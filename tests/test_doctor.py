@@ -392,6 +392,7 @@ def test_memory_check_on_unified_memory_reads_meminfo() -> None:
 
 def test_privileges_fail_for_a_user_without_root_or_sudo_rules(world: Env) -> None:
     """As `nobody` (setpriv), a profile with host preparation fails `privileges`, read-only."""
+    import pwd
     import tempfile
 
     setpriv = shutil.which("setpriv")
@@ -408,6 +409,9 @@ def test_privileges_fail_for_a_user_without_root_or_sudo_rules(world: Env) -> No
         )
         for path in [shared, *shared.rglob("*")]:
             path.chmod(0o777 if path.is_dir() else 0o644)
+        # The state dir must be nobody's own and writable by no one else.
+        os.chown(shared / "state", pwd.getpwnam("nobody").pw_uid, -1)
+        (shared / "state").chmod(0o700)
         env = {**world.env, "LLM_BACKEND_STATE_DIR": str(shared / "state"),
                "XDG_CONFIG_HOME": str(shared / "config"), "HOME": str(shared)}
         completed = subprocess.run(

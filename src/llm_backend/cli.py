@@ -1137,7 +1137,10 @@ def before_every_command(ctx: typer.Context) -> None:
     # state dir): same boot, undo it; after a reboot, only clean up the swap file.
     if ctx.resilient_parsing or ctx.invoked_subcommand in ("recover", "host"):
         return
-    store = StateStore()
+    try:
+        store = StateStore()
+    except BackendError as error:  # a state dir that cannot be used or trusted
+        fail(error)
     if not (store.root / HOST_JOURNAL_FILE).exists():  # no journal: nothing to finish
         return
     try:

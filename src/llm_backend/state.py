@@ -83,8 +83,9 @@ def make_state_dir(path: Path, source: str | None = None) -> Path:
     if path.exists() and not path.is_dir():
         raise StateDirError(
             f"{source} is not a directory",
-            remedy="point LLM_BACKEND_STATE_DIR at a directory (or unset it), or move "
-            f"{path} away",
+            remedy="point LLM_BACKEND_STATE_DIR at a directory you own (or unset it)"
+            if source.startswith("LLM_BACKEND_STATE_DIR")
+            else f"set LLM_BACKEND_STATE_DIR to a directory you own, or rename {path}",
         )
     try:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
