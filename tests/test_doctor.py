@@ -375,17 +375,17 @@ def test_memory_check_on_unified_memory_reads_meminfo() -> None:
     """A GB10-style device (memory not from NVML) on this machine's /proc/meminfo."""
     import dataclasses
 
-    from llm_backend.gpu import read_meminfo
+    from llm_backend.host.meminfo import read_meminfo
 
     report = replayed_report(os.getpid())
     meminfo = read_meminfo()
     spark = dataclasses.replace(
         report.devices[0], name="NVIDIA GB10", unified_memory=True, memory_source="meminfo",
-        memory_total_bytes=meminfo.total_bytes, memory_available_bytes=meminfo.available_bytes,
+        memory_total_bytes=meminfo.mem_total, memory_available_bytes=meminfo.mem_available,
     )
     result = memory_check(dataclasses.replace(report, devices=(spark,)))
     assert "unified memory: MemTotal" in result.summary
-    if meminfo.total_bytes < 110 * 1024**3:
+    if meminfo.mem_total < 110 * 1024**3:
         assert result.status == "fail"
         assert "gpt-oss-20b-eagle3" in result.fix
 

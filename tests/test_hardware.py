@@ -15,7 +15,7 @@ import pytest
 
 from llm_backend.config import ConfigSet, builtin_layer
 from llm_backend.doctor import auto_profile
-from llm_backend.gpu import read_gpus, read_meminfo
+from llm_backend.gpu import read_gpus
 from llm_backend.hardware import (
     GIB,
     PROFILE_20B,
@@ -26,6 +26,7 @@ from llm_backend.hardware import (
     docker_facts,
     select_profile,
 )
+from llm_backend.host.meminfo import read_meminfo
 
 DATA = Path(__file__).parent / "data" / "hardware"
 # Hardware descriptions carry "schema"; h200-nvml-status.json is an NVML answer (test_doctor).
@@ -156,10 +157,10 @@ def test_live_description_matches_this_machine() -> None:
 
 def test_meminfo_matches_psutil() -> None:
     meminfo = read_meminfo()
-    assert meminfo.total_bytes == psutil.virtual_memory().total
-    assert meminfo.swap_total_bytes == psutil.swap_memory().total
-    assert 0 < meminfo.available_bytes <= meminfo.total_bytes
-    assert meminfo.allocatable_bytes == meminfo.available_bytes + meminfo.swap_free_bytes
+    assert meminfo.mem_total == psutil.virtual_memory().total
+    assert meminfo.swap_total == psutil.swap_memory().total
+    assert 0 < meminfo.mem_available <= meminfo.mem_total
+    assert meminfo.allocatable() == meminfo.mem_available + meminfo.swap_free
 
 
 def test_meminfo_with_hugepages_counts_only_free_huge_pages(tmp_path: Path) -> None:
@@ -170,7 +171,7 @@ def test_meminfo_with_hugepages_counts_only_free_huge_pages(tmp_path: Path) -> N
     sample.write_text(text)
     meminfo = read_meminfo(sample)
     assert meminfo.hugepages_total == 512
-    assert meminfo.allocatable_bytes == 100 * meminfo.hugepage_size_bytes
+    assert meminfo.allocatable() == 100 * meminfo.hugepage_size
 
 
 def test_docker_host_without_an_engine_is_reported(tmp_path: Path,

@@ -455,7 +455,7 @@ def gpu_state(lifecycle: Lifecycle) -> tuple[Any, list[int]]:
 
 def render_gpus(report: Any, ours: list[int]) -> None:
     """Per GPU: memory (MemAvailable on unified memory), load, temperature, processes."""
-    from llm_backend.hardware import gib
+    from llm_backend.units import format_bytes as gib
 
     for device in report.devices:
         if device.unified_memory:

@@ -21,7 +21,7 @@ from llm_backend.checks import Check, CheckResult, Context, Status, result
 from llm_backend.config import ConfigSet, Profile, parse_size
 from llm_backend.engines import hub
 from llm_backend.errors import BackendError, ConfigError
-from llm_backend.gpu import GpuReport, read_meminfo
+from llm_backend.gpu import GpuReport
 from llm_backend.hardware import (
     PROFILE_20B,
     PROFILE_120B,
@@ -33,6 +33,7 @@ from llm_backend.hardware import (
     memory_needs,
     select_profile,
 )
+from llm_backend.host.meminfo import read_meminfo
 from llm_backend.units import format_bytes as gib
 
 SCHEMA_VERSION = 1
@@ -166,10 +167,10 @@ def check_memory(ctx: Context) -> CheckResult | None:
                        "stop those processes (`llm-backend stop --force` ends ours)", **details)
     staging = need.host_staging_bytes or 0
     meminfo = read_meminfo()
-    swap, swap_text = _swap_possible(ctx, meminfo.swap_free_bytes)
-    host_text = f"host MemAvailable {gib(meminfo.available_bytes)} + {swap_text}"
-    details.update(host_available=meminfo.available_bytes, swap_possible=swap)
-    if meminfo.available_bytes + swap < staging:
+    swap, swap_text = _swap_possible(ctx, meminfo.swap_free)
+    host_text = f"host MemAvailable {gib(meminfo.mem_available)} + {swap_text}"
+    details.update(host_available=meminfo.mem_available, swap_possible=swap)
+    if meminfo.mem_available + swap < staging:
         return _result(
             "memory", "warn",
             f"{text}; {host_text}, less than the ~{gib(staging)} the loader stages in host RAM",
@@ -181,20 +182,19 @@ def _check_unified_memory(ctx: Context, unified: int, peak: int) -> CheckResult:
     """Unified memory (DGX Spark, GB10): MemTotal against the box size, free memory against
     the load's peak; with hugetlb pages only free huge pages count (they do not swap)."""
     meminfo = read_meminfo()
-    swap, swap_text = _swap_possible(ctx, meminfo.swap_free_bytes)
-    usable = meminfo.available_bytes + swap
+    swap, swap_text = _swap_possible(ctx, meminfo.swap_free)
+    usable = meminfo.allocatable(extra_swap=swap - meminfo.swap_free)
     if meminfo.hugepages_total > 0:
-        usable = meminfo.hugepages_free * meminfo.hugepage_size_bytes
         swap_text = "hugetlb pages configured, swap does not count"
     details: dict[str, Any] = {
-        "mem_total": meminfo.total_bytes,
-        "mem_available": meminfo.available_bytes,
+        "mem_total": meminfo.mem_total,
+        "mem_available": meminfo.mem_available,
         "swap_possible": swap,
         "load_peak": peak,
     }
-    text = (f"unified memory: MemTotal {gib(meminfo.total_bytes)}, MemAvailable "
-            f"{gib(meminfo.available_bytes)} + {swap_text}; the load peaks near {gib(peak)}")
-    if meminfo.total_bytes < unified:
+    text = (f"unified memory: MemTotal {gib(meminfo.mem_total)}, MemAvailable "
+            f"{gib(meminfo.mem_available)} + {swap_text}; the load peaks near {gib(peak)}")
+    if meminfo.mem_total < unified:
         return _result("memory", "fail", text + f"; needs a {gib(unified)} box",
                        f"use {PROFILE_20B} or smollm2-cpu on this machine", **details)
     if usable < peak:
@@ -208,12 +208,12 @@ def _check_unified_memory(ctx: Context, unified: int, peak: int) -> CheckResult:
 
 def _check_cpu_memory(need: int) -> CheckResult:
     meminfo = read_meminfo()
-    text = f"MemAvailable {gib(meminfo.available_bytes)}; the model needs about {gib(need)}"
-    if meminfo.available_bytes < need:
+    text = f"MemAvailable {gib(meminfo.mem_available)}; the model needs about {gib(need)}"
+    if meminfo.mem_available < need:
         return _result("memory", "fail", text,
                        "free memory, or lower `context_length` in the profile",
-                       available=meminfo.available_bytes, need=need)
-    return _result("memory", "pass", text, available=meminfo.available_bytes, need=need)
+                       available=meminfo.mem_available, need=need)
+    return _result("memory", "pass", text, available=meminfo.mem_available, need=need)
 
 
 # --- disk -----------------------------------------------------------------------------------

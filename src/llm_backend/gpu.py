@@ -24,64 +24,6 @@ UNIFIED_MEMORY_NAMES = ("GB10",)
 
 
 @dataclass(frozen=True)
-class MemInfo:
-    """The /proc/meminfo figures that matter for loading a model, in bytes."""
-
-    total_bytes: int
-    available_bytes: int
-    free_bytes: int
-    swap_total_bytes: int
-    swap_free_bytes: int
-    hugepages_total: int = 0
-    hugepages_free: int = 0
-    hugepage_size_bytes: int = 0
-
-    @property
-    def allocatable_bytes(self) -> int:
-        """What a new GPU allocation can get on unified memory (NVIDIA's DGX Spark guidance).
-
-        With hugetlb pages configured only free huge pages count and swap does not (huge
-        pages are not swappable); otherwise MemAvailable plus SwapFree.
-        """
-        if self.hugepages_total > 0:
-            return self.hugepages_free * self.hugepage_size_bytes
-        return self.available_bytes + self.swap_free_bytes
-
-
-def read_meminfo(path: Path = Path("/proc/meminfo")) -> MemInfo:
-    """Parse /proc/meminfo (kB values) into bytes; psutil's figures when it is unreadable."""
-    values: dict[str, int] = {}
-    try:
-        text = path.read_text(encoding="ascii")
-    except OSError:
-        memory = psutil.virtual_memory()
-        swap = psutil.swap_memory()
-        return MemInfo(
-            total_bytes=int(memory.total),
-            available_bytes=int(memory.available),
-            free_bytes=int(memory.free),
-            swap_total_bytes=int(swap.total),
-            swap_free_bytes=int(swap.free),
-        )
-    for line in text.splitlines():
-        key, _, rest = line.partition(":")
-        parts = rest.split()
-        if parts and parts[0].isdigit():
-            scale = 1024 if len(parts) > 1 and parts[1] == "kB" else 1
-            values[key.strip()] = int(parts[0]) * scale
-    return MemInfo(
-        total_bytes=values.get("MemTotal", 0),
-        available_bytes=values.get("MemAvailable", values.get("MemFree", 0)),
-        free_bytes=values.get("MemFree", 0),
-        swap_total_bytes=values.get("SwapTotal", 0),
-        swap_free_bytes=values.get("SwapFree", 0),
-        hugepages_total=max(values.get("HugePages_Total", 0), 0),
-        hugepages_free=values.get("HugePages_Free", 0),
-        hugepage_size_bytes=values.get("Hugepagesize", 0),
-    )
-
-
-@dataclass(frozen=True)
 class GpuProcess:
     """A process holding memory on a GPU, as NVML lists it."""
 
@@ -223,10 +165,12 @@ def _read_device(nvml: Any, index: int, with_processes: bool) -> GpuDevice:
         or any(marker in name for marker in UNIFIED_MEMORY_NAMES)
     )
     if unified:
+        from llm_backend.host.meminfo import read_meminfo
+
         meminfo = read_meminfo()
-        total: int | None = meminfo.total_bytes
-        available: int | None = meminfo.available_bytes
-        used: int | None = meminfo.total_bytes - meminfo.available_bytes
+        total: int | None = meminfo.mem_total
+        available: int | None = meminfo.mem_available
+        used: int | None = meminfo.mem_total - meminfo.mem_available
         source = "meminfo"
     elif memory is not None:
         total, available, used = int(memory.total), int(memory.free), int(memory.used)

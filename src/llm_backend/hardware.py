@@ -17,7 +17,8 @@ from typing import Any
 
 from llm_backend.engines.base import MemoryNeed
 from llm_backend.engines.sglang import installed_version as sglang_version
-from llm_backend.gpu import GpuReport, read_gpus, read_meminfo
+from llm_backend.gpu import GpuReport, read_gpus
+from llm_backend.host.meminfo import read_meminfo
 from llm_backend.runtimes.docker_facts import DockerFacts, docker_facts
 from llm_backend.units import GIB
 from llm_backend.units import format_bytes as gib
@@ -137,10 +138,10 @@ def describe_host(
         arch=platform.machine(),
         cpu_model=_cpu_model(),
         cpu_count=os.cpu_count() or 1,
-        memory_total_bytes=meminfo.total_bytes,
-        memory_available_bytes=meminfo.available_bytes,
-        swap_total_bytes=meminfo.swap_total_bytes,
-        swap_free_bytes=meminfo.swap_free_bytes,
+        memory_total_bytes=meminfo.mem_total,
+        memory_available_bytes=meminfo.mem_available,
+        swap_total_bytes=meminfo.swap_total,
+        swap_free_bytes=meminfo.swap_free,
         gpus=gpus,
         nvml_problem=report.problem,
         driver_version=report.driver_version,

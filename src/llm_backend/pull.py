@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from llm_backend import units
 from llm_backend.errors import BackendError
 
 if TYPE_CHECKING:
@@ -208,14 +209,7 @@ def pull(
 
 def format_bytes(value: int | float | None) -> str:
     """1536 -> '1.5 KiB'; None -> 'unknown size'."""
-    if value is None:
-        return "unknown size"
-    amount = float(value)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(amount) < 1024 or unit == "TiB":
-            return f"{amount:.0f} {unit}" if unit == "B" else f"{amount:.1f} {unit}"
-        amount /= 1024
-    return f"{amount:.1f} TiB"
+    return units.format_bytes(value, unknown="unknown size")
 
 
 def _existing_parent(path: Path) -> Path:

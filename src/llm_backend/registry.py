@@ -29,22 +29,17 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    """Names to factories of one kind (`engine`, `runtime`); `get` builds a fresh instance."""
+    """Names to factories of one kind (`engine`, `runtime`); `get` builds a fresh instance.
 
-    def __init__(
-        self,
-        *,
-        kind: str,
-        base: type[object],
-        builtins: dict[str, str],
-        env_var: str,
-        entry_point_group: str,
-        remedy: str,
-    ) -> None:
+    Built-ins are `module:Class` strings, imported on first use; plugins must subclass
+    `llm_backend.<kind>s.base.<Kind>`.
+    """
+
+    def __init__(self, kind: str, builtins: dict[str, str], *, remedy: str) -> None:
         self.kind = kind
-        self.base = base
-        self.env_var = env_var
-        self.entry_point_group = entry_point_group
+        self.env_var = f"LLM_BACKEND_{kind.upper()}S"  # LLM_BACKEND_ENGINES, ..._RUNTIMES
+        self.entry_point_group = f"llm_backend.{kind}s"
+        self._base_target = f"llm_backend.{kind}s.base:{kind.capitalize()}"
         self.remedy = remedy
         self._builtins = dict(builtins)
         self._factories: dict[str, Callable[[], T]] = {}
@@ -65,11 +60,12 @@ class Registry(Generic[T]):
                 f"{origin} names {self.kind} {target!r}, which cannot be imported: {error}",
                 remedy=f"correct or remove it (the form is module:Class); {self.remedy}",
             ) from None
-        if not (isinstance(loaded, type) and issubclass(loaded, self.base)):
+        module_name, _, class_name = self._base_target.partition(":")
+        base = getattr(importlib.import_module(module_name), class_name)
+        if not (isinstance(loaded, type) and issubclass(loaded, base)):
             raise ConfigError(
-                f"{origin} names {target!r}, which is not a subclass of "
-                f"{self.base.__name__}",
-                remedy=f"point it at a {self.base.__name__} subclass; {self.remedy}",
+                f"{origin} names {target!r}, which is not a subclass of {class_name}",
+                remedy=f"point it at a {class_name} subclass; {self.remedy}",
             )
         return cast(type[T], loaded)
 

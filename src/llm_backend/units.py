@@ -22,13 +22,13 @@ def parse_size(text: str) -> int:
     return int(number * 1024**power)
 
 
-def format_bytes(size: int | None) -> str:
-    """A short human size: 512 B, 256.0 MiB, 1.5 GiB; `?` for an unknown (None) size."""
+def format_bytes(size: int | float | None, unknown: str = "?") -> str:
+    """A short human size: 512 B, 256.0 MiB, 1.5 GiB (1024-based); `unknown` for None."""
     if size is None:
-        return "?"
+        return unknown
     value = float(size)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(value) < 1024 or unit == "TiB":
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
-    return f"{size} B"
+    return f"{value:.1f} TiB"

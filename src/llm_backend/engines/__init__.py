@@ -16,33 +16,20 @@ from llm_backend.registry import Registry
 if TYPE_CHECKING:
     from llm_backend.engines.base import Engine
 
-ENGINES_ENV = "LLM_BACKEND_ENGINES"
-ENTRY_POINT_GROUP = "llm_backend.engines"
-
 # Listed order is the order `diagnose` prefers when two engines' markers tie.
 BUILTIN_ENGINES = {
     "sglang": "llm_backend.engines.sglang:SGLangEngine",
     "llamacpp": "llm_backend.engines.llamacpp:LlamaCppEngine",
 }
 
-_registry: Registry[Engine] | None = None
+_REGISTRY: Registry[Engine] = Registry(
+    "engine", BUILTIN_ENGINES, remedy="set `engine` in the profile to one of those"
+)
 
 
 def registry() -> Registry[Engine]:
-    """The process-wide engine registry (built on first use)."""
-    global _registry
-    if _registry is None:
-        from llm_backend.engines.base import Engine
-
-        _registry = Registry(
-            kind="engine",
-            base=Engine,
-            builtins=BUILTIN_ENGINES,
-            env_var=ENGINES_ENV,
-            entry_point_group=ENTRY_POINT_GROUP,
-            remedy="set `engine` in the profile to one of those",
-        )
-    return _registry
+    """The process-wide engine registry."""
+    return _REGISTRY
 
 
 def register(name: str, factory: Callable[[], Engine]) -> None:

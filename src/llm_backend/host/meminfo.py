@@ -1,10 +1,16 @@
-"""Read the host's memory and swap state from /proc (the only source that works on GB10 too)."""
+"""Read the host's memory and swap state from /proc (the only source that works on GB10 too).
+
+The one reader of /proc/meminfo: host preparation, the memory guard, `doctor`'s memory check,
+the hardware description and the GPU report of unified-memory boxes all use `read_meminfo`.
+"""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from llm_backend.units import format_bytes
 
 MEMINFO_PATH = Path("/proc/meminfo")
 SWAPS_PATH = Path("/proc/swaps")
@@ -33,6 +39,14 @@ class MemInfo:
             return self.hugepages_free * self.hugepage_size
         return self.mem_available
 
+    def allocatable(self, extra_swap: int = 0) -> int:
+        """What a new GPU allocation can get on unified memory (NVIDIA's DGX Spark guidance):
+        with hugetlb pages configured only free huge pages (they do not swap), otherwise
+        MemAvailable plus SwapFree plus `extra_swap` (a swap file about to be added), bytes."""
+        if self.hugepages_total > 0:
+            return self.usable
+        return self.mem_available + self.swap_free + extra_swap
+
 
 @dataclass(frozen=True)
 class SwapArea:
@@ -46,11 +60,25 @@ class SwapArea:
 
 
 def read_meminfo(path: Path = MEMINFO_PATH) -> MemInfo:
+    """/proc/meminfo in bytes (its kB values times 1024); psutil's figures when unreadable."""
     values: dict[str, int] = {}
-    for line in path.read_text(encoding="ascii").splitlines():
+    try:
+        text = path.read_text(encoding="ascii")
+    except OSError:
+        import psutil
+
+        memory, swap = psutil.virtual_memory(), psutil.swap_memory()
+        return MemInfo(
+            mem_total=int(memory.total), mem_free=int(memory.free),
+            mem_available=int(memory.available), swap_total=int(swap.total),
+            swap_free=int(swap.free), hugepages_total=0, hugepages_free=0, hugepage_size=0,
+        )
+    for line in text.splitlines():
         key, _, rest = line.partition(":")
         fields = rest.split()
         if not fields:
+            continue
+        if not fields[0].isdigit():
             continue
         number = int(fields[0])
         values[key] = number * 1024 if len(fields) > 1 and fields[1] == "kB" else number
@@ -60,7 +88,7 @@ def read_meminfo(path: Path = MEMINFO_PATH) -> MemInfo:
         mem_available=values.get("MemAvailable", values.get("MemFree", 0)),
         swap_total=values.get("SwapTotal", 0),
         swap_free=values.get("SwapFree", 0),
-        hugepages_total=values.get("HugePages_Total", 0),
+        hugepages_total=max(values.get("HugePages_Total", 0), 0),
         hugepages_free=values.get("HugePages_Free", 0),
         hugepage_size=values.get("Hugepagesize", 0),
     )
@@ -105,11 +133,4 @@ def boot_id() -> str:
     return BOOT_ID_PATH.read_text(encoding="ascii").strip()
 
 
-def format_bytes(size: int) -> str:
-    """A short human size: 512 B, 256.0 MiB, 1.5 GiB."""
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"
+__all__ = ["format_bytes"]  # re-exported for host preparation's messages

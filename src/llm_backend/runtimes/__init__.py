@@ -14,32 +14,19 @@ from llm_backend.registry import Registry
 if TYPE_CHECKING:
     from llm_backend.runtimes.base import Runtime
 
-RUNTIMES_ENV = "LLM_BACKEND_RUNTIMES"
-ENTRY_POINT_GROUP = "llm_backend.runtimes"
-
 BUILTIN_RUNTIMES = {
     "native": "llm_backend.runtimes.native:NativeRuntime",
     "docker": "llm_backend.runtimes.docker:DockerRuntime",
 }
 
-_registry: Registry[Runtime] | None = None
+_REGISTRY: Registry[Runtime] = Registry(
+    "runtime", BUILTIN_RUNTIMES, remedy="use --runtime with one of those, or set `runtime`"
+)
 
 
 def registry() -> Registry[Runtime]:
-    """The process-wide runtime registry (built on first use)."""
-    global _registry
-    if _registry is None:
-        from llm_backend.runtimes.base import Runtime
-
-        _registry = Registry(
-            kind="runtime",
-            base=Runtime,
-            builtins=BUILTIN_RUNTIMES,
-            env_var=RUNTIMES_ENV,
-            entry_point_group=ENTRY_POINT_GROUP,
-            remedy="use --runtime with one of those, or set `runtime` in the profile",
-        )
-    return _registry
+    """The process-wide runtime registry."""
+    return _REGISTRY
 
 
 def get_runtime(name: str) -> Runtime:
