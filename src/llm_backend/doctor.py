@@ -28,9 +28,9 @@ from llm_backend.hardware import (
     PROFILE_CPU,
     HardwareDescription,
     ProfileChoice,
+    candidates,
     describe_host,
     docker_facts,
-    memory_needs,
     select_profile,
 )
 from llm_backend.host.meminfo import read_meminfo
@@ -492,18 +492,16 @@ def auto_profile(
 ) -> ProfileChoice:
     """`--profile auto`: the best built-in profile for this machine, with reasons."""
     available = config.profile_names()
-    runtimes: dict[str, str] = {}
     for name in (PROFILE_120B, PROFILE_20B):
-        if name in available:
-            try:
-                runtimes[name] = config.resolve(name).profile.runtime
-            except BackendError:
-                available = [item for item in available if item != name]
+        try:
+            config.resolve(name)
+        except BackendError:
+            available = [item for item in available if item != name]
+    found = candidates(config, (PROFILE_120B, PROFILE_20B))
     if PROFILE_CPU not in available:
         available = [*available, PROFILE_CPU]
     return select_profile(
         hardware if hardware is not None else describe_host(),
         available=available,
-        runtimes=runtimes,
-        needs=memory_needs(config, (PROFILE_120B, PROFILE_20B)),
+        found=found,
     )

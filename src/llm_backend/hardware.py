@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from llm_backend.engines.base import MemoryNeed
-from llm_backend.engines.sglang import installed_version as sglang_version
 from llm_backend.gpu import GpuReport, read_gpus
 from llm_backend.host.meminfo import read_meminfo
 from llm_backend.runtimes.docker_facts import DockerFacts, docker_facts
@@ -24,7 +23,7 @@ from llm_backend.units import GIB
 from llm_backend.units import format_bytes as gib
 
 SCHEMA_VERSION = 1
-__all__ = ["GIB", "DockerFacts", "MemoryNeed", "docker_facts", "gib", "sglang_version"]
+__all__ = ["GIB", "DockerFacts", "MemoryNeed", "docker_facts", "gib"]
 
 PROFILE_120B = "gpt-oss-120b-eagle3"
 PROFILE_20B = "gpt-oss-20b-eagle3"
@@ -58,6 +57,9 @@ class HardwareDescription:
     driver_version: str | None = None
     cuda_driver_version: str | None = None
     docker: DockerFacts = field(default_factory=DockerFacts)
+    # Engines installed for native runs, name -> version (`Engine.native_version`).
+    engine_versions: dict[str, str] = field(default_factory=dict)
+    # Older recorded descriptions name SGLang's version here; the SGLang engine reads both.
     sglang_version: str | None = None
     notes: tuple[str, ...] = ()
 
@@ -106,6 +108,14 @@ class ProfileChoice:
 # --- reading the live machine ---------------------------------------------------------------
 
 
+def _engine_versions() -> dict[str, str]:
+    """Engines installed for native runs here, by name, with their versions."""
+    from llm_backend.engines import registry
+
+    found = {engine.name: engine.native_version() for engine in registry().all()}
+    return {name: version for name, version in found.items() if version}
+
+
 def _cpu_model() -> str | None:
     try:
         text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
@@ -147,27 +157,29 @@ def describe_host(
         driver_version=report.driver_version,
         cuda_driver_version=report.cuda_driver_version,
         docker=docker if docker is not None else docker_facts(),
-        sglang_version=sglang_version(),
+        engine_versions=_engine_versions(),
     )
 
 
 # --- the pure choice ------------------------------------------------------------------------
 
 
-def builtin_memory_needs() -> dict[str, MemoryNeed]:
-    """What each built-in GPU profile's model needs, from its `model_facts` (via its engine)."""
-    from llm_backend.config import ConfigSet, builtin_layer
+@dataclass(frozen=True)
+class Candidate:
+    """What selection needs to know of one GPU profile: its model's memory need, its engine
+    and its own runtime (all from the profile and its engine, never from names here)."""
 
-    config = ConfigSet(layers=[builtin_layer()])
-    return memory_needs(config, (PROFILE_120B, PROFILE_20B))
+    need: MemoryNeed
+    engine: str
+    runtime: str
 
 
-def memory_needs(config: Any, names: Collection[str]) -> dict[str, MemoryNeed]:
-    """`Engine.memory_need` of each named profile of `config` (a ConfigSet) that has one."""
+def candidates(config: Any, names: Collection[str]) -> dict[str, Candidate]:
+    """The named profiles of `config` (a ConfigSet) whose engine knows a GPU memory need."""
     from llm_backend.engines import get_engine
     from llm_backend.errors import BackendError
 
-    needs: dict[str, MemoryNeed] = {}
+    found: dict[str, Candidate] = {}
     for name in names:
         try:
             profile = config.resolve(name).profile
@@ -175,8 +187,15 @@ def memory_needs(config: Any, names: Collection[str]) -> dict[str, MemoryNeed]:
             continue
         need = get_engine(profile.engine).memory_need(profile=profile)
         if need is not None and need.gpu_bytes is not None:
-            needs[name] = need
-    return needs
+            found[name] = Candidate(need=need, engine=profile.engine, runtime=profile.runtime)
+    return found
+
+
+def builtin_candidates() -> dict[str, Candidate]:
+    """The built-in GPU profiles as selection candidates."""
+    from llm_backend.config import ConfigSet, builtin_layer
+
+    return candidates(ConfigSet(layers=[builtin_layer()]), (PROFILE_120B, PROFILE_20B))
 
 
 def memory_fit(hardware: HardwareDescription, need: MemoryNeed) -> tuple[bool, str]:
@@ -205,28 +224,22 @@ def memory_fit(hardware: HardwareDescription, need: MemoryNeed) -> tuple[bool, s
     return False, f"the largest GPU is {which}, less than the {gib(gpu_bytes)} it needs"
 
 
-def working_runtime(hardware: HardwareDescription, preferred: str) -> tuple[str | None, str]:
-    """The runtime that can run an SGLang profile here: `preferred` first, then the other."""
-    docker = hardware.docker
-    if docker.gpu_ready:
-        docker_text = "Docker with the NVIDIA runtime and Compose"
-    elif not docker.engine_reachable:
-        docker_text = f"no Docker engine ({docker.engine_problem or 'not reachable'})"
-    elif not docker.nvidia_runtime:
-        docker_text = "Docker has no NVIDIA container runtime"
-    else:
-        docker_text = "Docker Compose is missing"
-    native_text = (
-        f"SGLang {hardware.sglang_version} importable"
-        if hardware.sglang_version
-        else "SGLang not installed for native runs"
-    )
-    usable = {"docker": docker.gpu_ready, "native": hardware.sglang_version is not None}
-    order = [preferred, *(name for name in ("docker", "native") if name != preferred)]
-    for name in order:
-        if usable.get(name):
-            return name, docker_text if name == "docker" else native_text
-    return None, f"no working runtime: {docker_text}; {native_text}"
+def working_runtime(
+    hardware: HardwareDescription, preferred: str, engine: str
+) -> tuple[str | None, str]:
+    """The runtime that can run `engine` on the GPUs here: `preferred` first, then the others
+    in registry order; each runtime says whether it can (`Runtime.gpu_readiness`)."""
+    from llm_backend.engines import get_engine
+    from llm_backend.runtimes import get_runtime, runtime_names
+
+    server = get_engine(engine)
+    texts: list[str] = []
+    for name in [preferred, *(item for item in runtime_names() if item != preferred)]:
+        usable, text = get_runtime(name).gpu_readiness(hardware=hardware, engine=server)
+        if usable:
+            return name, text
+        texts.append(text)
+    return None, "no working runtime: " + "; ".join(texts)
 
 
 def select_profile(
@@ -234,31 +247,32 @@ def select_profile(
     *,
     available: Collection[str] = (PROFILE_120B, PROFILE_20B, PROFILE_CPU),
     runtimes: Mapping[str, str] | None = None,
-    needs: Mapping[str, MemoryNeed] | None = None,
+    found: Mapping[str, Candidate] | None = None,
 ) -> ProfileChoice:
     """The best built-in profile this machine can run, with a reason for every one passed over.
 
     The 120b EAGLE3 profile needs one 80 GB-class GPU or a 128 GB unified-memory box; the 20b
     one a 24 GB-class GPU; both a working runtime (Docker with the NVIDIA runtime, or SGLang
-    installed natively). Anything else gets the CPU profile. `needs`: each profile's memory
-    need (default: the built-in profiles' `model_facts`).
+    installed natively). Anything else gets the CPU profile. `found`: the candidates' memory
+    needs, engines and runtimes (default: the built-in profiles'); `runtimes` overrides
+    a candidate's runtime.
     """
     runtimes = runtimes or {}
-    needs = builtin_memory_needs() if needs is None else needs
+    found = builtin_candidates() if found is None else found
     reasons: list[str] = []
     for candidate in (PROFILE_120B, PROFILE_20B):
         if candidate not in available:
             reasons.append(f"not {candidate}: no profile of that name is defined")
             continue
-        if candidate not in needs:
+        if candidate not in found:
             reasons.append(f"not {candidate}: its profile gives no model_facts.min_gpu_memory")
             continue
-        fits, memory_text = memory_fit(hardware, needs[candidate])
+        fits, memory_text = memory_fit(hardware, found[candidate].need)
         if not fits:
             reasons.append(f"not {candidate}: {memory_text}")
             continue
-        preferred = runtimes.get(candidate, "docker")
-        runtime, runtime_text = working_runtime(hardware, preferred)
+        preferred = runtimes.get(candidate, found[candidate].runtime)
+        runtime, runtime_text = working_runtime(hardware, preferred, found[candidate].engine)
         if runtime is None:
             reasons.append(f"not {candidate}: {memory_text}, but {runtime_text}")
             continue

@@ -26,6 +26,7 @@ from llm_backend.runtimes.compose_logs import compose_exit, strip_compose_prefix
 
 if TYPE_CHECKING:
     from llm_backend.checks import Check
+    from llm_backend.hardware import HardwareDescription
     from llm_backend.pull import Source
     from llm_backend.runtimes.base import Runtime
 
@@ -387,6 +388,17 @@ class Engine(ABC):
     def line_time(self, line: str) -> datetime | None:
         """The timestamp at the start of one of its log lines, if its logs have them."""
         return None
+
+    def native_version(self) -> str | None:
+        """The engine's version when it is installed here for native runs, else None."""
+        return None
+
+    def native_readiness(self, *, hardware: HardwareDescription) -> tuple[bool, str]:
+        """Whether the described machine has the engine installed for native runs, and why."""
+        version = hardware.engine_versions.get(self.name)
+        if version:
+            return True, f"{self.name} {version} installed"
+        return False, f"{self.name} not installed for native runs"
 
     def install_needed(self, *, profile: Profile, for_container: bool = False) -> str | None:
         """Why `start` must install the engine first (e.g. no binary found), else None."""

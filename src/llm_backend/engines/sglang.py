@@ -42,6 +42,7 @@ from llm_backend.errors import ConfigError
 from llm_backend.pull import HubRepository, Source, VerifiedFile, hf_home
 
 if TYPE_CHECKING:
+    from llm_backend.hardware import HardwareDescription
     from llm_backend.runtimes.base import Runtime
 
 CONTAINER_PYTHON = "python3"
@@ -755,6 +756,15 @@ class SGLangEngine(Engine):
         if profile.speculative.enabled and profile.speculative.draft_model:
             repos.append(profile.speculative.draft_model)
         return tuple(repo for repo in repos if hub.is_hub_id(repo))
+
+    def native_version(self) -> str | None:
+        return installed_version()
+
+    def native_readiness(self, *, hardware: HardwareDescription) -> tuple[bool, str]:
+        version = hardware.engine_versions.get(self.name) or hardware.sglang_version
+        if version:
+            return True, f"SGLang {version} importable"
+        return False, "SGLang not installed for native runs"
 
     def line_time(self, line: str) -> datetime | None:
         """`[2025-03-08 12:29:21 TP0] ...` -> that time (SGLang's logging format)."""

@@ -13,6 +13,8 @@ from llm_backend.state import InstanceRecord
 
 if TYPE_CHECKING:
     from llm_backend.checks import Check
+    from llm_backend.engines.base import Engine
+    from llm_backend.hardware import HardwareDescription
     from llm_backend.pull import Source
 
 
@@ -84,6 +86,11 @@ class Runtime(ABC):
     def checks(self) -> tuple[Check, ...]:
         """The runtime's own preflight checks for `doctor` (engine daemon, image, ...)."""
         return ()
+
+    def gpu_readiness(self, *, hardware: HardwareDescription, engine: Engine) -> tuple[bool, str]:
+        """Whether `engine` can run on the GPUs of the described machine through this runtime,
+        and the words that say why (for `--profile auto`)."""
+        return False, f"runtime {self.name} cannot run {engine.name} on GPUs"
 
     def exposes_gpus(self, *, profile: Profile) -> bool:
         """Whether the server sees this host's GPUs (a container only when given them)."""

@@ -19,7 +19,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
@@ -45,6 +45,10 @@ from llm_backend.runtimes.docker_facts import (
 from llm_backend.runtimes.docker_image import DockerImage
 from llm_backend.runtimes.native import process_matches
 from llm_backend.state import InstanceRecord
+
+if TYPE_CHECKING:
+    from llm_backend.engines.base import Engine
+    from llm_backend.hardware import HardwareDescription
 
 INSPECT_CACHE_S = 1.0  # how long a container state read stays fresh for `is_alive`
 COMMAND_TIMEOUT_S = 120.0
@@ -262,6 +266,17 @@ class DockerRuntime(Runtime):
     def checks(self) -> tuple[Check, ...]:
         """docker_engine, nvidia_runtime (with `docker.gpus`), compose, image."""
         return DOCKER_CHECKS
+
+    def gpu_readiness(self, *, hardware: HardwareDescription, engine: Engine) -> tuple[bool, str]:
+        """Docker runs a GPU engine with a reachable engine, the NVIDIA runtime and Compose."""
+        docker = hardware.docker
+        if docker.gpu_ready:
+            return True, "Docker with the NVIDIA runtime and Compose"
+        if not docker.engine_reachable:
+            return False, f"no Docker engine ({docker.engine_problem or 'not reachable'})"
+        if not docker.nvidia_runtime:
+            return False, "Docker has no NVIDIA container runtime"
+        return False, "Docker Compose is missing"
 
     def exposes_gpus(self, *, profile: Profile) -> bool:
         """The container sees GPUs only when the profile passes them (`docker.gpus`)."""

@@ -8,12 +8,17 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 
 from llm_backend.errors import BackendError
 from llm_backend.runtimes.base import Launched, LaunchSpec, Runtime, StopResult
 from llm_backend.state import InstanceRecord
+
+if TYPE_CHECKING:
+    from llm_backend.engines.base import Engine
+    from llm_backend.hardware import HardwareDescription
 
 CREATE_TIME_TOLERANCE_S = 0.05
 
@@ -52,6 +57,10 @@ class NativeRuntime(Runtime):
 
     name = "native"
     in_container = False
+
+    def gpu_readiness(self, *, hardware: HardwareDescription, engine: Engine) -> tuple[bool, str]:
+        """A native run needs the engine installed on the host."""
+        return engine.native_readiness(hardware=hardware)
 
     def __init__(self) -> None:
         self._children: dict[int, subprocess.Popen[bytes]] = {}
