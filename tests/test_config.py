@@ -152,3 +152,25 @@ def test_cli_config_error_has_error_and_fix_lines(world: Env) -> None:
     assert "error: profile 'smollm2-cpu': key 'port' = 'abc'" in result.stderr
     assert "fix:" in result.stderr
     assert not (world.state_dir / "instance.json").exists()
+
+
+def test_env_of_an_extending_profile_merges_key_by_key() -> None:
+    """A child's env adds to its parent's (it used to replace it, dropping
+    SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN and TIKTOKEN_ENCODINGS_BASE)."""
+    builtin = builtin_layer()
+    parent_env = builtin.profiles["gpt-oss-120b-eagle3"]["env"]
+    assert "SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN" in parent_env
+    user = Layer(label="./llm-backend.toml", profiles={
+        "child": {"extends": "gpt-oss-120b-eagle3", "env": {"SGLANG_ENABLE_SPEC_V2": "1"}},
+        "grandchild": {"extends": "child",
+                       "env": {"SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN": False}},
+    })
+    config = ConfigSet(layers=[builtin, user])
+    child = config.resolve("child")
+    assert child.profile.env == {**parent_env, "SGLANG_ENABLE_SPEC_V2": "1"}
+    assert child.sources["env.SGLANG_ENABLE_SPEC_V2"] == "./llm-backend.toml"
+    assert child.sources["env.SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN"].startswith("built-in")
+    grandchild = config.resolve("grandchild")
+    assert "SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN" not in grandchild.profile.env
+    assert "env.SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN" not in grandchild.sources
+    assert grandchild.profile.env["SGLANG_ENABLE_SPEC_V2"] == "1"

@@ -128,3 +128,64 @@ def test_an_image_of_another_release_is_a_warning(world: Env) -> None:
     assert "0.5.23" in out and "lmsysorg/sglang:latest" in out
     assert "warning: --cuda-graph-max-bs is ambiguous" in out
     assert "would refuse" not in out
+
+
+# --- profiles that load and then crash; env merging ------------------------------------------
+
+
+def test_eagle3_without_draft_is_refused_by_doctor_and_dry_run(world: Env) -> None:
+    in_case(world, "sglang-36528-eagle3-no-draft")
+    completed = world.run("doctor", "--json", "--profile", "qwen-eagle3-nodraft", timeout=120)
+    settings = checks_by_name(json.loads(completed.stdout))["settings"]
+    assert settings["status"] == "fail" and "draft" in settings["summary"]
+    assert "draft_model" in settings["fix"]
+    dry = world.run("start", "--dry-run", "--profile", "qwen-eagle3-nodraft", timeout=120)
+    assert dry.returncode == 2
+    assert "draft_model" in dry.stderr and "failure: bad_flag" in dry.stderr
+
+
+def test_spec_v2_with_tree_drafting_is_refused_and_the_parent_env_kept(world: Env) -> None:
+    in_case(world, "sglang-14077-inline-flags")
+    completed = world.run("doctor", "--json", "--profile", "oss120-specv2", timeout=120)
+    checks = checks_by_name(json.loads(completed.stdout))
+    assert checks["flags"]["status"] == "pass", checks["flags"]
+    assert checks["settings"]["status"] == "fail"
+    assert "SGLANG_ENABLE_SPEC_V2" in checks["settings"]["summary"]
+    shown = json.loads(world.run("profiles", "show", "oss120-specv2", "--json").stdout)
+    assert shown["env.SGLANG_ENABLE_SPEC_V2"]["value"] == "1"
+    assert shown["env.SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN"]["value"] == "1"
+    assert shown["env.TIKTOKEN_ENCODINGS_BASE"]["value"] == "/tiktoken_encodings"
+
+
+def test_compose_env_is_merged_with_the_parents(world: Env) -> None:
+    in_case(world, "sglang-23490-serve-json-arg")
+    completed = world.run("compose", "--profile", "kimi-eagle3", timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    import yaml
+
+    document = yaml.safe_load(completed.stdout)
+    (service,) = document["services"].values()
+    assert service["environment"] == {
+        "SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN": "1",
+        "TIKTOKEN_ENCODINGS_BASE": "/tiktoken_encodings",
+        "SGLANG_ENABLE_SPEC_V2": "1",
+    }
+    shown = json.loads(world.run("profiles", "show", "kimi-eagle3", "--json").stdout)
+    assert shown["env.SGLANG_ENABLE_SPEC_V2"]["source"] == "./llm-backend.toml"
+    assert shown["env.TIKTOKEN_ENCODINGS_BASE"]["source"].startswith("built-in")
+
+
+def test_a_real_start_lists_every_problem_at_once(world: Env) -> None:
+    """Flags are refused together with the machine's problems, not after they are fixed."""
+    world.write_config(
+        '[profiles.vllm-habits]\nengine = "sglang"\nruntime = "native"\n'
+        'python = "/nonexistent/python3"\nmodel = "Qwen/Qwen2.5-0.5B-Instruct"\n'
+        'extra_args = ["--max-model-len", "8192"]\n[profiles.vllm-habits.host_prep]\n'
+        "enabled = false\n"
+    )
+    completed = world.run("start", "--profile", "vllm-habits", timeout=120)
+    assert completed.returncode != 0
+    err = completed.stderr
+    assert "flags:" in err and "--max-model-len" in err and "--context-length" in err
+    assert "sglang:" in err  # the package problem, in the same report
+    assert not (world.state_dir / "instance.json").exists()

@@ -484,6 +484,7 @@ class ConfigSet:
         merged, sources, chain = self._merge(name, seen=())
         merged.pop("extends", None)
         sources.pop("extends", None)
+        _drop_removed_env(merged, sources)
         for key, (value, label) in self.env_overrides.items():
             if sources.get(key, "built-in").startswith("built-in"):
                 merged[key] = value
@@ -546,14 +547,28 @@ def _deep_merge(
 ) -> None:
     for key, value in overlay.items():
         dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and isinstance(target.get(key), dict) and key != "env":
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
             _deep_merge(target[key], value, sources, label, prefix=f"{dotted}.")
-        elif isinstance(value, dict) and key != "env":
+        elif isinstance(value, dict):
             target[key] = {}
             _deep_merge(target[key], value, sources, label, prefix=f"{dotted}.")
         else:
             target[key] = copy.deepcopy(value)
             sources[dotted] = label
+
+
+def _drop_removed_env(merged: dict[str, Any], sources: dict[str, str]) -> None:
+    """`KEY = false` in a profile's env removes KEY that a profile it extends set.
+
+    Env tables merge key by key like every table; TOML has no null, so `false` (never a
+    valid value of an environment variable here) is the way to take one out.
+    """
+    env = merged.get("env")
+    if not isinstance(env, dict):
+        return
+    for key in [key for key, value in env.items() if value is False]:
+        del env[key]
+        sources.pop(f"env.{key}", None)
 
 
 def _set_dotted(target: dict[str, Any], dotted: str, value: Any) -> None:
@@ -722,6 +737,10 @@ def flatten(model: BaseModel, prefix: str = "") -> dict[str, Any]:
         value = getattr(model, key)
         if isinstance(value, BaseModel):
             flat.update(flatten(value, prefix=f"{prefix}{key}."))
+        elif key == "env" and isinstance(value, dict):
+            # One row per variable: each may come from a different layer (env merges by key).
+            for variable, setting in value.items():
+                flat[f"{prefix}env.{variable}"] = setting
         else:
             flat[f"{prefix}{key}"] = value
     return flat

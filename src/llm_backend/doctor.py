@@ -478,7 +478,10 @@ def preflight(
     message = f"preflight for {profile.name} failed ({names}): " + "; ".join(
         f"{check.name}: {check.summary}" for check in report.failures
     )
-    raise BackendError(
+    # Only the profile is wrong (its flags or settings): a configuration error (exit 2).
+    classes = {report.failure_classes.get(check.name) for check in report.failures}
+    error_type = ConfigError if classes == {"bad_flag"} else BackendError
+    raise error_type(
         message + "; nothing on the host was changed",
         remedy=f"{first.fix or 'see `llm-backend doctor`'} (or, at your own risk, "
         f"llm-backend start --skip-checks {first.name})",

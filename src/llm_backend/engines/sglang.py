@@ -545,6 +545,222 @@ def check_tiktoken(ctx: Context) -> CheckResult | None:
     )
 
 
+# --- settings SGLang accepts at parse time and fails on at load ------------------------------
+
+# Target architectures whose checkpoint carries its own MTP draft layers: EAGLE (or NEXTN)
+# without a draft path loads the draft from the target (python/sglang/srt/arg_groups/
+# speculative_hook.py, `_handle_eagle_family`). Any other model needs a draft model.
+MTP_ARCHITECTURES = frozenset({
+    "DeepseekV32ForCausalLM", "DeepseekV3ForCausalLM", "DeepseekV4ForCausalLM",
+    "Glm4MoeForCausalLM", "Glm4MoeLiteForCausalLM", "GlmMoeDsaForCausalLM",
+    "BailingMoeForCausalLM", "BailingMoeV2ForCausalLM", "BailingMoeV2_5ForCausalLM",
+    "MistralLarge3ForCausalLM", "PixtralForConditionalGeneration", "HYV3ForCausalLM",
+})
+# Repo-name hints for those architectures when the model's config.json is not here.
+MTP_NAME_HINTS = ("deepseek-v3", "deepseek-r1", "deepseek-v4", "glm-4.5", "glm-4.6", "glm-5",
+                  "ling-", "ring-", "mistral-large-3")
+# Attention backends gpt-oss runs on (server_args.py asserts one of these for gpt-oss).
+GPT_OSS_ATTENTION = frozenset({"triton", "trtllm_mha", "fa3", "fa4", "ascend", "intel_amx",
+                               "intel_xpu", "aiter"})
+# Tree drafting (topk > 1) with pages larger than one token: only these backends.
+PAGE_TREE_BACKENDS = frozenset({"flashinfer", "fa3", "triton"})
+TRUE_VALUES = frozenset({"1", "true", "yes", "on"})
+
+
+@dataclass(frozen=True)
+class SettingProblem:
+    """A combination SGLang accepts when it parses the flags and fails on when it loads."""
+
+    status: str  # "fail" (it will crash) or "warn" (SGLang changes it, or it is slow)
+    message: str
+    fix: str
+    source: str
+
+
+def _has_flag(args: list[str], flag: str) -> bool:
+    return any(token == flag or token.startswith(flag + "=") for token in args)
+
+
+def _model_architecture(model: str) -> str | None:
+    """`architectures[0]` of a local model folder's config.json, when there is one."""
+    import json
+    from pathlib import Path
+
+    config = Path(model).expanduser() / "config.json"
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    architectures = data.get("architectures") if isinstance(data, dict) else None
+    return str(architectures[0]) if isinstance(architectures, list) and architectures else None
+
+
+def setting_problems(profile: Profile) -> list[SettingProblem]:
+    """Every combination in `profile` that SGLang 0.5.23 accepts at parse time and then fails
+    on (or silently changes) at load, each with its fix and where the rule comes from."""
+    problems: list[SettingProblem] = []
+    args = list(profile.extra_args)
+    spec = profile.speculative
+    algorithm = (flag_value(args, "--speculative-algorithm") or
+                 (spec.algorithm if spec.enabled else "")).upper()
+    draft = flag_value(args, "--speculative-draft-model-path") or (
+        spec.draft_model if spec.enabled else None
+    )
+    attention = flag_value(args, "--attention-backend")
+    architecture = _model_architecture(profile.model)
+    name = profile.model.lower()
+    gpt_oss = architecture == "GptOssForCausalLM" or "gpt-oss" in name
+    if gpt_oss and attention and attention not in GPT_OSS_ATTENTION:
+        problems.append(SettingProblem(
+            "fail",
+            f"gpt-oss does not run on --attention-backend {attention} (SGLang asserts one of "
+            f"{', '.join(sorted(GPT_OSS_ATTENTION))})",
+            "use --attention-backend triton (or fa3 on Hopper, trtllm_mha on Blackwell)",
+            "python/sglang/srt/server_args.py (gpt-oss attention backend assertion)",
+        ))
+    if algorithm:
+        problems += _speculative_problems(profile, algorithm, draft, attention, architecture)
+    return problems
+
+
+def _speculative_problems(
+    profile: Profile, algorithm: str, draft: str | None, attention: str | None,
+    architecture: str | None,
+) -> list[SettingProblem]:
+    problems: list[SettingProblem] = []
+    args = list(profile.extra_args)
+    spec = profile.speculative
+    name = profile.model.lower()
+    section = f"[profiles.{profile.name}.speculative]"
+    topk = int(flag_value(args, "--speculative-eagle-topk") or spec.eagle_topk)
+    steps = int(flag_value(args, "--speculative-num-steps") or spec.num_steps)
+    draft_tokens = int(flag_value(args, "--speculative-num-draft-tokens") or spec.num_draft_tokens)
+    if spec.enabled and _has_flag(args, "--speculative-algorithm"):
+        problems.append(SettingProblem(
+            "warn",
+            "speculative decoding is set twice: in the speculative table and as "
+            "--speculative-algorithm in extra_args (the last flag wins)",
+            f"keep one: remove --speculative-* from extra_args or set enabled = false in {section}",
+            "argparse: the last occurrence of a flag wins",
+        ))
+    if algorithm in ("EAGLE", "EAGLE3", "STANDALONE", "DFLASH") and not draft:
+        mtp = (architecture in MTP_ARCHITECTURES if architecture
+               else any(hint in name for hint in MTP_NAME_HINTS))
+        if algorithm == "EAGLE" and mtp:
+            pass  # the target's own MTP layers are the draft
+        else:
+            problems.append(SettingProblem(
+                "fail",
+                f"{algorithm} speculative decoding with no draft model: SGLang accepts it, then "
+                "loads the target as its own draft and crashes at load"
+                if algorithm in ("EAGLE", "EAGLE3") else
+                f"{algorithm} speculative decoding needs a draft model "
+                "(SGLang stops with \"requires setting --speculative-draft-model-path\")",
+                f'set draft_model = "<an {algorithm} draft for {profile.model}>" in {section}, '
+                "or enabled = false",
+                "sgl-project/sglang#36528; arg_groups/speculative_hook.py (_handle_eagle_family, "
+                "_handle_dflash)",
+            ))
+    if algorithm in ("EAGLE", "EAGLE3", "STANDALONE", "NEXTN"):
+        spec_v2 = profile.env.get("SGLANG_ENABLE_SPEC_V2", "").strip().lower()
+        if topk > 1 and spec_v2 in TRUE_VALUES:
+            problems.append(SettingProblem(
+                "fail",
+                f"eagle_topk = {topk} with SGLANG_ENABLE_SPEC_V2={spec_v2}: "
+                "SGLang's spec v2 (overlap) worker needs topk 1; with tree drafting it fails at "
+                "load with a tensor shape error",
+                f"set eagle_topk = 1 (and num_draft_tokens = num_steps + 1) in {section}, or "
+                f'remove SGLANG_ENABLE_SPEC_V2 (SGLANG_ENABLE_SPEC_V2 = false in '
+                f"[profiles.{profile.name}.env])",
+                "SGLang docs, speculative_decoding.md (\"SpecV2 ... requires "
+                "--speculative-eagle-topk 1\"); sgl-project/sglang#14077",
+            ))
+        if topk > 1 and attention == "trtllm_mha":
+            problems.append(SettingProblem(
+                "fail",
+                f"--attention-backend trtllm_mha with eagle_topk = {topk}: SGLang refuses "
+                "(\"trtllm_mha backend only supports topk = 1\")",
+                f"set eagle_topk = 1 in {section}, or --attention-backend triton",
+                "arg_groups/speculative_hook.py (_handle_eagle_family)",
+            ))
+        page_size = int(flag_value(args, "--page-size") or 1)
+        if topk > 1 and page_size > 1 and attention and attention not in PAGE_TREE_BACKENDS:
+            problems.append(SettingProblem(
+                "fail",
+                f"eagle_topk = {topk} with --page-size {page_size} on --attention-backend "
+                f"{attention}: tree drafting with pages needs flashinfer, fa3 or triton",
+                "use --page-size 1, or one of those attention backends",
+                "arg_groups/speculative_hook.py (_PAGE_TREE_SPEC_BACKENDS)",
+            ))
+        if _has_flag(args, "--speculative-use-rejection-sampling") and topk != 1:
+            problems.append(SettingProblem(
+                "fail",
+                "--speculative-use-rejection-sampling needs eagle_topk = 1",
+                f"set eagle_topk = 1 in {section}",
+                "arg_groups/speculative_hook.py (_handle_eagle_family)",
+            ))
+        if topk == 1 and draft_tokens != steps + 1:
+            problems.append(SettingProblem(
+                "warn",
+                f"num_draft_tokens = {draft_tokens} with eagle_topk = 1: SGLang changes it to "
+                f"num_steps + 1 = {steps + 1}",
+                f"set num_draft_tokens = {steps + 1} in {section}",
+                "arg_groups/speculative_hook.py (_handle_eagle_family)",
+            ))
+    if algorithm in ("STANDALONE", "NGRAM", "DFLASH") and _has_flag(args, "--enable-dp-attention"):
+        problems.append(SettingProblem(
+            "fail",
+            f"{algorithm} speculative decoding does not support --enable-dp-attention",
+            "remove --enable-dp-attention, or use EAGLE/EAGLE3",
+            "arg_groups/speculative_hook.py",
+        ))
+    return problems
+
+
+def check_settings(ctx: Context) -> CheckResult | None:
+    """Settings SGLang accepts at parse time and fails on at load (see `setting_problems`)."""
+    problems = setting_problems(ctx.profile)
+    failing = [problem for problem in problems if problem.status == "fail"]
+    shown = failing or problems
+    if not shown:
+        return result("settings", "pass", "no setting SGLang is known to fail on at load")
+    return result(
+        "settings", "fail" if failing else "warn",
+        "; ".join(f"{problem.message} [{problem.source}]" for problem in shown),
+        "; ".join(problem.fix for problem in shown),
+    )
+
+
+def check_flags(ctx: Context) -> CheckResult | None:
+    """SGLang's parser (or the flag table) on the profile's flags, in the same report as every
+    other preflight problem (other servers' flags named with SGLang's)."""
+    from llm_backend.engines.sglang_flags import check_profile_flags
+
+    engine = ctx.engine
+    assert isinstance(engine, SGLangEngine)
+    flags = check_profile_flags(
+        ctx.profile, engine.server_flags(profile=ctx.profile, for_container=ctx.in_container)
+    )
+    notes = f" ({'; '.join(flags.notes)})" if flags.notes else ""
+    if flags.problems:
+        return result(
+            "flags", "fail",
+            "; ".join(problem.message for problem in flags.problems)
+            + f" (checked with {flags.source}, sglang {flags.sglang_version})",
+            "; ".join(f"replace {p.flag} with {p.suggestion}" for p in flags.problems
+                      if p.suggestion and p.suggestion != p.flag)
+            or "remove or correct those flags in `extra_args`",
+        )
+    if flags.warnings:
+        return result(
+            "flags", "warn",
+            "; ".join(problem.message for problem in flags.warnings) + notes,
+            f"pin docker.image to lmsysorg/sglang:v{flags.sglang_version}, or pull the image so "
+            "its own parser checks the flags",
+        )
+    return result("flags", "pass", flags.summary + notes)
+
+
 class SGLangEngine(Engine):
     """SGLang's `launch_server`: /health is 503 until warmup is done, then 200."""
 
@@ -660,6 +876,14 @@ class SGLangEngine(Engine):
         )
 
     def check_profile(self, *, profile: Profile, for_container: bool = False) -> None:
+        failing = [problem for problem in setting_problems(profile) if problem.status == "fail"]
+        if failing:
+            raise ConfigError(
+                f"profile {profile.name!r}: SGLang would accept these settings and then fail "
+                "at load: " + "; ".join(problem.message for problem in failing),
+                remedy="; ".join(problem.fix for problem in failing),
+                failure_class="bad_flag",
+            )
         if for_container or profile.command:
             if for_container and not (profile.docker.image or profile.docker.image_aarch64):
                 raise ConfigError(
@@ -732,6 +956,8 @@ class SGLangEngine(Engine):
     def checks(self) -> tuple[Check, ...]:
         return (
             Check("sglang", check_installed),
+            Check("flags", check_flags, failure_class="bad_flag"),
+            Check("settings", check_settings, failure_class="bad_flag"),
             Check("hf_token", hub.check_hf_token),
             Check("model_cache", hub.check_model_cache),
             Check("tiktoken", check_tiktoken),

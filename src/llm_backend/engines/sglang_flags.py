@@ -611,7 +611,7 @@ def check_profile_flags(
         problems = tuple(problem for problem in result.problems if problem.certain)
         warnings = tuple(problem for problem in result.problems if not problem.certain)
     return FlagCheck(
-        source=f"the flag table of SGLang {table.sglang_version}",
+        source="the committed flag table",
         sglang_version=table.sglang_version,
         problems=problems,
         notes=(*notes, *result.notes),

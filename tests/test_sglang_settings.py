@@ -1,0 +1,125 @@
+"""Settings SGLang 0.5.23 accepts at parse time and fails on at load, refused before launch.
+
+Each rule comes from SGLang's own checks (arg_groups/speculative_hook.py, server_args.py), its
+docs, or an issue where the load crashed; the test builds the smallest profile that hits it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llm_backend.config import Profile
+from llm_backend.engines.sglang import SGLangEngine, setting_problems
+from llm_backend.errors import ConfigError
+
+
+def profile(**fields: Any) -> Profile:
+    spec = fields.pop("speculative", {})
+    return Profile.model_validate({
+        "name": "p", "engine": "sglang", "model": fields.pop("model", "Qwen/Qwen2.5-7B-Instruct"),
+        "speculative": {"enabled": True, **spec}, **fields,
+    })
+
+
+def statuses(problems: list[Any]) -> list[tuple[str, str]]:
+    return [(problem.status, problem.message.split(":")[0]) for problem in problems]
+
+
+def test_eagle3_without_a_draft_is_refused() -> None:
+    problems = setting_problems(profile(speculative={"algorithm": "EAGLE3"}))
+    assert [p.status for p in problems] == ["fail"]
+    assert "draft" in problems[0].message and "36528" in problems[0].source
+    assert "draft_model" in problems[0].fix
+    with pytest.raises(ConfigError) as caught:
+        SGLangEngine().check_profile(profile=profile(speculative={"algorithm": "EAGLE3"}))
+    assert caught.value.failure_class == "bad_flag"
+
+
+def test_eagle_without_a_draft_is_fine_for_a_model_with_its_own_mtp_layers(tmp_path: Path) -> None:
+    assert setting_problems(profile(model="deepseek-ai/DeepSeek-V3",
+                                    speculative={"algorithm": "EAGLE"})) == []
+    local = tmp_path / "model"
+    local.mkdir()
+    (local / "config.json").write_text('{"architectures": ["Glm4MoeForCausalLM"]}')
+    assert setting_problems(profile(model=str(local), speculative={"algorithm": "EAGLE"})) == []
+    (local / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
+    assert [p.status for p in setting_problems(
+        profile(model=str(local), speculative={"algorithm": "EAGLE"}))] == ["fail"]
+    # EAGLE3 always needs its own draft, MTP layers or not.
+    assert setting_problems(profile(model="deepseek-ai/DeepSeek-V3",
+                                    speculative={"algorithm": "EAGLE3"}))[0].status == "fail"
+
+
+@pytest.mark.parametrize("algorithm", ["STANDALONE", "DFLASH"])
+def test_draft_model_algorithms_need_a_draft(algorithm: str) -> None:
+    assert [p.status for p in setting_problems(
+        profile(speculative={"algorithm": algorithm}))] == ["fail"]
+
+
+def test_the_draft_may_come_from_extra_args() -> None:
+    assert setting_problems(profile(
+        speculative={"enabled": False},
+        extra_args=["--speculative-algorithm", "EAGLE3", "--speculative-draft-model-path", "d",
+                    "--speculative-num-steps", "3", "--speculative-eagle-topk", "1",
+                    "--speculative-num-draft-tokens", "4"],
+    )) == []
+
+
+def test_tree_drafting_with_spec_v2_is_refused() -> None:
+    spec = {"algorithm": "EAGLE3", "draft_model": "d", "num_steps": 5, "eagle_topk": 4,
+            "num_draft_tokens": 8}
+    problems = setting_problems(profile(speculative=spec, env={"SGLANG_ENABLE_SPEC_V2": "1"}))
+    assert [p.status for p in problems] == ["fail"]
+    assert "14077" in problems[0].source and "eagle_topk = 1" in problems[0].fix
+    assert setting_problems(profile(speculative=spec)) == []
+    assert setting_problems(profile(speculative=spec, env={"SGLANG_ENABLE_SPEC_V2": "0"})) == []
+
+
+@pytest.mark.parametrize(
+    ("extra_args", "words"),
+    [
+        (["--attention-backend", "trtllm_mha"], "trtllm_mha"),
+        (["--page-size", "16", "--attention-backend", "flashmla"], "--page-size 16"),
+        (["--speculative-use-rejection-sampling"], "rejection-sampling"),
+    ],
+)
+def test_topk_above_one_with_backends_that_do_not_tree_draft(
+    extra_args: list[str], words: str
+) -> None:
+    spec = {"algorithm": "EAGLE3", "draft_model": "d", "num_steps": 5, "eagle_topk": 4,
+            "num_draft_tokens": 8}
+    problems = setting_problems(profile(speculative=spec, extra_args=extra_args))
+    assert [p.status for p in problems] == ["fail"] and words in problems[0].message
+
+
+def test_topk_one_with_other_draft_tokens_is_a_warning() -> None:
+    problems = setting_problems(profile(speculative={
+        "algorithm": "EAGLE3", "draft_model": "d", "num_steps": 3, "eagle_topk": 1,
+        "num_draft_tokens": 8}))
+    assert [p.status for p in problems] == ["warn"]
+    assert "num_draft_tokens = 4" in problems[0].fix
+
+
+def test_gpt_oss_attention_backends_and_dp_attention() -> None:
+    gpt_oss = setting_problems(profile(
+        model="unsloth/gpt-oss-120b", speculative={"enabled": False},
+        extra_args=["--attention-backend", "flashinfer"]))
+    assert [p.status for p in gpt_oss] == ["fail"]  # with or without speculative decoding
+    gpt_oss = setting_problems(profile(
+        model="unsloth/gpt-oss-120b",
+        speculative={"algorithm": "EAGLE3", "draft_model": "d"},
+        extra_args=["--attention-backend", "flashinfer"]))
+    assert [p.status for p in gpt_oss] == ["fail"] and "gpt-oss" in gpt_oss[0].message
+    dp = setting_problems(profile(
+        speculative={"algorithm": "NGRAM"}, extra_args=["--enable-dp-attention"]))
+    assert [p.status for p in dp] == ["fail"]
+
+
+def test_speculative_set_twice_is_a_warning() -> None:
+    problems = setting_problems(profile(
+        speculative={"algorithm": "EAGLE3", "draft_model": "d"},
+        extra_args=["--speculative-algorithm", "EAGLE3"]))
+    assert [p.status for p in problems] == ["warn"]
