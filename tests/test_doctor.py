@@ -227,7 +227,11 @@ def test_docker_profile_without_engine_fails_and_start_changes_nothing(world: En
     assert checks["image"]["status"] == "warn"
     assert "docker_engine" in checks["image"]["fix"]
     assert checks["model_cache"]["status"] in ("warn", "pass", "fail")
-    assert checks["tiktoken"]["status"] in ("warn", "pass")
+    # TIKTOKEN_ENCODINGS_BASE is set, so a missing encoding file is a failure (pull fixes it).
+    encoding = Path.home() / "tiktoken_encodings" / "o200k_base.tiktoken"
+    assert checks["tiktoken"]["status"] == ("pass" if encoding.is_file() else "fail")
+    if not encoding.is_file():
+        assert checks["tiktoken"]["fix"] == "llm-backend pull"
 
     before = host_snapshot(world)
     started = world.run("start", "--profile", SGLANG)

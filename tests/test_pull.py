@@ -284,6 +284,35 @@ def test_encoding_missing_or_wrong_is_fetched_and_checked(
     assert hashlib.sha256(target.read_bytes()).hexdigest() == ENCODING_SHA256
 
 
+def doctor_check(world: Env, name: str) -> dict[str, object]:
+    report = json.loads(world.run("doctor", "--profile", "hubtest", "--json").stdout)
+    return {check["name"]: check for check in report["checks"]}[name]
+
+
+def test_doctor_fails_on_a_missing_or_wrong_encoding_and_pull_repairs_it(
+    world: Env, hub: HubStandin, encoding_server: tuple[str, Path]
+) -> None:
+    url, _ = encoding_server
+    folder = encoding_world(world, hub, url)
+    missing = doctor_check(world, "tiktoken")
+    assert missing["status"] == "fail"
+    assert missing["summary"].startswith(f"{folder / ENCODING_NAME} does not exist")  # type: ignore[union-attr]
+    assert missing["fix"] == "llm-backend pull"
+    model_cache = doctor_check(world, "model_cache")
+    assert model_cache["status"] == "warn" and model_cache["fix"] == "llm-backend pull"
+
+    folder.mkdir(parents=True)
+    (folder / ENCODING_NAME).write_bytes(b"wrong\n")
+    wrong = doctor_check(world, "tiktoken")
+    assert wrong["status"] == "fail" and "has SHA-256" in str(wrong["summary"])
+
+    world.run("pull", "--profile", "hubtest", check=True)
+    repaired = doctor_check(world, "tiktoken")
+    assert repaired["status"] == "pass", repaired
+    assert repaired["summary"] == f"{ENCODING_NAME} in {folder} (SHA-256 checked)"
+    assert doctor_check(world, "model_cache")["status"] == "pass"
+
+
 def test_encoding_server_with_a_wrong_file_leaves_nothing_in_place(
     world: Env, hub: HubStandin, encoding_server: tuple[str, Path]
 ) -> None:
@@ -315,6 +344,10 @@ volumes = ["~/.cache/huggingface:/root/.cache/huggingface"]
     assert 'fix: add "~/tiktoken_encodings:/enc" to volumes under [profiles.hubtest.docker]' \
         in refused.stderr
     assert "None" not in refused.stderr
+    check = doctor_check(world, "tiktoken")
+    assert check["status"] == "fail"
+    assert "no volume mounts a host folder there" in str(check["summary"])
+    assert "None" not in str(check["summary"])
 
 
 def test_llamacpp_profile_needs_only_binary_and_model_file(world: Env) -> None:

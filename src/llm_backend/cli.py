@@ -985,7 +985,7 @@ class PullDisplay:
         self.progress.__exit__(None, None, None)
 
     def __call__(self, event: Any) -> None:
-        from llm_backend.pull import format_bytes
+        from llm_backend.units import format_bytes
 
         task = self.tasks.get(event.artifact)
         if task is None:
@@ -1008,7 +1008,7 @@ class PullDisplay:
 
 
 def render_artifacts(artifacts: Any) -> None:
-    from llm_backend.pull import format_bytes
+    from llm_backend.units import format_bytes
 
     for artifact in artifacts:
         mark = "[green]present[/green]" if artifact.present else "[yellow]missing[/yellow]"

@@ -8,15 +8,31 @@ here are engine checks: an engine lists them in its `checks()` and names its rep
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from llm_backend.checks import CheckResult, Context, result
 from llm_backend.config import Profile
-from llm_backend.pull import hf_home
+from llm_backend.pull import (
+    Artifact,
+    ArtifactKind,
+    ProgressCallback,
+    ProgressEvent,
+    PullError,
+    Source,
+)
 from llm_backend.units import format_bytes
+
+
+def hf_home() -> Path:
+    """HF_HOME, else ~/.cache/huggingface (huggingface_hub's own default)."""
+    return Path(os.path.expanduser(os.environ.get("HF_HOME") or "~/.cache/huggingface"))
 
 
 def hf_hub_cache() -> Path:
@@ -118,8 +134,298 @@ def check_model_cache(ctx: Context) -> CheckResult | None:
     summary = "; ".join(parts) + f" in {hf_hub_cache()}"
     if not missing:
         return result("model_cache", "pass", summary)
-    fix = "; ".join(f"huggingface-cli download {repo}" for repo in missing)
     if offline:
         return result("model_cache", "fail", summary + "; HF_HUB_OFFLINE is set",
-                      fix + " (on a machine with internet, then copy the cache)")
-    return result("model_cache", "warn", summary + "; start downloads it first", fix)
+                      "llm-backend pull on a machine with internet, then copy the cache "
+                      f"({', '.join(missing)})")
+    return result("model_cache", "warn", summary + "; `start` pulls it first",
+                  "llm-backend pull")
+
+
+# --- pulling a repository (`llm-backend pull`) -------------------------------------------
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class RepoEntry:
+    """One file at the top of a Hub repository: its path and size in bytes."""
+
+    path: str
+    size: int
+
+
+FileSelector = Callable[[Sequence[RepoEntry]], list[RepoEntry]]
+
+
+def select_like_sglang(entries: Sequence[RepoEntry]) -> list[RepoEntry]:
+    """The files SGLang loads from a Hub repository, not every file in it.
+
+    SGLang lists only the top of the repository, takes the first weight format present in
+    the order safetensors, bin, pt, and ignores `original/` (sglang 0.5.23
+    `python/sglang/srt/model_loader/loader.py` `_prepare_weights` and `weight_utils.py`
+    `download_weights_from_hf`); transformers then reads the config, generation config and
+    tokenizer files (`*.json`, `tokenizer.model`, `*.tiktoken`, `*.txt` merges/vocab,
+    `chat_template.jinja`) and, with trust_remote_code, `*.py`.
+    """
+    top = [entry for entry in entries if "/" not in entry.path]
+    chosen: list[RepoEntry] = []
+    for weights in ("*.safetensors", "*.bin", "*.pt"):
+        matching = [entry for entry in top if fnmatch.fnmatch(entry.path, weights)]
+        if matching:
+            chosen.extend(matching)
+            break
+    extra = ("*.json", "*.model", "*.tiktoken", "*.txt", "*.jinja", "*.py")
+    chosen.extend(
+        entry for entry in top
+        if entry not in chosen and any(fnmatch.fnmatch(entry.path, pattern) for pattern in extra)
+    )
+    return chosen
+
+
+def select_files(*patterns: str) -> FileSelector:
+    """A selector that keeps the files matching any of `patterns` (fnmatch, whole path)."""
+
+    def selector(entries: Sequence[RepoEntry]) -> list[RepoEntry]:
+        return [entry for entry in entries
+                if any(fnmatch.fnmatch(entry.path, pattern) for pattern in patterns)]
+
+    return selector
+
+
+class HubRepository(Source):
+    """A model repository on the Hugging Face Hub, pulled into the hub cache with huggingface_hub.
+
+    Honours HF_TOKEN, HF_HOME / HF_HUB_CACHE, HF_HUB_OFFLINE and HF_ENDPOINT (read by
+    huggingface_hub itself). Resuming: files already in the cache are kept and only the
+    missing ones are fetched (huggingface_hub >= 1.0 restarts a file it was interrupted in,
+    huggingface/huggingface_hub#4228); partial files an earlier killed pull left behind are
+    removed first.
+    """
+
+    def __init__(
+        self,
+        repo_id: str,
+        *,
+        kind: ArtifactKind = "model",
+        revision: str = "main",
+        selector: FileSelector = select_like_sglang,
+        cache_dir: Path | None = None,
+    ) -> None:
+        self.repo_id = repo_id
+        self.kind = kind
+        self.name = repo_id
+        self.revision = revision
+        self.selector = selector
+        self.cache_dir = cache_dir or hf_hub_cache()
+        self._listing: list[RepoEntry] | None = None
+        self._commit: str | None = None
+
+    def disk_path(self) -> Path:
+        return self.cache_dir
+
+    @property
+    def storage_folder(self) -> Path:
+        return self.cache_dir / ("models--" + self.repo_id.replace("/", "--"))
+
+    def _cached_commit(self) -> str | None:
+        ref = self.storage_folder / "refs" / self.revision
+        try:
+            return ref.read_text().strip() or None
+        except OSError:
+            return None
+
+    def _remote(self) -> tuple[str, list[RepoEntry]]:
+        """The revision's commit and its top-level files, asked of the Hub (cached per run)."""
+        if self._listing is not None and self._commit is not None:
+            return self._commit, self._listing
+        from huggingface_hub import HfApi
+        from huggingface_hub.hf_api import RepoFile
+
+        api = HfApi()
+        try:
+            info = api.model_info(self.repo_id, revision=self.revision)
+            commit = info.sha or self.revision
+            entries = [
+                RepoEntry(item.path, int(item.size))
+                for item in api.list_repo_tree(self.repo_id, revision=commit, recursive=False)
+                if isinstance(item, RepoFile)
+            ]
+        except Exception as error:  # huggingface_hub raises many types; each is translated
+            raise self._translate(error) from error
+        self._commit, self._listing = commit, entries
+        return commit, entries
+
+    def _translate(self, error: Exception) -> PullError:
+        from huggingface_hub import errors as hub_errors
+
+        endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+        if isinstance(error, hub_errors.GatedRepoError) or _status(error) in (401, 403):
+            token_set = bool(os.environ.get("HF_TOKEN") or _token_file().is_file())
+            return PullError(
+                f"{self.repo_id} is gated or private on {endpoint}"
+                + ("; the token was refused" if token_set else " and no token is set"),
+                remedy="accept the licence on the model's page, then `export HF_TOKEN=hf_...` "
+                "(or `hf auth login`) and run `llm-backend pull` again",
+                failure_class="gated_model",
+            )
+        if isinstance(error, hub_errors.RepositoryNotFoundError) or _status(error) == 404:
+            return PullError(
+                f"no repository {self.repo_id!r} (revision {self.revision}) on {endpoint}",
+                remedy="check `model` / `speculative.draft_model` in the profile "
+                "(`llm-backend profiles show NAME`)",
+                failure_class="model_not_found",
+            )
+        if isinstance(error, hub_errors.OfflineModeIsEnabled):
+            return PullError(
+                f"{self.repo_id} is not in {self.cache_dir} and HF_HUB_OFFLINE is set",
+                remedy="unset HF_HUB_OFFLINE and run `llm-backend pull` on a connected network, "
+                "or copy the repository into the cache",
+                failure_class="model_not_found",
+            )
+        return PullError(
+            f"could not reach {endpoint} for {self.repo_id}: {type(error).__name__}: {error}",
+            remedy="check the network (or HF_ENDPOINT), then run `llm-backend pull` again; "
+            "files already downloaded are kept",
+        )
+
+    def _cached_files(self, commit: str) -> dict[str, int]:
+        folder = self.storage_folder / "snapshots" / commit
+        found: dict[str, int] = {}
+        if not folder.is_dir():
+            return found
+        for path in folder.rglob("*"):
+            if path.is_file():  # follows the snapshot's symlink to its blob
+                found[path.relative_to(folder).as_posix()] = path.stat().st_size
+        return found
+
+    def probe(self) -> Artifact:
+        location = str(self.storage_folder)
+        if hub_offline():
+            commit = self._cached_commit()
+            files = self._cached_files(commit) if commit else {}
+            return Artifact(
+                self.kind, self.name, bool(files), sum(files.values()) if files else None,
+                location, None, detail="HF_HUB_OFFLINE: only the cache was looked at",
+            )
+        try:
+            commit, entries = self._remote()
+        except PullError as error:
+            commit_cached = self._cached_commit()
+            files = self._cached_files(commit_cached) if commit_cached else {}
+            return Artifact(self.kind, self.name, bool(files),
+                            sum(files.values()) if files else None, location, None,
+                            detail=error.message)
+        wanted = self.selector(entries)
+        cached = self._cached_files(commit)
+        missing = [entry for entry in wanted if cached.get(entry.path) != entry.size]
+        total = sum(entry.size for entry in wanted)
+        return Artifact(self.kind, self.name, not missing and bool(wanted), total, location,
+                        sum(entry.size for entry in missing),
+                        detail=f"{len(wanted)} files at {commit[:12]}")
+
+    def _remove_stale_partials(self) -> None:
+        blobs = self.storage_folder / "blobs"
+        if blobs.is_dir():
+            for partial in blobs.glob("*.incomplete"):
+                partial.unlink(missing_ok=True)
+
+    def fetch(self, *, progress: ProgressCallback) -> None:
+        from huggingface_hub import hf_hub_download
+
+        if hub_offline():
+            raise PullError(
+                f"{self.repo_id} is incomplete in {self.cache_dir} and HF_HUB_OFFLINE is set",
+                remedy="unset HF_HUB_OFFLINE and run `llm-backend pull` again",
+                failure_class="model_not_found",
+            )
+        commit, entries = self._remote()
+        wanted = self.selector(entries)
+        cached = self._cached_files(commit)
+        total = sum(entry.size for entry in wanted)
+        done = sum(entry.size for entry in wanted if cached.get(entry.path) == entry.size)
+        self._remove_stale_partials()
+        progress(ProgressEvent(self.name, done, total))
+        counter = _ByteCounter(self.name, done, total, progress)
+        for entry in wanted:
+            if cached.get(entry.path) == entry.size:
+                continue
+            try:
+                hf_hub_download(
+                    self.repo_id, entry.path, revision=commit, cache_dir=str(self.cache_dir),
+                    tqdm_class=counter.tqdm_class(),
+                )
+            except Exception as error:
+                raise self._translate(error) from error
+            counter.file_done(entry.size)
+        progress(ProgressEvent(self.name, total, total, finished=True))
+
+
+def _status(error: Exception) -> int | None:
+    response = getattr(error, "response", None)
+    status = getattr(response, "status_code", None)
+    return status if isinstance(status, int) else None
+
+
+def _token_file() -> Path:
+    return hf_home() / "token"
+
+
+class _ByteCounter:
+    """Turns huggingface_hub's per-file tqdm updates into whole-artifact ProgressEvents."""
+
+    def __init__(self, name: str, done: int, total: int, progress: ProgressCallback) -> None:
+        self.name = name
+        self.base = done  # bytes of files already complete
+        self.current = 0  # bytes of the file in flight
+        self.total = total
+        self.progress = progress
+        self.last_emit = 0.0
+
+    def file_done(self, size: int) -> None:
+        self.base += size
+        self.current = 0
+
+    def advance(self, count: float) -> None:
+        self.current += int(count)
+        now = time.monotonic()
+        if now - self.last_emit >= 0.1:
+            self.last_emit = now
+            self.progress(ProgressEvent(self.name, self.base + self.current, self.total))
+
+    def tqdm_class(self) -> type:
+        counter = self
+
+        class _Bar:
+            """The subset of tqdm's interface huggingface_hub's http_get uses."""
+
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                counter.current = int(kwargs.get("initial", 0) or 0)
+
+            def __enter__(self) -> _Bar:
+                return self
+
+            def __exit__(self, *exc: object) -> None:
+                return None
+
+            def update(self, count: float | None = 1) -> None:
+                counter.advance(count or 0)
+
+            def update_transfer(self, count: float | None = 1) -> None:
+                return None
+
+            def set_postfix_str(self, *args: Any, **kwargs: Any) -> None:
+                return None
+
+            def set_transfer_postfix_str(self, *args: Any, **kwargs: Any) -> None:
+                return None
+
+            def refresh(self) -> None:
+                return None
+
+            def close(self) -> None:
+                return None
+
+        return _Bar

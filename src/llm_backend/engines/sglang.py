@@ -38,8 +38,9 @@ from llm_backend.engines.base import (
     SpecStats,
     download_event,
 )
+from llm_backend.engines.hub import HubRepository, hf_home
 from llm_backend.errors import ConfigError
-from llm_backend.pull import HubRepository, Source, VerifiedFile, hf_home
+from llm_backend.pull import Source, VerifiedFile
 
 if TYPE_CHECKING:
     from llm_backend.hardware import HardwareDescription
@@ -440,11 +441,6 @@ ENCODINGS_URL_ENV = "LLM_BACKEND_ENCODINGS_URL"  # a mirror of the folder above
 CONTAINER_HF_HOME = "/root/.cache/huggingface"
 
 
-def is_local_model(model: str) -> bool:
-    """A path (absolute, relative or home) rather than a Hugging Face Hub repository id."""
-    return model.startswith(("/", ".", "~")) or model.count("/") != 1
-
-
 def harmony_encoding(folder: Path) -> VerifiedFile:
     """The encoding file gpt-oss needs in `folder`, fetched from ENCODINGS_URL_ENV or OpenAI."""
     base = os.environ.get(ENCODINGS_URL_ENV) or HARMONY_ENCODINGS_URL
@@ -514,35 +510,36 @@ def check_installed(ctx: Context) -> CheckResult | None:
                   "pip install 'sglang[all]' in this environment, or use --runtime docker")
 
 
-TIKTOKEN_URL = "https://openaipublic.blob.core.windows.net/encodings"
-
-
 def check_tiktoken(ctx: Context) -> CheckResult | None:
-    """`tiktoken`: the encoding file gpt-oss's harmony tokenizer loads (model_facts)."""
-    name = ctx.profile.model_facts.tiktoken_file
-    if not name:
+    """`tiktoken`: the encoding file gpt-oss's harmony tokenizer loads (model_facts).
+
+    With TIKTOKEN_ENCODINGS_BASE set, harmony reads the file from that folder only, never
+    downloads it, and checks its SHA-256 (openai/harmony `public_encodings.rs`), so a missing
+    or wrong file is a failure; without it, harmony downloads the file itself at run time.
+    """
+    if not (ctx.profile.model_facts.tiktoken_file
+            or ctx.profile.env.get("TIKTOKEN_ENCODINGS_BASE")):
         return None
-    base = ctx.profile.env.get("TIKTOKEN_ENCODINGS_BASE")
-    folder: Path | None
-    if base:
-        host = ctx.runtime.host_path(profile=ctx.profile, path=base)
-        folder = Path(host) if host is not None else None
-    else:
-        folder = Path(os.environ.get("TIKTOKEN_ENCODINGS_BASE") or "~/tiktoken_encodings")
-        folder = folder.expanduser()
-    fix = (f"mkdir -p ~/tiktoken_encodings && wget -O ~/tiktoken_encodings/{name} "
-           f"{TIKTOKEN_URL}/{name}; then set TIKTOKEN_ENCODINGS_BASE in the profile's "
-           "env (and mount the folder for Docker)")
-    if folder is not None and (folder / name).is_file():
-        wired = "" if base else " (the profile does not set TIKTOKEN_ENCODINGS_BASE)"
-        return result("tiktoken", "pass" if base else "warn",
-                      f"{name} found in {folder}{wired}", None if base else fix)
-    return result(
-        "tiktoken", "warn",
-        f"no {name} in {folder}: gpt-oss's harmony encoding is fetched from the "
-        "internet at start, and offline /v1/responses (or, in older SGLang, the start) fails",
-        fix,
-    )
+    try:
+        folder = encoding_folder(ctx.profile, ctx.runtime)
+    except ConfigError as error:
+        return result("tiktoken", "fail", error.message, error.remedy)
+    if folder is None:
+        return result(
+            "tiktoken", "warn",
+            f"the profile does not set TIKTOKEN_ENCODINGS_BASE: gpt-oss's harmony tokenizer "
+            f"downloads {HARMONY_ENCODING_FILE} from the internet when it first needs it, and "
+            "fails offline",
+            'set TIKTOKEN_ENCODINGS_BASE in the profile\'s env (and mount the folder for '
+            "Docker), then `llm-backend pull`",
+        )
+    present, why = harmony_encoding(folder).verify()
+    if present:
+        return result("tiktoken", "pass",
+                      f"{HARMONY_ENCODING_FILE} in {folder} (SHA-256 checked)")
+    return result("tiktoken", "fail",
+                  f"{why}: gpt-oss's chat path fails without it (TIKTOKEN_ENCODINGS_BASE is "
+                  "set, so harmony will not download it)", "llm-backend pull")
 
 
 # --- settings SGLang accepts at parse time and fails on at load ------------------------------
@@ -929,18 +926,16 @@ class SGLangEngine(Engine):
 
         Local model paths are the user's: nothing is pulled for them.
         """
-        sources: list[Source] = []
-        repos = [("model", profile.model)]
-        if profile.speculative.enabled and profile.speculative.draft_model:
-            repos.append(("draft_model", profile.speculative.draft_model))
-        for kind, repo in repos:
-            if not is_local_model(repo):
-                sources.append(HubRepository(repo, kind=kind,  # type: ignore[arg-type]
-                                             cache_dir=hub_cache_for(profile, runtime)))
+        sources: list[Source] = [
+            HubRepository(repo, kind="model" if repo == profile.model else "draft_model",
+                          cache_dir=hub_cache_for(profile, runtime))
+            for repo in self.hub_models(profile=profile)
+        ]
         folder = encoding_folder(profile, runtime)
         if folder is not None:
             sources.append(harmony_encoding(folder))
         return sources
+
     def check_flags(self, *, profile: Profile, for_container: bool = False) -> str | None:
         """SGLang's own parser (in the image or the installed sglang), else the flag table."""
         from llm_backend.engines.sglang_flags import check_profile_flags, raise_for_problems
