@@ -43,16 +43,17 @@ SERVER = textwrap.dedent("""
 """)
 
 
-SIZE = 40_000_000
+SIZE = 80_000_000
 
 
 @pytest.fixture
 def slow_hub() -> Iterator[HubStandin]:
-    # huggingface_hub writes in 10 MiB pieces (DOWNLOAD_CHUNK_SIZE): 40 MB in about 3 s gives
-    # the cache a new piece every 0.8 s or so, inside the 1.2 s stall timeout.
+    # huggingface_hub writes in 10 MiB pieces (DOWNLOAD_CHUNK_SIZE): 80 MB in about 8 s gives
+    # the cache a new piece every second or so, well inside the 3 s stall timeout even on a
+    # busy machine, while the whole download outlasts the 4 s cap.
     data = os.urandom(SIZE)
     standin = HubStandin({"acme/slow": Repo({"model.safetensors": data})},
-                         delay_per_chunk_s=3.0 / (SIZE / 65536)).start()
+                         delay_per_chunk_s=8.0 / (SIZE / 65536)).start()
     yield standin
     standin.stop()
 
@@ -78,7 +79,7 @@ def run_server(tmp_path: Path, hub: HubStandin, *, bars: bool,
         monitor = Monitor(
             engine=SGLangEngine(), base_url=f"http://127.0.0.1:{port}", log_path=log_path,
             is_alive=lambda: server.poll() is None, exit_code=server.poll,
-            load_timeout_s=2.0, stall_timeout_s=1.2, on_event=events.append,
+            load_timeout_s=4.0, stall_timeout_s=3.0, on_event=events.append,
             download_paths=download_paths, download_check_interval_s=0.25,
         )
         result = monitor.run()
@@ -95,7 +96,7 @@ def test_silent_download_counts_by_the_bytes_landing_in_the_cache(
     result, events, log = run_server(tmp_path, slow_hub, bars=False, download_paths=[cache])
     assert b"\r" not in log, "bars were meant to be off, as in SGLang"
     assert result.ready, (result.failure, log[-2000:])  # type: ignore[attr-defined]
-    assert result.duration_s > 2.0, "the download was meant to outlast the cap"  # type: ignore[attr-defined]
+    assert result.duration_s > 4.0, "the download was meant to outlast the cap"  # type: ignore[attr-defined]
     sizes = [event.download_bytes for event in events if event.download_bytes]
     assert sizes and sizes == sorted(sizes) and sizes[-1] <= SIZE
 
@@ -114,7 +115,7 @@ def test_progress_bars_are_download_progress_in_bytes(
     result, events, log = run_server(tmp_path, slow_hub, bars=True, download_paths=[])
     assert b"\r" in log, "huggingface_hub drew no progress bar"
     assert result.ready, (result.failure, log[-2000:])  # type: ignore[attr-defined]
-    assert result.duration_s > 2.0  # type: ignore[attr-defined]
+    assert result.duration_s > 4.0  # type: ignore[attr-defined]
     downloads = [event for event in events if event.kind == "phase" and event.phase == "download"]
     with_bytes = [event.progress for event in downloads if event.progress]
     assert with_bytes, [event.line for event in downloads]

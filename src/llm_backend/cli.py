@@ -1000,7 +1000,8 @@ class PullDisplay:
             if event.unit == "%":
                 amount = f"{event.done}%"
             else:
-                amount = f"{format_bytes(event.done)} of {format_bytes(event.total)}"
+                total = format_bytes(event.total, unknown="unknown size")
+                amount = f"{format_bytes(event.done)} of {total}"
             note = f" ({event.message})" if event.message else ""
             state = "done" if event.finished else amount
             err_console.print(f"pull: {event.artifact}: {state}{note}", soft_wrap=True,
@@ -1012,7 +1013,7 @@ def render_artifacts(artifacts: Any) -> None:
 
     for artifact in artifacts:
         mark = "[green]present[/green]" if artifact.present else "[yellow]missing[/yellow]"
-        size = format_bytes(artifact.bytes)
+        size = format_bytes(artifact.bytes, unknown="unknown size")
         still = ""
         if not artifact.present and artifact.missing_bytes:
             still = f", {format_bytes(artifact.missing_bytes)} to download"
