@@ -944,11 +944,11 @@ def engine_install(
     """Build llama.cpp's llama-server into the user's cache (a no-op when it is there)."""
 
     def action() -> None:
-        from llm_backend.engines import installable_engine, registry
+        from llm_backend.engines import REGISTRY, installable_engine
 
         engine = installable_engine(name)
         if engine is None:
-            names = [item.install_names[0] for item in registry().all() if item.install_names]
+            names = [item.install_names[0] for item in REGISTRY.all() if item.install_names]
             raise BackendError(
                 f"cannot install engine {name!r}; installable: {', '.join(names)}",
                 remedy=f"llm-backend engine install {names[0]} (other engines come as a Docker "
@@ -1354,9 +1354,9 @@ def diagnose(
 
     def action() -> None:
         if engine is not None:
-            from llm_backend.engines import registry
+            from llm_backend.engines import REGISTRY
 
-            problem = registry().unknown(engine)
+            problem = REGISTRY.unknown(engine)
             if problem:
                 raise BackendError(
                     f"{problem}; diagnose reads those engines' logs",

@@ -15,7 +15,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from llm_backend.errors import ConfigError
 from llm_backend.net import connect_url, http_url
@@ -322,34 +329,15 @@ class Profile(StrictModel):
         return self.router_worker_url or self.endpoint
     model_facts: ModelFacts = Field(default_factory=ModelFacts)
 
-    @field_validator("engine")
+    @field_validator("engine", "runtime")
     @classmethod
-    def _known_engine(cls, value: str) -> str:
-        from llm_backend.engines import registry
+    def _registered(cls, value: str, info: ValidationInfo) -> str:
+        from llm_backend import engines, runtimes
 
-        problem = registry().unknown(value)
+        registry = engines.REGISTRY if info.field_name == "engine" else runtimes.REGISTRY
+        problem = registry.unknown(value)
         if problem:
             raise ValueError(problem)
-        return value
-
-    @field_validator("runtime")
-    @classmethod
-    def _known_runtime(cls, value: str) -> str:
-        from llm_backend.runtimes import registry
-
-        problem = registry().unknown(value)
-        if problem:
-            raise ValueError(problem)
-        return value
-
-    @field_validator("name")
-    @classmethod
-    def _name_is_plain(cls, value: str) -> str:
-        if not SAFE_NAME_PATTERN.fullmatch(value):
-            raise ValueError(
-                f"{value!r} is not a plain profile name; use at most 64 letters, digits, "
-                "'.', '_' and '-', starting with a letter or digit (it becomes a file name)"
-            )
         return value
 
     @property

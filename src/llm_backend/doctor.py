@@ -389,13 +389,13 @@ def checks_for(ctx: Context) -> tuple[Check, ...]:
 
 def check_names() -> tuple[str, ...]:
     """Every check name any registered engine or runtime (or doctor itself) may report."""
-    from llm_backend.engines import registry as engines
-    from llm_backend.runtimes import registry as runtimes
+    from llm_backend.engines import REGISTRY as engines
+    from llm_backend.runtimes import REGISTRY as runtimes
 
     names = [check.name for check in GENERAL_BEFORE]
-    for runtime in runtimes().all():
+    for runtime in runtimes.all():
         names += [check.name for check in runtime.checks()]
-    for engine in engines().all():
+    for engine in engines.all():
         names += [check.name for check in engine.checks()]
     names += [check.name for check in GENERAL_AFTER]
     return tuple(dict.fromkeys(names))

@@ -110,9 +110,9 @@ class ProfileChoice:
 
 def _engine_versions() -> dict[str, str]:
     """Engines installed for native runs here, by name, with their versions."""
-    from llm_backend.engines import registry
+    from llm_backend.engines import REGISTRY
 
-    found = {engine.name: engine.native_version() for engine in registry().all()}
+    found = {engine.name: engine.native_version() for engine in REGISTRY.all()}
     return {name: version for name, version in found.items() if version}
 
 

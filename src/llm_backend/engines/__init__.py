@@ -22,34 +22,29 @@ BUILTIN_ENGINES = {
     "llamacpp": "llm_backend.engines.llamacpp:LlamaCppEngine",
 }
 
-_REGISTRY: Registry[Engine] = Registry(
+REGISTRY: Registry[Engine] = Registry(
     "engine", BUILTIN_ENGINES, remedy="set `engine` in the profile to one of those"
 )
 
 
-def registry() -> Registry[Engine]:
-    """The process-wide engine registry."""
-    return _REGISTRY
-
-
 def register(name: str, factory: Callable[[], Engine]) -> None:
     """Register an engine in this process (a plugin in another process: see the module doc)."""
-    registry().register(name, factory)
+    REGISTRY.register(name, factory)
 
 
 def get_engine(name: str) -> Engine:
     """A new instance of the engine called `name`; ConfigError naming the known ones if none."""
-    return registry().get(name)
+    return REGISTRY.get(name)
 
 
 def engine_names() -> list[str]:
     """Every engine name: built-in ones, then plugins."""
-    return registry().names()
+    return REGISTRY.names()
 
 
 def installable_engine(name: str) -> Engine | None:
     """The engine that `llm-backend engine install NAME` installs (by its `install_names`)."""
-    for engine in registry().all():
+    for engine in REGISTRY.all():
         if name in engine.install_names:
             return engine
     return None
@@ -58,7 +53,7 @@ def installable_engine(name: str) -> Engine | None:
 def guess_engine(lines: list[str]) -> str:
     """The engine whose log markers match the most lines; ties go to the earlier-listed one."""
     counts: list[tuple[int, str]] = []
-    for engine in registry().all():
+    for engine in REGISTRY.all():
         markers = engine.log_markers
         count = sum(1 for line in lines if markers.search(line)) if markers else 0
         counts.append((count, engine.name))

@@ -1,8 +1,9 @@
 """llama.cpp's `llama-server`: argv, binary lookup, model lookup, checks and its log lines.
 
-Facts about llama-server are from llama.cpp as vendored by llama-cpp-python 0.3.36
-(`vendor/llama.cpp/tools/server/server.cpp`: /health answers 503 while the model loads and
-200 once it is ready, /props returns the server's settings; `common/arg.cpp` for flags).
+Facts about llama-server are from llama.cpp as vendored by llama-cpp-python 0.3.36, under
+`tools/server/`: the server-state middleware answers 503 "Loading model" to every path but
+the model list until the model is loaded, then /health is 200; /props returns the server's
+settings (no speculative-decoding figures); flags are defined in `common/arg.cpp`.
 """
 
 from __future__ import annotations

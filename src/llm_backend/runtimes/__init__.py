@@ -19,21 +19,16 @@ BUILTIN_RUNTIMES = {
     "docker": "llm_backend.runtimes.docker:DockerRuntime",
 }
 
-_REGISTRY: Registry[Runtime] = Registry(
+REGISTRY: Registry[Runtime] = Registry(
     "runtime", BUILTIN_RUNTIMES, remedy="use --runtime with one of those, or set `runtime`"
 )
 
 
-def registry() -> Registry[Runtime]:
-    """The process-wide runtime registry."""
-    return _REGISTRY
-
-
 def get_runtime(name: str) -> Runtime:
     """A new instance of the runtime called `name`; ConfigError naming the known ones if none."""
-    return registry().get(name)
+    return REGISTRY.get(name)
 
 
 def runtime_names() -> list[str]:
     """Every runtime name: built-in ones, then plugins."""
-    return registry().names()
+    return REGISTRY.names()
