@@ -1,4 +1,4 @@
-"""A third engine, defined here and registered as a plugin, through every command.
+"""A third engine (and a third runtime), defined here and registered as plugins.
 
 `TinyLlamaEngine` wraps the real `llama-server` with its own argv (short flags, its own
 alias and context size), its own log reader and markers, and its own preflight check. It
@@ -21,6 +21,7 @@ from llm_backend.checks import Check, CheckResult, Context, result
 from llm_backend.config import ConfigSet, Profile, builtin_layer
 from llm_backend.engines.base import Engine, Failure, LogReader, PhaseEvent, SpecStats
 from llm_backend.engines.llamacpp import model_path
+from llm_backend.runtimes.native import NativeRuntime
 from tests.conftest import Env, port_is_free, processes_with_exe, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
@@ -180,3 +181,38 @@ def test_plugin_names_are_listed_in_the_unknown_engine_error() -> None:
         env=env, capture_output=True, text=True, timeout=60, check=True,
     )
     assert completed.stdout.strip() == "['sglang', 'llamacpp', 'tiny']"
+
+
+# --- a runtime plugin -----------------------------------------------------------------------
+
+
+def check_plain(ctx: Context) -> CheckResult | None:
+    """The plugin runtime's own check."""
+    return result("plain_runtime", "pass", f"{ctx.profile.name} runs as a plain process group")
+
+
+class PlainRuntime(NativeRuntime):
+    """A runtime defined here: the native process group under its own name and check."""
+
+    name = "plain"
+
+    def checks(self) -> tuple[Check, ...]:
+        return (Check("plain_runtime", check_plain),)
+
+
+def test_a_plugin_runtime_runs_start_status_stop_and_doctor(world: Env) -> None:
+    world.env["LLM_BACKEND_RUNTIMES"] = "tests.test_engine_plugin:PlainRuntime"
+    world.env["PYTHONPATH"] = os.pathsep.join(
+        [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
+    )
+    world.write_config('[profiles.plain]\nextends = "smollm2-cpu"\nruntime = "plain"\n')
+    report = json.loads(world.run("doctor", "--profile", "plain", "--json", timeout=120).stdout)
+    checks = {check["name"]: check for check in report["checks"]}
+    assert report["runtime"] == "plain" and checks["plain_runtime"]["status"] == "pass"
+    assert checks["model_file"]["status"] == "pass"  # the engine's checks still run
+    started = world.run("start", "--profile", "plain", timeout=180)
+    assert started.returncode == 0, started.stderr
+    status = json.loads(world.run("status", "--json").stdout)
+    assert (status["state"], status["runtime"]) == ("ready", "plain")
+    assert world.run("stop", timeout=60).returncode == 0
+    assert wait_for(lambda: port_is_free(world.port), timeout=10)
