@@ -37,6 +37,7 @@ from llm_backend.runtimes.compose import (
     project_name,
 )
 from llm_backend.runtimes.docker_facts import (
+    COMPOSE_REMEDY,
     DOCKER_CHECKS,
     compose_candidates,
     compose_version,
@@ -212,8 +213,7 @@ class DockerRuntime(Runtime):
         tried = " or ".join(f"`{' '.join(argv)}`" for argv in candidates)
         raise BackendError(
             f"Docker Compose is not installed ({tried} did not run)",
-            remedy="install the Compose v2 plugin into /usr/local/lib/docker/cli-plugins "
-            "(see docs/docker.md), or apt-get install docker-compose",
+            remedy=COMPOSE_REMEDY,
         )
 
     def _compose_argv(self, project: str, compose_file: Path, *args: str) -> list[str]:

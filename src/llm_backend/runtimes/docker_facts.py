@@ -22,6 +22,10 @@ from llm_backend.units import format_bytes
 
 COMPOSE_ENV = "LLM_BACKEND_COMPOSE"  # e.g. "docker-compose" to force the v1 fallback
 DOCKER_ENV = "LLM_BACKEND_DOCKER"  # the docker CLI to use (default: docker on PATH)
+COMPOSE_REMEDY = (
+    "install the Compose v2 plugin into /usr/local/lib/docker/cli-plugins (see docs/docker.md), "
+    "or apt-get install docker-compose"
+)
 
 
 def docker_cli() -> str:
@@ -200,9 +204,11 @@ def check_compose(ctx: Context) -> CheckResult | None:
     if facts.compose_version:
         return result("compose", "pass",
                       f"{' '.join(facts.compose_command)} {facts.compose_version}")
-    return result("compose", "fail", "Docker Compose is not installed",
-                  "install the Compose plugin (Debian: apt-get install docker-compose; "
-                  "Docker's repo: docker-compose-plugin)")
+    tried = " or ".join(f"`{' '.join(argv)}`" for argv in compose_candidates())
+    forced = f" (${COMPOSE_ENV} names it)" if os.environ.get(COMPOSE_ENV) else ""
+    return result("compose", "fail",
+                  f"Docker Compose is not installed ({tried} did not run){forced}",
+                  COMPOSE_REMEDY)
 
 
 def check_image(ctx: Context) -> CheckResult | None:
