@@ -38,6 +38,7 @@ class CheckResult:
     details: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
+        """`{name, status, summary, fix, details}`: one entry of `doctor --json`'s `checks`."""
         return asdict(self)
 
 
@@ -70,6 +71,7 @@ class Context:
 
     @cached_property
     def gpus(self) -> GpuReport:
+        """NVML's answer (read once; a finding, never an exception, without NVML)."""
         from llm_backend.gpu import read_gpus
 
         return read_gpus()

@@ -104,6 +104,7 @@ class Failure:
     line: str | None = None
 
     def to_json(self) -> dict[str, Any]:
+        """The shape of `failure` in `status --json` and `diagnose --json`."""
         return {
             "class": self.failure_class,
             "line": self.line,
@@ -196,10 +197,12 @@ class LogReading:
     last_exception: str | None = None
 
     def current_phase(self) -> PhaseEvent | None:
+        """The phase entered last, or None before the first."""
         return self.phases[-1] if self.phases else None
 
 
 def failure_rank(failure_class: str) -> int:
+    """How much a failure class explains (higher replaces lower; specific classes rank 3)."""
     return FAILURE_RANK.get(failure_class, SPECIFIC_RANK)
 
 
