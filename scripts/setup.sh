@@ -56,7 +56,7 @@ if ((with_tests)); then
   if command -v apt-get >/dev/null 2>&1; then
     # iproute2: the scale-out tests make network namespaces and veth pairs of their own.
     apt_install earlyoom docker.io docker-compose curl sudo e2fsprogs util-linux procps \
-      docker-registry iproute2
+      docker-registry iproute2 systemd
     command -v npm >/dev/null 2>&1 || apt_install npm
   fi
   # The tests start their own earlyoom processes; the packaged service must not run.

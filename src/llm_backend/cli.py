@@ -28,6 +28,7 @@ from llm_backend.lifecycle import (
 )
 from llm_backend.monitor import MonitorEvent
 from llm_backend.runtimes import get_runtime
+from llm_backend.serve import control as serve_control
 from llm_backend.state import HOST_JOURNAL_FILE, StateStore
 
 if TYPE_CHECKING:
@@ -240,6 +241,13 @@ def start(
 
     def action() -> None:
         lifecycle = make_lifecycle()
+        door = serve_control.running(lifecycle.store)
+        if door is not None and not dry_run:
+            raise BackendError(
+                f"serve (pid {door.pid}, door {door.door}) owns the backend here",
+                remedy="use it as is; `llm-backend restart` reloads its backend, "
+                "`llm-backend stop` stops both",
+            )
         name, auto_runtime = choose_profile_and_runtime(lifecycle, profile)
         overrides: dict[str, Any] = {}
         if runtime is not None:
@@ -342,9 +350,40 @@ def run_preflight(
 # --- status / stop / restart / logs ------------------------------------------------------
 
 
+def with_serve(store: StateStore, status: Status) -> Status:
+    """The status plus the door's view when `serve` runs (the door, counts, last restart)."""
+    door = serve_control.running(store)
+    if door is None:
+        return status
+    from dataclasses import replace
+
+    from llm_backend.serve.record import summary
+
+    return replace(status, extra={**status.extra, "serve": summary(door)})
+
+
+def render_serve(door: dict[str, Any]) -> None:
+    line = (f"serve:    door {door['door']} (pid {door['pid']}), backend {door['state']}; "
+            f"{door['requests']} requests, {door['held']} held, {door['failed']} failed, "
+            f"{door['fallback']} to fallback")
+    console.print(line, markup=False, soft_wrap=True)
+    if door.get("last_restart"):
+        last = door["last_restart"]
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last["at"]))
+        console.print(f"          last restart {when} ({last['reason']}, "
+                      f"{last['duration_s']:.1f}s); {door['restarts']} restarts", markup=False)
+    if door.get("gave_up") and door.get("last_failure"):
+        failure = door["last_failure"]
+        console.print(f"          gave up restarting: {failure.get('class')}: "
+                      f"{failure.get('message')}", markup=False, soft_wrap=True)
+        console.print("fix:      llm-backend logs -n 200, then llm-backend restart", markup=False)
+
+
 def render_status(status: Status) -> None:
     colour = {"ready": "green", "failed": "red", "loading": "yellow"}.get(status.state, "white")
     console.print(f"state:    [{colour}]{status.state}[/{colour}]")
+    if isinstance(status.extra.get("serve"), dict):
+        render_serve(status.extra["serve"])
     if status.host_prep:
         render_host_prep(status.host_prep)
     if status.profile is None:
@@ -368,6 +407,8 @@ def render_status(status: Status) -> None:
     for key, value in status.extra.items():
         if key == "docker" and isinstance(value, dict):
             render_docker(value)
+        elif key == "serve":
+            continue
         else:
             console.print(f"{key}: {value}", markup=False)
     if status.failure:
@@ -389,7 +430,7 @@ def status(
     def action() -> None:
         lifecycle = make_lifecycle()
         while True:
-            current = lifecycle.status()
+            current = with_serve(lifecycle.store, lifecycle.status())
             gpus, ours = gpu_state(lifecycle)
             if as_json:
                 from llm_backend.gpu import status_json
@@ -421,6 +462,13 @@ def stop(
         from llm_backend.gpu import process_tree
 
         lifecycle = make_lifecycle()
+        door = serve_control.running(lifecycle.store)
+        if door is not None:  # serve owns the backend: it drains, stops it, restores the host
+            grace = timeout if timeout is not None else 600.0
+            stopped = serve_control.stop(lifecycle.store, door, timeout_s=grace + 60)
+            console.print(f"stopped serve (pid {stopped.pid}, door {stopped.door}) and its "
+                          f"backend in {stopped.duration_s:.1f}s")
+            return
         record = lifecycle.store.load_instance()
         tree = (process_tree(record.pid)
                 if record and not get_runtime(record.runtime).in_container else ())
@@ -508,6 +556,17 @@ def restart() -> None:
 
     def action() -> None:
         lifecycle = make_lifecycle()
+        door = serve_control.running(lifecycle.store)
+        if door is not None:  # serve holds (or falls back) while its backend reloads
+            done = serve_control.restart(lifecycle.store, door, timeout_s=3600)
+            if done.failure:
+                raise BackendError(
+                    f"the backend behind serve failed to restart: {done.failure.get('message')}",
+                    remedy=str(done.failure.get("remedy") or "llm-backend logs -n 200"),
+                )
+            console.print(f"restarted {done.profile} behind serve ({done.door}) in "
+                          f"{done.duration_s:.1f}s")
+            return
 
         def checks(name: str, overrides: dict[str, Any]) -> None:
             run_preflight(lifecycle, name, overrides, [], host_prep=True, dry_run=False)
@@ -1410,6 +1469,92 @@ def diagnose(
             for note in result.notes:
                 console.print(f"note:    {note}", markup=False, soft_wrap=True)
         raise typer.Exit(0 if result.ready and result.failure is None else 1)
+
+    run_guarded(action)
+
+
+# --- serve and service --------------------------------------------------------------------
+
+service_app = typer.Typer(help="A systemd unit that runs `llm-backend serve` at boot.")
+app.add_typer(service_app, name="service")
+
+
+@app.command()
+def serve(
+    profile: Annotated[
+        str | None, typer.Option("--profile", "-p", help="Profile name, or 'auto'.")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="The door's port (clients use it).")] = None,
+) -> None:
+    """Run the front door and supervisor in the foreground until SIGTERM or `stop`."""
+
+    def action() -> None:
+        from llm_backend.serve import daemon
+
+        lifecycle = make_lifecycle()
+        name = choose_profile(lifecycle, profile)
+        serve_plan = daemon.plan(lifecycle, name, port)
+
+        def line(text: str) -> None:
+            err_console.print(f"{time.strftime('%H:%M:%S')} {text}", markup=False,
+                              soft_wrap=True)
+
+        code = daemon.run(lifecycle, serve_plan, on_line=line,
+                          ensure_binary=ensure_llama_server)
+        raise typer.Exit(code)
+
+    run_guarded(action)
+
+
+@service_app.command("install")
+def service_install(
+    profile: Annotated[
+        str | None, typer.Option("--profile", "-p", help="Profile the service serves.")
+    ] = None,
+    unit_dir: Annotated[
+        Path, typer.Option(help="Where to write the unit.", hidden=True)
+    ] = Path("/etc/systemd/system"),
+) -> None:
+    """Write, verify and enable llm-backend.service (runs `serve` at boot, as root)."""
+
+    def action() -> None:
+        import os
+
+        from llm_backend.serve import service
+
+        lifecycle = make_lifecycle()
+        name = choose_profile(lifecycle, profile)
+        resolved = lifecycle.resolve(name).profile
+        environment = {
+            key: value for key, value in os.environ.items()
+            if key in ("LLM_BACKEND_STATE_DIR", "XDG_CONFIG_HOME", "HF_HOME")
+        }
+        result = service.install(resolved, unit_dir=unit_dir, working_directory=Path.cwd(),
+                                 environment=environment)
+        console.print(f"wrote {result.unit_path} (systemd-analyze verify: ok)"
+                      + ("; enabled" if result.enabled else ""))
+        for note in result.notes:
+            console.print(note, markup=False)
+
+    run_guarded(action)
+
+
+@service_app.command("uninstall")
+def service_uninstall(
+    unit_dir: Annotated[
+        Path, typer.Option(help="Where the unit is.", hidden=True)
+    ] = Path("/etc/systemd/system"),
+) -> None:
+    """Disable and remove llm-backend.service (only the unit `service install` wrote)."""
+
+    def action() -> None:
+        from llm_backend.serve import service
+
+        result = service.uninstall(unit_dir=unit_dir)
+        if result.action == "absent":
+            console.print(f"no unit at {result.unit_path}")
+        else:
+            console.print(f"removed {result.unit_path}")
 
     run_guarded(action)
 

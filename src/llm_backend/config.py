@@ -22,6 +22,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from llm_backend.errors import ConfigError
@@ -272,6 +273,68 @@ class DistributedConfig(StrictModel):
     def tp_size(self) -> int:
         """SGLang's --tp-size is the total over all nodes."""
         return self.nnodes * self.gpus_per_node
+class ServeConfig(StrictModel):
+    """`llm-backend serve`: the front door and supervisor (issue 13). Times in seconds."""
+
+    # The backend's own port on 127.0.0.1 while the door holds the profile's port;
+    # None: a free loopback port picked when `serve` starts.
+    backend_port: int | None = Field(default=None, ge=1, le=65535)
+    max_wait_s: float = Field(default=600, ge=0, le=86400)  # hold a request this long
+    fallback_url: str | None = None  # any OpenAI-compatible base URL, used while not ready
+    fallback_api_key_env: str | None = None  # env var whose value replaces Authorization
+    probe_interval_s: float = Field(default=10, gt=0, le=3600)
+    probe_timeout_s: float = Field(default=30, gt=0, le=600)
+    probe_failures: int = Field(default=3, ge=1, le=100)  # in a row = hung
+    restart_backoff_s: float = Field(default=2, ge=0, le=3600)  # doubles per restart
+    restart_backoff_max_s: float = Field(default=120, ge=0, le=86400)
+    max_restarts: int = Field(default=5, ge=0, le=1000)  # within restart_window_s
+    restart_window_s: float = Field(default=3600, gt=0, le=7 * 86400)
+    memory_wait_s: float = Field(default=300, ge=0, le=3600)  # for memory to come back
+    idle_stop_s: float | None = Field(default=None, gt=0)  # None: always on
+    start_on_request: bool = False  # start at the first request instead of at once
+    drain_grace_s: float = Field(default=30, ge=0, le=3600)
+    api_keys_file: str | None = None  # one key per line; or LLM_BACKEND_API_KEYS
+    metrics: bool = True
+
+    @field_validator("fallback_url")
+    @classmethod
+    def _fallback_is_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", value):
+            raise ValueError(
+                f"{value!r} is not an http(s) base URL; write one like "
+                "'http://10.0.0.2:30000' (the part before /v1/...)"
+            )
+        return value.rstrip("/")
+
+    @field_validator("fallback_api_key_env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+            raise ValueError(f"{value!r} is not an environment variable name")
+        return value
+
+    @field_validator("api_keys_file")
+    @classmethod
+    def _keys_file_absolute(cls, value: str | None) -> str | None:
+        if value is not None and not Path(value).expanduser().is_absolute():
+            raise ValueError(f"{value!r} is not an absolute path; write the file's full path")
+        return value
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> ServeConfig:
+        if self.restart_backoff_max_s < self.restart_backoff_s:
+            raise ValueError(
+                f"restart_backoff_max_s = {self.restart_backoff_max_s} is below "
+                f"restart_backoff_s = {self.restart_backoff_s}; the cap must be at least the start"
+            )
+        if self.idle_stop_s is not None and not self.start_on_request:
+            raise ValueError(
+                f"idle_stop_s = {self.idle_stop_s} needs start_on_request = true (otherwise "
+                "nothing starts the backend again after an idle stop)"
+            )
+        return self
 
 
 class Profile(StrictModel):
@@ -313,6 +376,8 @@ class Profile(StrictModel):
     replicas: int = Field(default=1, ge=1, le=64)
     device_ids: list[str] = Field(default_factory=list)
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    model_facts: ModelFacts = Field(default_factory=ModelFacts)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
 
     @field_validator("router_url", "router_worker_url")
     @classmethod
@@ -327,7 +392,6 @@ class Profile(StrictModel):
     def worker_url(self) -> str:
         """The URL a router uses to reach this server."""
         return self.router_worker_url or self.endpoint
-    model_facts: ModelFacts = Field(default_factory=ModelFacts)
 
     @field_validator("engine", "runtime")
     @classmethod

@@ -348,6 +348,8 @@ class Engine(ABC):
     log_markers: re.Pattern[str] | None = None
     # Names `llm-backend engine install NAME` accepts for this engine; empty: not installable.
     install_names: tuple[str, ...] = ()
+    # What `serve` polls after ready to tell a live server from a crashed or hung one.
+    liveness_path: str = "/health"
 
     @abstractmethod
     def build_argv(self, *, profile: Profile, for_container: bool = False) -> list[str]:

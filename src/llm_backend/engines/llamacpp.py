@@ -252,6 +252,9 @@ class LlamaCppEngine(Engine):
         if not isinstance(body, list):
             return None
         return sum(1 for slot in body if isinstance(slot, dict) and slot.get("is_processing"))
+    # llama-server answers /health from its HTTP thread: 200 once the model is loaded
+    # (tools/server/server.cpp); a stopped or wedged process does not answer at all.
+    liveness_path = "/health"
 
     def build_argv(self, *, profile: Profile, for_container: bool = False) -> list[str]:
         if for_container:

@@ -767,6 +767,11 @@ class SGLangEngine(Engine):
     info_paths = ("/server_info", "/get_server_info")
     needs_gpu = True
     log_markers = LOG_MARKERS
+    # Runs a 1-token generation and answers 503 when the scheduler gave nothing within
+    # SGLANG_HEALTH_CHECK_TIMEOUT (20 s), so a wedged scheduler shows; a plain /health can
+    # skip the generation (SGLANG_ENABLE_HEALTH_ENDPOINT_GENERATION). Source: sglang 0.5.23
+    # `srt/entrypoints/http_server.py` (health_generate) and `srt/environ.py`.
+    liveness_path = "/health_generate"
 
     def launcher(self, *, profile: Profile, for_container: bool = False) -> list[str]:
         """What runs before the flags: the profile's `command`, else python -m launch_server."""

@@ -63,6 +63,8 @@ class Runtime(ABC):
     # image's binary and paths (`Engine.build_argv(for_container=True)`), and host-side
     # binaries are not needed.
     in_container: bool = False
+    # systemd units a service running this runtime must start after (and needs).
+    systemd_after: tuple[str, ...] = ()
 
     @abstractmethod
     def launch(self, *, spec: LaunchSpec) -> Launched:

@@ -136,6 +136,7 @@ class DockerRuntime(Runtime):
 
     name = "docker"
     in_container = True
+    systemd_after = ("docker.service",)
 
     def __init__(self) -> None:
         self._docker = docker_cli()

@@ -1,0 +1,402 @@
+"""What `llm-backend serve` costs: direct vs through serve vs through sglang-router 0.3.2.
+
+One run, same backends, arms interleaved round by round:
+- backends: a tiny server that answers at once (benchmarks/serve_instant_backend.py, so the
+  proxies' own cost is visible) and a real llama-server (SmolLM2-135M on the CPU);
+- arms: direct to the backend, through `llm-backend serve` (which launched that backend), and
+  through `sglang-router` 0.3.2 (round_robin, one worker: the same backend);
+- figures: latency p50/p99 at concurrency 1 and 64 and what each proxy adds, throughput at
+  64 and its loss, streaming time to first chunk and chunk spacing, the proxies' memory.
+
+The load generator (aiohttp) runs in this process, on the same machine as everything else:
+on a small machine all of them compete for the same cores, which the report says.
+Writes its section of docs/benchmarks.md between markers (other sections are kept).
+
+Usage: python benchmarks/bench_serve.py [--rounds N] [--write] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+DOC = REPO / "docs" / "benchmarks.md"
+BEGIN = "<!-- serve:begin -->"
+END = "<!-- serve:end -->"
+CLI = [sys.executable, "-m", "llm_backend"]
+INSTANT = Path(__file__).resolve().parent / "serve_instant_backend.py"
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "What is the capital of France?"}],
+        "max_tokens": 4, "temperature": 0}
+ARMS = ("direct", "serve", "router")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 120) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        time.sleep(0.1)
+    raise SystemExit(f"{url} did not answer 200 within {timeout} s")
+
+
+@dataclass
+class Backend:
+    """One backend behind `serve`, with the router in front of the same backend."""
+
+    name: str
+    door: str
+    backend: str
+    router: str
+    serve_process: subprocess.Popen[bytes]
+    router_process: subprocess.Popen[bytes]
+    env: dict[str, str]
+
+    def url(self, arm: str) -> str:
+        return {"direct": self.backend, "serve": self.door, "router": self.router}[arm]
+
+    def memory_mib(self) -> dict[str, float]:
+        def rss(pid: int) -> float:
+            try:
+                return psutil.Process(pid).memory_info().rss / 2**20
+            except psutil.Error:
+                return float("nan")
+
+        return {"serve": rss(self.serve_process.pid), "router": rss(self.router_process.pid)}
+
+    def stop(self) -> None:
+        for process in (self.router_process, self.serve_process):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in (self.router_process, self.serve_process):
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def start_backend(name: str, root: Path, profile_toml: str) -> Backend:
+    """`llm-backend serve` for a profile, then sglang-router in front of its backend."""
+    world = root / name
+    for sub in ("state", "config", "cwd"):
+        (world / sub).mkdir(parents=True)
+    (world / "cwd" / "llm-backend.toml").write_text(profile_toml)
+    door_port = free_port()
+    env = {**os.environ, "LLM_BACKEND_STATE_DIR": str(world / "state"),
+           "XDG_CONFIG_HOME": str(world / "config"), "LLM_BACKEND_PORT": str(door_port),
+           "NO_COLOR": "1"}
+    log = open(world / "serve.out", "wb")  # noqa: SIM115 - kept open while serve runs
+    serve = subprocess.Popen([*CLI, "serve", "--profile", "bench"], cwd=world / "cwd", env=env,
+                             stdout=log, stderr=subprocess.STDOUT)
+    door = f"http://127.0.0.1:{door_port}"
+    wait_http(door + "/ready")
+    record = json.loads((world / "state" / "serve.json").read_text())
+    backend = record["backend"]
+    router_port, metrics_port = free_port(), free_port()
+    router_log = open(world / "router.out", "wb")  # noqa: SIM115
+    router = subprocess.Popen(
+        [sys.executable, "-m", "sglang_router.launch_router", "--host", "127.0.0.1",
+         "--port", str(router_port), "--worker-urls", backend, "--policy", "round_robin",
+         "--prometheus-host", "127.0.0.1", "--prometheus-port", str(metrics_port),
+         "--log-level", "warn"],
+        stdout=router_log, stderr=subprocess.STDOUT, env=env,
+    )
+    router_url = f"http://127.0.0.1:{router_port}"
+    wait_http(router_url + "/readiness")
+    return Backend(name, door, backend, router_url, serve, router, env)
+
+
+# --- load -------------------------------------------------------------------------------
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(share * (len(ordered) - 1))))
+    return ordered[index]
+
+
+@dataclass
+class LoadResult:
+    latencies_ms: list[float] = field(default_factory=list)
+    errors: int = 0
+    duration_s: float = 0.0
+
+    @property
+    def throughput(self) -> float:
+        return len(self.latencies_ms) / self.duration_s if self.duration_s else 0.0
+
+
+async def load(url: str, concurrency: int, *, requests: int | None = None,
+               duration_s: float | None = None, body: dict[str, Any] = CHAT) -> LoadResult:
+    """`concurrency` workers send chat requests until `requests` are done or time is up."""
+    result = LoadResult()
+    payload = json.dumps(body).encode()
+    headers = {"content-type": "application/json"}
+    connector = aiohttp.TCPConnector(limit=0)
+    sent = 0
+    started = time.perf_counter()
+    deadline = started + (duration_s or 1e9)
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        nonlocal sent
+        while time.perf_counter() < deadline and (requests is None or sent < requests):
+            sent += 1
+            begin = time.perf_counter()
+            try:
+                async with session.post(url + "/v1/chat/completions", data=payload,
+                                        headers=headers) as answer:
+                    await answer.read()
+                    ok = answer.status == 200
+            except aiohttp.ClientError:
+                ok = False
+            if ok:
+                result.latencies_ms.append((time.perf_counter() - begin) * 1000)
+            else:
+                result.errors += 1
+
+    async with aiohttp.ClientSession(connector=connector) as session:
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+    result.duration_s = time.perf_counter() - started
+    return result
+
+
+async def stream_timing(url: str, body: dict[str, Any], repeats: int) -> dict[str, float]:
+    """Time to first chunk, and the gaps between the chunks, over `repeats` streams."""
+    first: list[float] = []
+    gaps: list[float] = []
+    events: list[int] = []
+    async with aiohttp.ClientSession() as session:
+        for _ in range(repeats):
+            begin = time.perf_counter()
+            arrivals: list[float] = []
+            count = 0
+            async with session.post(url + "/v1/chat/completions", json=body) as answer:
+                async for chunk in answer.content.iter_any():
+                    arrivals.append(time.perf_counter())
+                    count += chunk.count(b"data: ")
+            first.append((arrivals[0] - begin) * 1000)
+            gaps.extend((b - a) * 1000 for a, b in itertools.pairwise(arrivals))
+            events.append(count)
+    return {
+        "ttfb_ms_p50": statistics.median(first),
+        "gap_ms_p50": statistics.median(gaps) if gaps else float("nan"),
+        "gap_ms_p99": percentile(gaps, 0.99),
+        "reads_per_stream": (len(gaps) + repeats) / repeats,
+        "events_per_stream": statistics.mean(events),
+    }
+
+
+# --- the run -----------------------------------------------------------------------------
+
+
+def machine() -> str:
+    memory = psutil.virtual_memory().total / 2**30
+    gpu = "no GPU" if shutil.which("nvidia-smi") is None else "GPU present"
+    return f"{os.cpu_count()}-core {platform.machine()} VM, {memory:.0f} GiB RAM, {gpu}"
+
+
+@contextlib.contextmanager
+def backends(root: Path, llama_binary: str | None) -> Iterator[list[Backend]]:
+    wrapper = root / "instant-server.sh"
+    wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} {INSTANT} "$@"\n')
+    wrapper.chmod(0o755)
+    started: list[Backend] = []
+    try:
+        started.append(start_backend("instant", root, (
+            '[profiles.bench]\nextends = "smollm2-cpu"\n'
+            f'binary = "{wrapper}"\n[profiles.bench.serve]\nprobe_interval_s = 10\n'
+        )))
+        binary = f'binary = "{llama_binary}"\n' if llama_binary else ""
+        started.append(start_backend("llama-server", root, (
+            f'[profiles.bench]\nextends = "smollm2-cpu"\n{binary}'
+        )))
+        yield started
+    finally:
+        for backend in started:
+            backend.stop()
+
+
+def run(rounds: int) -> dict[str, Any]:
+    from llm_backend.engines.llamacpp import cached_binary_path
+
+    llama = shutil.which("llama-server") or str(cached_binary_path())
+    report: dict[str, Any] = {"machine": machine(), "rounds": rounds,
+                              "load_average_before": os.getloadavg()}
+    plan = {
+        # backend: [(label, concurrency, requests, duration_s, body)]
+        "instant": [("c1", 1, 1500, None, CHAT), ("c64", 64, None, 4.0, CHAT)],
+        "llama-server": [("c1", 1, 40, None, CHAT), ("c64", 64, None, 8.0, CHAT)],
+    }
+    stream_bodies = {
+        "instant": ({**CHAT, "stream": True}, 10),
+        "llama-server": ({**CHAT, "stream": True, "max_tokens": 48}, 6),
+    }
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as temporary, \
+            backends(Path(temporary), llama) as started:
+        for backend in started:
+            figures: dict[str, Any] = {}
+            for label, concurrency, requests, duration, body in plan[backend.name]:
+                # Warm every arm once, then interleave the arms round by round.
+                for arm in ARMS:
+                    asyncio.run(load(backend.url(arm), min(concurrency, 8), requests=20,
+                                     body=body))
+                per_arm: dict[str, list[LoadResult]] = {arm: [] for arm in ARMS}
+                for _ in range(rounds):
+                    for arm in ARMS:
+                        per_arm[arm].append(asyncio.run(load(
+                            backend.url(arm), concurrency, requests=requests,
+                            duration_s=duration, body=body)))
+                figures[label] = summarize(per_arm)
+            body, repeats = stream_bodies[backend.name]
+            figures["stream"] = {
+                arm: asyncio.run(stream_timing(backend.url(arm), body, repeats))
+                for arm in ARMS
+            }
+            figures["memory_mib"] = backend.memory_mib()
+            report[backend.name] = figures
+    report["load_average_after"] = os.getloadavg()
+    return report
+
+
+def summarize(per_arm: dict[str, list[LoadResult]]) -> dict[str, Any]:
+    """Per arm: medians over rounds of p50, p99, throughput; added = arm - direct per round."""
+    out: dict[str, Any] = {}
+    for arm, results in per_arm.items():
+        out[arm] = {
+            "p50_ms": statistics.median(percentile(r.latencies_ms, 0.5) for r in results),
+            "p99_ms": statistics.median(percentile(r.latencies_ms, 0.99) for r in results),
+            "throughput_rps": statistics.median(r.throughput for r in results),
+            "errors": sum(r.errors for r in results),
+            "requests": sum(len(r.latencies_ms) for r in results),
+        }
+    direct = per_arm["direct"]
+    for arm in ("serve", "router"):
+        results = per_arm[arm]
+        out[arm]["added_p50_ms"] = statistics.median(
+            percentile(a.latencies_ms, 0.5) - percentile(d.latencies_ms, 0.5)
+            for a, d in zip(results, direct, strict=True))
+        out[arm]["added_p99_ms"] = statistics.median(
+            percentile(a.latencies_ms, 0.99) - percentile(d.latencies_ms, 0.99)
+            for a, d in zip(results, direct, strict=True))
+        out[arm]["throughput_loss_pct"] = statistics.median(
+            100 * (1 - a.throughput / d.throughput) for a, d in zip(results, direct, strict=True)
+            if d.throughput)
+    return out
+
+
+# --- the report --------------------------------------------------------------------------
+
+
+def render(report: dict[str, Any]) -> str:
+    lines = [
+        BEGIN,
+        "## The front door (`benchmarks/bench_serve.py`)",
+        "",
+        f"Machine: {report['machine']}; load average before/after the run "
+        f"{report['load_average_before'][0]:.1f}/{report['load_average_after'][0]:.1f} "
+        "(other work shared the machine). The load generator, the proxies and the backends "
+        "share these cores. Medians over "
+        f"{report['rounds']} interleaved rounds; \"added\" is the arm minus direct within a "
+        "round. Router: sglang-router 0.3.2, round_robin, one worker (the same backend).",
+        "",
+    ]
+    for name in ("instant", "llama-server"):
+        figures = report[name]
+        title = ("Instant backend (answers at once: the proxy's own cost)" if name == "instant"
+                 else "Real llama-server (SmolLM2-135M, CPU, max_tokens 4)")
+        lines += [f"### {title}", "",
+                  "| arm | c | p50 ms | p99 ms | added p50 ms | added p99 ms | req/s | "
+                  "throughput loss | errors |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for label in ("c1", "c64"):
+            for arm in ARMS:
+                row = figures[label][arm]
+                added50 = f"{row['added_p50_ms']:+.2f}" if "added_p50_ms" in row else ""
+                added99 = f"{row['added_p99_ms']:+.2f}" if "added_p99_ms" in row else ""
+                loss = (f"{row['throughput_loss_pct']:.0f}%" if "throughput_loss_pct" in row
+                        else "")
+                lines.append(
+                    f"| {arm} | {label[1:]} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | "
+                    f"{added50} | {added99} | {row['throughput_rps']:.0f} | {loss} | "
+                    f"{row['errors']} |")
+        stream = figures["stream"]
+        lines += ["", "| arm | streaming: first chunk p50 ms | chunk gap p50 ms | "
+                  "gap p99 ms | reads per stream | events per stream |",
+                  "|---|---|---|---|---|---|"]
+        for arm in ARMS:
+            row = stream[arm]
+            lines.append(
+                f"| {arm} | {row['ttfb_ms_p50']:.2f} | {row['gap_ms_p50']:.2f} | "
+                f"{row['gap_ms_p99']:.2f} | {row['reads_per_stream']:.1f} | "
+                f"{row['events_per_stream']:.1f} |")
+        memory = figures["memory_mib"]
+        lines += ["", f"Resident memory after the run: serve {memory['serve']:.0f} MiB, "
+                  f"sglang-router {memory['router']:.0f} MiB.", ""]
+    lines.append(END)
+    return "\n".join(lines) + "\n"
+
+
+def write_doc(section: str) -> None:
+    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + section.rstrip("\n") + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    DOC.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
+    parser.add_argument("--json", type=Path, help="write every figure here")
+    arguments = parser.parse_args()
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    report = run(arguments.rounds)
+    section = render(report)
+    print(section)
+    if arguments.json:
+        arguments.json.write_text(json.dumps(report, indent=2))
+    if arguments.write:
+        write_doc(section)
+
+
+if __name__ == "__main__":
+    main()
