@@ -189,3 +189,18 @@ def test_a_real_start_lists_every_problem_at_once(world: Env) -> None:
     assert "flags:" in err and "--max-model-len" in err and "--context-length" in err
     assert "sglang:" in err  # the package problem, in the same report
     assert not (world.state_dir / "instance.json").exists()
+
+
+def test_a_copy_of_gpt_oss_120b_has_known_needs_and_an_unmounted_encoding_folder(
+    world: Env,
+) -> None:
+    in_case(world, "sglang-11751-compose-offload")
+    completed = world.run("doctor", "--json", "--profile", "oss120-3090-offload", timeout=120)
+    checks = checks_by_name(json.loads(completed.stdout))
+    assert "no known memory need" not in checks["memory"]["summary"]
+    assert checks["memory"]["details"]["need"] == 75 * 1024**3, checks["memory"]
+    assert "unsloth/gpt-oss-120b" in checks["disk"]["summary"]
+    assert "60.5 GiB" in checks["disk"]["summary"]
+    tiktoken = checks["tiktoken"]
+    assert "in None" not in tiktoken["summary"]
+    assert "mounts" in tiktoken["summary"] and "/tiktoken_encodings" in tiktoken["fix"]

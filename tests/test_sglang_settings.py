@@ -123,3 +123,43 @@ def test_speculative_set_twice_is_a_warning() -> None:
         speculative={"algorithm": "EAGLE3", "draft_model": "d"},
         extra_args=["--speculative-algorithm", "EAGLE3"]))
     assert [p.status for p in problems] == ["warn"]
+
+
+# --- model facts: recognised by the model's config, not its repo id --------------------------
+
+
+def test_model_facts_follow_the_model_not_the_repo_id(tmp_path: Path) -> None:
+    from llm_backend.engines.hub import model_facts_for
+
+    def fresh(model: str, **fields: Any) -> Profile:
+        return Profile.model_validate({"name": "m", "engine": "sglang", "model": model, **fields})
+
+    # Another org's copy of the same checkpoint, with no facts of its own.
+    copy = model_facts_for(fresh("unsloth/gpt-oss-120b"))
+    assert copy.min_gpu_memory == "75G" and copy.moe_layers == 36
+    # A local folder, recognised by its config.json whatever its name.
+    folder = tmp_path / "my-finetune"
+    folder.mkdir()
+    (folder / "config.json").write_text(
+        '{"architectures": ["GptOssForCausalLM"], "num_hidden_layers": 24}'
+    )
+    assert model_facts_for(fresh(str(folder))).min_gpu_memory == "22G"
+    # A different model extending the gpt-oss profile does not inherit its facts.
+    qwen = tmp_path / "Qwen3-4B"
+    qwen.mkdir()
+    (qwen / "config.json").write_text(
+        '{"architectures": ["Qwen3ForCausalLM"], "num_hidden_layers": 36}'
+    )
+    from llm_backend.config import ConfigSet, Layer, builtin_layer
+
+    user = Layer(label="x", profiles={
+        "q": {"extends": "gpt-oss-120b-eagle3", "model": str(qwen)},
+        "q-hub": {"extends": "gpt-oss-120b-eagle3", "model": "Qwen/Qwen3-4B"},
+    })
+    config = ConfigSet(layers=[builtin_layer(), user])
+    assert model_facts_for(config.resolve("q").profile).min_gpu_memory is None
+    assert model_facts_for(config.resolve("q-hub").profile).min_gpu_memory is None
+    # The built-in profile itself keeps its facts; own facts of a user profile are kept.
+    assert model_facts_for(config.resolve("gpt-oss-120b-eagle3").profile).moe_layers == 36
+    own = fresh("Qwen/Qwen3-4B", model_facts={"min_gpu_memory": "12G"})
+    assert model_facts_for(own).min_gpu_memory == "12G"

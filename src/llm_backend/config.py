@@ -7,6 +7,7 @@ Precedence (highest first): command line > ./llm-backend.toml > ~/.config/llm-ba
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import re
 import tomllib
@@ -169,6 +170,11 @@ class ModelFacts(StrictModel):
     moe_layers: int | None = Field(default=None, ge=1)
     # The tiktoken file the model's tokenizer loads at start (gpt-oss: o200k_base.tiktoken).
     tiktoken_file: str | None = None
+    # Which model these facts describe, as its config.json says (`architectures[0]`,
+    # `num_hidden_layers`): a copy, a fine-tune or a local folder of the same model is
+    # recognised by these rather than by its repo name.
+    architecture: str | None = None
+    num_hidden_layers: int | None = Field(default=None, ge=1)
 
     @field_validator("min_gpu_memory", "min_unified_memory", "load_peak_memory", "download_size")
     @classmethod
@@ -679,16 +685,34 @@ def builtin_layer() -> Layer:
     return Layer(label="built-in", profiles=profiles)
 
 
+@functools.cache
+def builtin_facts() -> tuple[tuple[str, ModelFacts], ...]:
+    """(model, model_facts) of every built-in profile, read once."""
+    config = ConfigSet(layers=[builtin_layer()])
+    return tuple(
+        (profile.model, profile.model_facts)
+        for profile in (config.resolve(name).profile for name in config.profile_names())
+    )
+
+
+def builtin_facts_by_identity(
+    architecture: str, num_hidden_layers: int | None
+) -> ModelFacts | None:
+    """The `model_facts` of the built-in profile whose model has this config identity."""
+    for _, facts in builtin_facts():
+        if facts.architecture == architecture and facts.num_hidden_layers == num_hidden_layers:
+            return facts
+    return None
+
+
 def builtin_model_facts(model: str) -> ModelFacts | None:
     """The `model_facts` of the built-in profile that serves `model` (a hub id, or a local path
     that ends in the same repo name), for readers of a log that names only the model."""
     wanted = model.rstrip("/").lower()
-    config = ConfigSet(layers=[builtin_layer()])
-    for name in config.profile_names():
-        profile = config.resolve(name).profile
-        repo = profile.model.lower()
+    for repo_name, facts in builtin_facts():
+        repo = repo_name.lower()
         if wanted == repo or wanted.endswith("/" + repo.rsplit("/", 1)[-1]):
-            return profile.model_facts
+            return facts
     return None
 
 

@@ -143,8 +143,11 @@ def check_memory(ctx: Context) -> CheckResult | None:
         return _result("memory", "pass", f"no known memory need for model {profile.model}")
     devices = ctx.gpus.devices
     if not devices:
-        return _result("memory", "fail", "no GPU memory to load into (see the gpu check)",
-                       "run a GPU profile on a machine with an NVIDIA GPU, or use smollm2-cpu")
+        return _result("memory", "fail",
+                       f"no GPU memory to load into (see the gpu check); {profile.model} needs "
+                       f"{gib(need.gpu_bytes)} on one GPU",
+                       "run a GPU profile on a machine with an NVIDIA GPU, or use smollm2-cpu",
+                       need=need.gpu_bytes)
     if any(device.unified_memory for device in devices):
         return _check_unified_memory(ctx, need.unified_bytes or need.gpu_bytes,
                                      need.load_peak_bytes or need.gpu_bytes)

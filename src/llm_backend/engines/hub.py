@@ -9,6 +9,7 @@ here are engine checks: an engine lists them in its `checks()` and names its rep
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 import re
 import time
@@ -18,7 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from llm_backend.checks import CheckResult, Context, result
-from llm_backend.config import Profile
+from llm_backend.config import (
+    ModelFacts,
+    Profile,
+    builtin_facts,
+    builtin_facts_by_identity,
+    builtin_model_facts,
+)
 from llm_backend.pull import (
     Artifact,
     ArtifactKind,
@@ -64,9 +71,77 @@ class CachedModel:
         return self.cached_bytes >= 0.95 * self.expected_bytes
 
 
+def model_config(model: str) -> dict[str, Any] | None:
+    """The model's config.json: in a local folder, else in the hub cache's newest snapshot."""
+    local = Path(model).expanduser()
+    candidates = [local / "config.json"] if model.startswith(("/", "~", ".")) else []
+    if not candidates and re.fullmatch(r"[\w.-]+/[\w.-]+", model):
+        snapshots = hf_hub_cache() / ("models--" + model.replace("/", "--")) / "snapshots"
+        try:
+            found = sorted(snapshots.glob("*/config.json"), key=lambda p: p.stat().st_mtime)
+        except OSError:
+            found = []
+        candidates = found[-1:]
+    for path in candidates:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict):
+            return data
+    return None
+
+
+def model_identity(model: str) -> tuple[str, int | None] | None:
+    """(`architectures[0]`, `num_hidden_layers`) from the model's config.json, if it is here."""
+    config = model_config(model)
+    if config is None:
+        return None
+    architectures = config.get("architectures")
+    if not isinstance(architectures, list) or not architectures:
+        return None
+    layers = config.get("num_hidden_layers")
+    return str(architectures[0]), layers if isinstance(layers, int) else None
+
+
+def model_facts_for(profile: Profile) -> ModelFacts:
+    """The model facts that apply to the profile's model, recognised by its config.
+
+    The profile's own `model_facts` hold when they describe its model; a profile that
+    extends another but serves a different model does not inherit the parent's (a Qwen
+    profile built on the gpt-oss one is not 75 GB). A model is recognised by its config.json
+    (architecture and layer count, from a local folder or the hub cache), else by its repo
+    name (`unsloth/gpt-oss-120b` and `/models/gpt-oss-120b` are gpt-oss-120b). Unknown models
+    get empty facts: checks then say they do not know.
+    """
+    facts = profile.model_facts
+    identity = model_identity(profile.model)
+    if identity is not None:
+        architecture, layers = identity
+        if facts.architecture == architecture and facts.num_hidden_layers in (None, layers):
+            return facts
+        known = builtin_facts_by_identity(architecture, layers)
+        if known is not None:
+            return known
+        return facts if facts.architecture is None and not _inherited(facts) else ModelFacts()
+    by_name = builtin_model_facts(profile.model)
+    if by_name is not None:
+        return by_name
+    return ModelFacts() if _inherited(facts) else facts
+
+
+def _inherited(facts: ModelFacts) -> bool:
+    """Whether `facts` are exactly a built-in profile's (copied through `extends`)."""
+    if facts == ModelFacts():
+        return False
+    return any(known == facts for _, known in builtin_facts())
+
+
 def expected_download_bytes(profile: Profile, repo: str) -> int | None:
-    """The download size of `repo` when it is the profile's model and the profile says it."""
-    return profile.model_facts.bytes_of("download_size") if repo == profile.model else None
+    """The download size of `repo` when it is the profile's model and its facts say it."""
+    if repo != profile.model:
+        return None
+    return model_facts_for(profile).bytes_of("download_size")
 
 
 def cached_model(repo: str, expected_bytes: int | None = None) -> CachedModel:

@@ -517,7 +517,7 @@ def check_tiktoken(ctx: Context) -> CheckResult | None:
     downloads it, and checks its SHA-256 (openai/harmony `public_encodings.rs`), so a missing
     or wrong file is a failure; without it, harmony downloads the file itself at run time.
     """
-    if not (ctx.profile.model_facts.tiktoken_file
+    if not (hub.model_facts_for(ctx.profile).tiktoken_file
             or ctx.profile.env.get("TIKTOKEN_ENCODINGS_BASE")):
         return None
     try:
@@ -861,7 +861,7 @@ class SGLangEngine(Engine):
     def build_argv(self, *, profile: Profile, for_container: bool = False) -> list[str]:
         # The reader made after this knows the model's MoE layer count (shuffle progress)
         # and the profile's --mem-fraction-static (for the out-of-memory remedy).
-        self._moe_layers = profile.model_facts.moe_layers or moe_layers_of(profile.model)
+        self._moe_layers = hub.model_facts_for(profile).moe_layers or moe_layers_of(profile.model)
         fraction = flag_value(profile.extra_args, "--mem-fraction-static")
         try:
             self._mem_fraction_static = float(fraction) if fraction else None
@@ -965,7 +965,7 @@ class SGLangEngine(Engine):
 
     def memory_need(self, *, profile: Profile) -> MemoryNeed | None:
         """From the profile's `model_facts`; None when it gives no GPU memory need."""
-        facts = profile.model_facts
+        facts = hub.model_facts_for(profile)
         gpu = facts.bytes_of("min_gpu_memory")
         if gpu is None:
             return None
