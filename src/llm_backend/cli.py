@@ -943,8 +943,10 @@ def profiles_show(
     """Print every effective value of a profile and where it came from."""
 
     def action() -> None:
+        from llm_backend.credentials import mask_flat
+
         resolved = load_config().resolve(name)
-        flat = flatten(resolved.profile)
+        flat = mask_flat(flatten(resolved.profile))
         if as_json:
             print_json(
                 {

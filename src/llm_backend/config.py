@@ -367,6 +367,8 @@ class Profile(StrictModel):
     threads: int | None = Field(default=None, ge=1)
     extra_args: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
+    # A file holding the server's API key (mode 0600); LLM_BACKEND_API_KEY overrides it.
+    api_key_file: str | None = None
     load_timeout_s: float = Field(default=600, gt=0)
     stall_timeout_s: float = Field(default=120, gt=0)
     stop_grace_s: float = Field(default=10, ge=0)
@@ -384,6 +386,13 @@ class Profile(StrictModel):
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     model_facts: ModelFacts = Field(default_factory=ModelFacts)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+
+    @model_validator(mode="after")
+    def _no_secret_flags(self) -> Profile:
+        from llm_backend.credentials import check_extra_args
+
+        check_extra_args(self.name, self.extra_args)
+        return self
 
     @field_validator("router_url", "router_worker_url")
     @classmethod

@@ -292,6 +292,25 @@ def check_port(ctx: Context) -> CheckResult:
                    holder=holder)
 
 
+def check_access(ctx: Context) -> CheckResult:
+    """`access`: an API key for a server that listens beyond loopback (issue: open servers)."""
+    from llm_backend import credentials
+
+    try:
+        key = credentials.read_api_key(ctx.profile)
+    except BackendError as error:
+        return _result("access", "fail", error.message, error.remedy)
+    if key:
+        return _result("access", "pass", "the server takes an API key (never shown); "
+                       "llm-backend's own requests send it")
+    if credentials.exposed_without_key(ctx.profile):
+        return _result("access", "warn", credentials.exposure_warning(ctx.profile),
+                       f"set api_key_file = \"PATH\" in [profiles.{ctx.profile.name}] "
+                       f"(a file with mode 0600), or export {credentials.API_KEY_ENV}")
+    return _result("access", "pass",
+                   f"the server listens on {ctx.profile.host} only, without an API key")
+
+
 def _runtime_will_adopt(ctx: Context) -> bool:
     """Whether the runtime recognises the holder of the port as our own server (Docker)."""
     try:
@@ -380,6 +399,7 @@ GENERAL_BEFORE: tuple[Check, ...] = (
 )
 GENERAL_AFTER: tuple[Check, ...] = (
     Check("port", check_port, failure_class="port_in_use"),
+    Check("access", check_access),
     Check("privileges", check_privileges),
     Check("oom_daemons", check_oom_daemons),
 )

@@ -386,6 +386,17 @@ class Engine(ABC):
         """
         return None
 
+    def api_key_files(self, *, profile: Profile, api_key: str) -> dict[str, str]:
+        """Files (name -> content) that hand the API key to the server, written 0600 by us.
+
+        Empty means the engine cannot take a key; `start` then refuses a profile that has one.
+        """
+        return {}
+
+    def api_key_args(self, *, profile: Profile, paths: dict[str, str]) -> list[str]:
+        """Flags that point the server at those files (`paths`: name -> path the server sees)."""
+        return []
+
     def hub_models(self, *, profile: Profile) -> tuple[str, ...]:
         """Hugging Face repos (`org/name`) the engine downloads at start: model first."""
         return ()

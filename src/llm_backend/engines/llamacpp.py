@@ -37,6 +37,8 @@ from llm_backend.units import format_bytes
 if TYPE_CHECKING:
     from llm_backend.runtimes.base import Runtime
 
+# The key file llama-server reads with --api-key-file (tools/server: /health stays public).
+API_KEY_FILE = "llama-server-api-keys"
 CONTAINER_BINARY = "/usr/local/bin/llama-server"
 CONTAINER_MODEL_DIR = "/models"
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
@@ -339,6 +341,13 @@ class LlamaCppEngine(Engine):
                 f"profile {profile.name!r}: binary {binary} is not executable",
                 remedy=f"chmod +x {binary}, or set `binary` to an executable llama-server",
             )
+
+    def api_key_files(self, *, profile: Profile, api_key: str) -> dict[str, str]:
+        """llama-server reads keys from `--api-key-file`, one per line (common/arg.cpp)."""
+        return {API_KEY_FILE: api_key + "\n"}
+
+    def api_key_args(self, *, profile: Profile, paths: dict[str, str]) -> list[str]:
+        return ["--api-key-file", paths[API_KEY_FILE]]
 
     def spec_stats_from_info(self, *, info: dict[str, Any]) -> SpecStats | None:
         """/props has no speculative-decoding figures: they come from the log."""

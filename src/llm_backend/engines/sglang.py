@@ -433,6 +433,7 @@ def spec_stats_from_server_info(info: dict[str, Any]) -> SpecStats | None:
 # when that variable is set, never downloads it then, and checks its SHA-256
 # (openai/harmony `src/tiktoken_ext/public_encodings.rs`, `Encoding::load`, `expected_hash`).
 HARMONY_ENCODING_FILE = "o200k_base.tiktoken"
+SGLANG_SECRETS_FILE = "sglang-secrets.yaml"  # the API key, as SGLang's --config file
 HARMONY_ENCODING_SHA256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"
 HARMONY_ENCODING_BYTES = 3_613_922
 HARMONY_ENCODINGS_URL = "https://openaipublic.blob.core.windows.net/encodings/"
@@ -976,6 +977,25 @@ class SGLangEngine(Engine):
             # SGLang's gpt-oss loader keeps about a checkpoint's worth of host pages.
             host_staging_bytes=facts.bytes_of("download_size"),
         )
+
+    def api_key_files(self, *, profile: Profile, api_key: str) -> dict[str, str]:
+        """SGLang takes the key from a YAML file named by `--config` (keys are its flags'
+        names: sglang 0.5.23 `server_args.py` `--config`, `utils/server_args_config_parser.py`
+        `ConfigArgumentMerger`); /health, /ready and /metrics stay public
+        (`utils/auth.py`)."""
+        if "--config" in profile.extra_args:
+            raise ConfigError(
+                f"profile {profile.name!r} passes its own --config in extra_args and has an "
+                "API key: SGLang takes one config file only",
+                remedy="move the settings of that file into the profile, or put api_key in it "
+                "and remove api_key_file",
+            )
+        import yaml
+
+        return {SGLANG_SECRETS_FILE: yaml.safe_dump({"api_key": api_key})}
+
+    def api_key_args(self, *, profile: Profile, paths: dict[str, str]) -> list[str]:
+        return ["--config", paths[SGLANG_SECRETS_FILE]]
 
     def hub_models(self, *, profile: Profile) -> tuple[str, ...]:
         repos = [profile.model]

@@ -28,6 +28,7 @@ class LaunchSpec:
     log_path: Path
     health_path: str = "/health"
     state_dir: Path | None = None  # where a runtime keeps its own files (the compose file)
+    secret_dir: Path | None = None  # our 0600 files for the server (its API key), if any
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,10 @@ class Runtime(ABC):
     def artifacts(self, *, profile: Profile) -> list[Source]:
         """What this runtime needs before it can run the profile (a container image)."""
         return []
+
+    def secret_path(self, *, profile: Profile, host_dir: Path) -> str:
+        """Where the server sees `host_dir`, the folder of our 0600 files for it."""
+        return str(host_dir)
 
     def host_path(self, *, profile: Profile, path: str) -> Path | None:
         """Where a path the server sees lives on this machine; None when it is not reachable.

@@ -20,6 +20,7 @@ import yaml
 
 from llm_backend import __version__
 from llm_backend.config import Profile
+from llm_backend.credentials import is_secret_name
 from llm_backend.errors import ConfigError
 from llm_backend.net import publish_spec
 
@@ -58,9 +59,20 @@ class ComposeDocument:
     def write(self, path: Path, *, with_name: bool = True) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(self.text(with_name=with_name), encoding="utf-8")
+        # 0600 from the first byte: the file names mounts and settings of a root-run service.
+        descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(self.text(with_name=with_name))
         os.replace(tmp, path)
         return path
+
+
+CONTAINER_SECRET_DIR = "/run/llm-backend-secrets"  # where the server sees our 0600 key files
+
+
+def secret_environment(profile: Profile) -> dict[str, str]:
+    """The profile's secret variables, for the environment of `docker compose up`."""
+    return {key: str(value) for key, value in profile.env.items() if is_secret_name(key)}
 
 
 def image_for(profile: Profile, machine: str | None = None) -> str:
@@ -130,6 +142,7 @@ def build_compose(
     health_path: str = "/health",
     machine: str | None = None,
     cwd: Path | None = None,
+    secret_dir: Path | None = None,
 ) -> ComposeDocument:
     """The Compose document that runs `argv` (the engine's in-container command) for `profile`."""
     docker = profile.docker
@@ -145,7 +158,14 @@ def build_compose(
     if docker.init:
         service["init"] = True
     if profile.env:
-        service["environment"] = {key: str(value) for key, value in profile.env.items()}
+        # A secret's value is not written here: a variable without a value takes it from the
+        # environment `docker compose` runs in (Compose spec, `environment`), which the Docker
+        # runtime fills from the profile (secret_environment).
+        service["environment"] = {
+            key: None if is_secret_name(key) else str(value) for key, value in profile.env.items()
+        }
+    if secret_dir is not None:
+        volumes.append(f"{secret_dir}:{CONTAINER_SECRET_DIR}:ro")
     if docker.network == "host":
         service["network_mode"] = "host"
     else:

@@ -29,12 +29,14 @@ from llm_backend.errors import BackendError, CommandFailed
 from llm_backend.pull import Source
 from llm_backend.runtimes.base import Launched, LaunchSpec, Runtime, StopResult
 from llm_backend.runtimes.compose import (
+    CONTAINER_SECRET_DIR,
     LABEL_PROFILE,
     LABEL_SPEC_HASH,
     ComposeDocument,
     build_compose,
     image_for,
     project_name,
+    secret_environment,
 )
 from llm_backend.runtimes.docker_facts import (
     COMPOSE_REMEDY,
@@ -153,6 +155,7 @@ class DockerRuntime(Runtime):
         remedy: str,
         timeout: float = COMMAND_TIMEOUT_S,
         check: bool = True,
+        env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
         try:
             completed = subprocess.run(
@@ -161,6 +164,7 @@ class DockerRuntime(Runtime):
                 text=True,
                 timeout=timeout,
                 stdin=subprocess.DEVNULL,
+                env=env,
             )
         except FileNotFoundError:
             raise BackendError(
@@ -346,6 +350,10 @@ class DockerRuntime(Runtime):
         """The profile's image for this machine, fetched through the Docker engine."""
         return [DockerImage(image_for(profile))]
 
+    def secret_path(self, *, profile: Profile, host_dir: Path) -> str:
+        """Our key files are mounted read-only at one fixed place in the container."""
+        return CONTAINER_SECRET_DIR
+
     def host_path(self, *, profile: Profile, path: str) -> Path | None:
         """The host side of the `host:container` bind mount that holds `path`, if any."""
         for volume in profile.docker.volumes:
@@ -365,7 +373,8 @@ class DockerRuntime(Runtime):
 
     def launch(self, *, spec: LaunchSpec) -> Launched:
         profile = spec.profile
-        document = build_compose(profile=profile, argv=spec.argv, health_path=spec.health_path)
+        document = build_compose(profile=profile, argv=spec.argv, health_path=spec.health_path,
+                                 secret_dir=spec.secret_dir)
         tool = self.compose_tool()
         compose_file = document.write(
             self.compose_file_path(spec=spec), with_name=tool.supports_project_name_key
@@ -390,6 +399,7 @@ class DockerRuntime(Runtime):
             if not adopted:
                 self._run(
                     self._compose_argv(document.project, compose_file, "up", "-d"),
+                    env={**os.environ, **secret_environment(profile)},
                     remedy=f"read the error above; the compose file is {compose_file} "
                     "(try it by hand: docker compose -f FILE up)",
                     timeout=max(COMMAND_TIMEOUT_S, profile.load_timeout_s),

@@ -1,0 +1,152 @@
+"""Secrets: the server's API key, secret environment values, and keeping both out of sight.
+
+The API key comes from `LLM_BACKEND_API_KEY` or the profile's `api_key_file` (a file only its
+owner can read). It reaches the server through a file of ours (mode 0600), never through a
+command line that `ps` shows; clients of ours (`chat`, `bench`, `status`, the monitor) send
+it as `Authorization: Bearer`. Environment values whose names look secret (`*TOKEN*`,
+`*KEY*`, `*SECRET*`, `*PASSWORD*`, ...) are masked wherever they are shown and passed to
+Docker Compose through the environment of `docker compose`, not written into its YAML.
+
+Errors: ConfigError naming the file or the flag, with the chmod / setting that fixes it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from llm_backend.errors import ConfigError
+
+if TYPE_CHECKING:
+    from llm_backend.config import Profile
+
+API_KEY_ENV = "LLM_BACKEND_API_KEY"
+MASK = "********"
+SECRET_NAME = re.compile(r"TOKEN|KEY|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH", re.IGNORECASE)
+# Flags that carry a secret on the command line, where every local user can read it
+# (`ps`, /proc/PID/cmdline): SGLang's `--api-key`/`--admin-api-key`, llama.cpp's `--api-key`,
+# vLLM's `--api-key`, and any `--hf-token`-style flag.
+SECRET_FLAG = re.compile(r"^--?[\w-]*(api[-_]key|token|secret|password)(?![-_]file)[\w-]*(=|$)",
+                         re.IGNORECASE)
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+
+
+def is_secret_name(name: str) -> bool:
+    """True for environment names that hold secrets: HF_TOKEN, OPENAI_API_KEY, DB_PASSWORD."""
+    return bool(SECRET_NAME.search(name))
+
+
+def masked_env(env: dict[str, str]) -> dict[str, str]:
+    """The environment as it may be shown: secret values replaced by a mask."""
+    return {name: MASK if is_secret_name(name) and value else value
+            for name, value in env.items()}
+
+
+def mask_flat(values: dict[str, Any]) -> dict[str, Any]:
+    """`profiles show`'s dotted keys with the values of secret `env.NAME` keys masked."""
+    masked: dict[str, Any] = {}
+    for key, value in values.items():
+        parts = key.split(".")
+        secret = len(parts) >= 2 and parts[-2] == "env" and is_secret_name(parts[-1])
+        masked[key] = MASK if secret and value else value
+    return masked
+
+
+def check_extra_args(profile_name: str, extra_args: list[str]) -> None:
+    """Refuse secrets in `extra_args`: the command line is readable by every local user."""
+    for argument in extra_args:
+        if SECRET_FLAG.match(argument):
+            flag = argument.split("=", 1)[0]
+            raise ConfigError(
+                f"profile {profile_name!r}: extra_args has {flag}, which would put a secret on "
+                "the server's command line (visible to every user in `ps`) and in the state "
+                "record",
+                remedy=f"remove {flag} from extra_args; put the key in a file only you can read "
+                f"and set api_key_file = \"PATH\" in [profiles.{profile_name}] (or export "
+                f"{API_KEY_ENV}); for tokens use the profile's env, which is kept out of sight",
+            )
+
+
+def read_api_key(profile: Profile) -> str | None:
+    """The API key for the profile's server: LLM_BACKEND_API_KEY, else `api_key_file`.
+
+    The file must be a regular file owned by the running user (or root) that nobody else can
+    read; its first line that is not empty and not a `#` comment is the key.
+    """
+    from_env = os.environ.get(API_KEY_ENV, "").strip()
+    if from_env:
+        return from_env
+    if not profile.api_key_file:
+        return None
+    path = Path(os.path.expanduser(profile.api_key_file))
+    try:
+        info = path.stat()
+    except OSError as error:
+        raise ConfigError(
+            f"profile {profile.name!r}: api_key_file {path} cannot be read: {error.strerror}",
+            remedy=f"write the key into {path} (umask 077; echo KEY > {path}), or fix "
+            "api_key_file",
+        ) from error
+    if not stat.S_ISREG(info.st_mode):
+        raise ConfigError(f"profile {profile.name!r}: api_key_file {path} is not a regular file",
+                          remedy="point api_key_file at a file that holds the key")
+    if info.st_uid not in (os.geteuid(), 0):
+        raise ConfigError(
+            f"profile {profile.name!r}: api_key_file {path} belongs to uid {info.st_uid}, "
+            "not to you",
+            remedy=f"chown {os.geteuid()} {path} (or use a key file of your own)",
+        )
+    if info.st_mode & 0o077:
+        raise ConfigError(
+            f"profile {profile.name!r}: api_key_file {path} is readable by others "
+            f"(mode {stat.S_IMODE(info.st_mode):04o})",
+            remedy=f"chmod 600 {path}",
+        )
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        key = line.strip()
+        if key and not key.startswith("#"):
+            return key
+    raise ConfigError(f"profile {profile.name!r}: api_key_file {path} holds no key",
+                      remedy=f"write the key as the first line of {path}")
+
+
+def auth_headers(profile: Profile) -> dict[str, str]:
+    """`Authorization: Bearer KEY` when the profile's server has a key, else nothing."""
+    key = read_api_key(profile)
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def exposed_without_key(profile: Profile) -> bool:
+    """True when the server listens beyond loopback and has no API key."""
+    host = profile.host.strip("[]")
+    if host in LOOPBACK_HOSTS or host.startswith("127."):
+        return False
+    return read_api_key(profile) is None
+
+
+def exposure_warning(profile: Profile) -> str:
+    """What to tell the user about a server open to the network without a key."""
+    return (
+        f"{profile.name} listens on {profile.host}:{profile.port} without an API key: anyone "
+        "who can reach this machine can use the model (llama.cpp also allows every CORS "
+        f"origin then); set api_key_file = \"PATH\" in [profiles.{profile.name}] or export "
+        f"{API_KEY_ENV}, or listen on 127.0.0.1"
+    )
+
+
+def write_secret_file(path: Path, content: str) -> Path:
+    """Write `content` to `path` readable by its owner only (0600 from the first byte)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.write(descriptor, content.encode())
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+    os.replace(temporary, path)
+    return path

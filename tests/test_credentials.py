@@ -1,0 +1,105 @@
+"""API keys and secrets: never on a command line, never shown, never world-readable.
+
+Real CLI subprocesses and real files; the Docker part runs `docker compose config` with the
+real Compose to show the secret comes from the environment, not the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+
+import pytest
+
+from tests.conftest import Env
+
+SECRET = "hf_test_SECRET_value_42"
+
+
+def test_secret_env_is_masked_in_profiles_show_and_kept_out_of_the_compose_file(
+    world: Env,
+) -> None:
+    world.write_config(f"""
+[profiles.tokened]
+extends = "smollm2-cpu"
+runtime = "docker"
+[profiles.tokened.env]
+HF_TOKEN = "{SECRET}"
+OPENAI_API_KEY = "{SECRET}"
+PLAIN_SETTING = "visible"
+""")
+    shown = world.run("profiles", "show", "tokened", check=True)
+    assert SECRET not in shown.stdout + shown.stderr
+    assert "visible" in shown.stdout
+    as_json = json.loads(world.run("profiles", "show", "tokened", "--json", check=True).stdout)
+    assert as_json["env.HF_TOKEN"]["value"] == "********"
+    assert as_json["env.OPENAI_API_KEY"]["value"] == "********"
+    assert as_json["env.PLAIN_SETTING"]["value"] == "visible"
+
+    out = world.root / "compose.yml"
+    world.run("compose", "--profile", "tokened", "-o", str(out), check=True)
+    text = out.read_text()
+    assert SECRET not in text
+    assert "HF_TOKEN: null" in text and "PLAIN_SETTING: visible" in text
+    assert stat.S_IMODE(out.stat().st_mode) & 0o077 == 0
+    # Compose takes the value from the environment `docker compose` runs in.
+    if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+        config = subprocess.run(["docker", "compose", "-f", str(out), "config"],
+                                capture_output=True, text=True,
+                                env={**os.environ, "HF_TOKEN": SECRET})
+        assert f"HF_TOKEN: {SECRET}" in config.stdout, config.stderr
+
+
+@pytest.mark.parametrize("flag", ["--api-key", "--api-key=abc", "--admin-api-key", "--hf-token"])
+def test_secret_flags_in_extra_args_are_refused(world: Env, flag: str) -> None:
+    world.write_config(f"""
+[profiles.leaky]
+extends = "smollm2-cpu"
+extra_args = ["{flag}", "abc"]
+""")
+    refused = world.run("start", "--profile", "leaky", "--dry-run")
+    assert refused.returncode == 2, refused.stderr
+    name = flag.split("=")[0]
+    assert f"error: profile 'leaky': extra_args has {name}, which would put a secret on the " \
+        "server's command line" in refused.stderr
+    assert "fix: remove" in refused.stderr and "api_key_file" in refused.stderr
+    assert "abc" not in refused.stderr.split("fix:")[0].replace(name, "")
+
+
+def test_api_key_file_must_be_private(world: Env) -> None:
+    key_file = world.root / "key"
+    key_file.write_text("# the key\nsk-local-123\n")
+    key_file.chmod(0o644)
+    world.write_config(f"""
+[profiles.keyed]
+extends = "smollm2-cpu"
+host = "0.0.0.0"
+api_key_file = "{key_file}"
+""")
+    report = json.loads(world.run("doctor", "--profile", "keyed", "--json").stdout)
+    access = {check["name"]: check for check in report["checks"]}["access"]
+    assert access["status"] == "fail"
+    assert f"api_key_file {key_file} is readable by others (mode 0644)" in access["summary"]
+    assert access["fix"] == f"chmod 600 {key_file}"
+    key_file.chmod(0o600)
+    report = json.loads(world.run("doctor", "--profile", "keyed", "--json").stdout)
+    access = {check["name"]: check for check in report["checks"]}["access"]
+    assert access["status"] == "pass"
+    assert "sk-local-123" not in json.dumps(report)
+
+
+def test_public_bind_without_key_is_warned(world: Env) -> None:
+    world.write_config("""
+[profiles.open]
+extends = "smollm2-cpu"
+host = "0.0.0.0"
+""")
+    world.env.pop("LLM_BACKEND_API_KEY", None)
+    report = json.loads(world.run("doctor", "--profile", "open", "--json").stdout)
+    access = {check["name"]: check for check in report["checks"]}["access"]
+    assert access["status"] == "warn"
+    assert "open listens on 0.0.0.0" in access["summary"] and "without an API key" in \
+        access["summary"]
+    assert "api_key_file" in access["fix"]
