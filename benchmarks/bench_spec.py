@@ -109,89 +109,7 @@ def section(
         "",
     ]
     for result in results:
-        ab = result["ab"]
-        off, on = ab["arms"]["off"], ab["arms"]["on"]
-        lines += [
-            f"### `{result['workload']}` workload",
-            "",
-            f"`{result['command']}`"
-            + (
-                f" (the {args.requests} copy texts, then the same {args.requests} again)"
-                if result["workload"] == "copy-twice" else ""
-            ),
-            "",
-            "| concurrency | tok/s off | tok/s on | speedup (rounds) | e2e p50 off | "
-            "e2e p50 on | latency speedup | acceptance | identical | client vs engine |",
-            "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
-        ]
-        for level in ab["ab"]["levels"]:
-            concurrency = level["concurrency"]
-            off_level = next(s for s in off["summary"] if s["concurrency"] == concurrency)
-            on_level = next(s for s in on["summary"] if s["concurrency"] == concurrency)
-            rounds = ", ".join(f"{ratio:.2f}" for ratio in level["round_speedups"])
-            agreement = [
-                summary["engine_agreement"]["median_ratio"]
-                for summary in (off_level, on_level)
-                if summary["engine_agreement"]
-            ]
-            lines.append(
-                f"| {concurrency} | {off_level['output_tokens_per_s']:.1f} | "
-                f"{on_level['output_tokens_per_s']:.1f} | **{fmt(level['speedup'])}x** "
-                f"({rounds}) | {fmt(off_level['e2e_s']['p50'])} s | "
-                f"{fmt(on_level['e2e_s']['p50'])} s | {fmt(level['latency_speedup'])}x | "
-                f"{fmt(level['acceptance'], '{:.0%}')} | {level['identical']}/{level['compared']}"
-                f" | {' / '.join(f'{ratio:.3f}' for ratio in agreement) or '-'} |"
-            )
-        lines += [
-            "",
-            "| arm | concurrency | TTFT p50 / p90 / p99 (ms) | ITL p50 / p90 / p99 (ms) | "
-            "e2e p50 / p90 / p99 (s) | tok/s per request p50 | errors |",
-            "|---|---:|---|---|---|---:|---:|",
-        ]
-        for arm_name, arm in (("off", off), ("on", on)):
-            for summary in arm["summary"]:
-                ttft, itl, e2e = summary["ttft_s"], summary["itl_s"], summary["e2e_s"]
-                lines.append(
-                    f"| {arm_name} | {summary['concurrency']} | "
-                    f"{ttft['p50'] * 1000:.0f} / {ttft['p90'] * 1000:.0f} / "
-                    f"{ttft['p99'] * 1000:.0f} | {itl['p50'] * 1000:.0f} / "
-                    f"{itl['p90'] * 1000:.0f} / {itl['p99'] * 1000:.0f} | "
-                    f"{e2e['p50']:.2f} / {e2e['p90']:.2f} / {e2e['p99']:.2f} | "
-                    f"{summary['tokens_per_s']['p50']:.1f} | {summary['errors']} |"
-                )
-        differences = [d for level in ab["ab"]["levels"] for d in level["differences"]]
-        drift = baseline_drift(off)
-        if drift:
-            lines += [
-                "",
-                "Without speculation, the same request's output also changes between rounds "
-                "when",
-                "batch composition changes (near-ties in floating point): outputs of the `off`",
-                "arm that differ from its own first round: "
-                + ", ".join(f"c={level}: {changed}/{total}" for level, (changed, total)
-                            in drift.items()) + ".",
-            ]
-        if differences:
-            lines += ["", "Requests whose outputs differ (first differing character):", ""]
-            for difference in differences[:8]:
-                lines.append(
-                    f"- c={difference['concurrency']}, round {difference['round'] + 1}, request "
-                    f"{difference['index']}: char {difference['first_difference_char']}: off "
-                    f"`{difference['off_excerpt']!r}` vs on `{difference['on_excerpt']!r}`"
-                )
-            if len(differences) > 8:
-                lines.append(f"- ... and {len(differences) - 8} more")
-        for warning in ab["ab"]["warnings"]:
-            lines += ["", f"Warning printed by the bench: {warning}"]
-        for level in ab["ab"]["levels"]:
-            if level["acceptance"] is None and level["speedup"] is not None:
-                lines += [
-                    "",
-                    f"At concurrency {level['concurrency']} nothing was drafted, so both arms did "
-                    f"the same work: its {level['speedup']:.2f}x is this machine's noise.",
-                ]
-        name = result["workload"]
-        lines += ["", f"![{name}: spec off vs on](bench-spec-{name}.png)", ""]
+        lines += workload_lines(result, args.requests)
     lines += [
         "Reading it: `ngram-mod` drafts only when the last tokens already occurred in the",
         "prompt or the reply, so it pays off when the reply repeats its input (copying or",
@@ -204,6 +122,96 @@ def section(
         END,
     ]
     return "\n".join(lines) + "\n"
+
+
+def workload_lines(
+    result: dict[str, Any], requests: int, *, plot_prefix: str = "bench-spec-"
+) -> list[str]:
+    """One workload's tables, differences, warnings and plot link, as markdown lines."""
+    ab = result["ab"]
+    off, on = ab["arms"]["off"], ab["arms"]["on"]
+    lines = [
+        f"### `{result['workload']}` workload",
+        "",
+        f"`{result['command']}`"
+        + (
+            f" (the {requests} copy texts, then the same {requests} again)"
+            if result["workload"] == "copy-twice" else ""
+        ),
+        "",
+        "| concurrency | tok/s off | tok/s on | speedup (rounds) | e2e p50 off | "
+        "e2e p50 on | latency speedup | acceptance | identical | client vs engine |",
+        "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for level in ab["ab"]["levels"]:
+        concurrency = level["concurrency"]
+        off_level = next(s for s in off["summary"] if s["concurrency"] == concurrency)
+        on_level = next(s for s in on["summary"] if s["concurrency"] == concurrency)
+        rounds = ", ".join(f"{ratio:.2f}" for ratio in level["round_speedups"])
+        agreement = [
+            summary["engine_agreement"]["median_ratio"]
+            for summary in (off_level, on_level)
+            if summary["engine_agreement"]
+        ]
+        lines.append(
+            f"| {concurrency} | {off_level['output_tokens_per_s']:.1f} | "
+            f"{on_level['output_tokens_per_s']:.1f} | **{fmt(level['speedup'])}x** "
+            f"({rounds}) | {fmt(off_level['e2e_s']['p50'])} s | "
+            f"{fmt(on_level['e2e_s']['p50'])} s | {fmt(level['latency_speedup'])}x | "
+            f"{fmt(level['acceptance'], '{:.0%}')} | {level['identical']}/{level['compared']}"
+            f" | {' / '.join(f'{ratio:.3f}' for ratio in agreement) or '-'} |"
+        )
+    lines += [
+        "",
+        "| arm | concurrency | TTFT p50 / p90 / p99 (ms) | ITL p50 / p90 / p99 (ms) | "
+        "e2e p50 / p90 / p99 (s) | tok/s per request p50 | errors |",
+        "|---|---:|---|---|---|---:|---:|",
+    ]
+    for arm_name, arm in (("off", off), ("on", on)):
+        for summary in arm["summary"]:
+            ttft, itl, e2e = summary["ttft_s"], summary["itl_s"], summary["e2e_s"]
+            lines.append(
+                f"| {arm_name} | {summary['concurrency']} | "
+                f"{ttft['p50'] * 1000:.0f} / {ttft['p90'] * 1000:.0f} / "
+                f"{ttft['p99'] * 1000:.0f} | {itl['p50'] * 1000:.0f} / "
+                f"{itl['p90'] * 1000:.0f} / {itl['p99'] * 1000:.0f} | "
+                f"{e2e['p50']:.2f} / {e2e['p90']:.2f} / {e2e['p99']:.2f} | "
+                f"{summary['tokens_per_s']['p50']:.1f} | {summary['errors']} |"
+            )
+    differences = [d for level in ab["ab"]["levels"] for d in level["differences"]]
+    drift = baseline_drift(off)
+    if drift:
+        lines += [
+            "",
+            "Without speculation, the same request's output also changes between rounds "
+            "when",
+            "batch composition changes (near-ties in floating point): outputs of the `off`",
+            "arm that differ from its own first round: "
+            + ", ".join(f"c={level}: {changed}/{total}" for level, (changed, total)
+                        in drift.items()) + ".",
+        ]
+    if differences:
+        lines += ["", "Requests whose outputs differ (first differing character):", ""]
+        for difference in differences[:8]:
+            lines.append(
+                f"- c={difference['concurrency']}, round {difference['round'] + 1}, request "
+                f"{difference['index']}: char {difference['first_difference_char']}: off "
+                f"`{difference['off_excerpt']!r}` vs on `{difference['on_excerpt']!r}`"
+            )
+        if len(differences) > 8:
+            lines.append(f"- ... and {len(differences) - 8} more")
+    for warning in ab["ab"]["warnings"]:
+        lines += ["", f"Warning printed by the bench: {warning}"]
+    for level in ab["ab"]["levels"]:
+        if level["acceptance"] is None and level["speedup"] is not None:
+            lines += [
+                "",
+                f"At concurrency {level['concurrency']} nothing was drafted, so both arms did "
+                f"the same work: its {level['speedup']:.2f}x is this machine's noise.",
+            ]
+    name = result["workload"]
+    lines += ["", f"![{name}: spec off vs on]({plot_prefix}{name}.png)", ""]
+    return lines
 
 
 def baseline_drift(arm: dict[str, Any]) -> dict[int, tuple[int, int]]:

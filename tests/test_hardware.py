@@ -21,6 +21,7 @@ from llm_backend.hardware import (
     PROFILE_20B,
     PROFILE_120B,
     PROFILE_CPU,
+    PROFILE_GPU,
     HardwareDescription,
     describe_host,
     docker_facts,
@@ -46,6 +47,7 @@ def load(name: str) -> HardwareDescription:
         ("h100-80gb-x2", PROFILE_120B),
         ("laptop-cpu-only", PROFILE_CPU),
         ("h200-141gb-no-docker", PROFILE_CPU),
+        ("h200-141gb-llamacpp-cuda", PROFILE_GPU),
     ],
 )
 def test_selection_on_recorded_machines(machine: str, expected: str) -> None:
@@ -59,6 +61,36 @@ def test_selection_on_recorded_machines(machine: str, expected: str) -> None:
         assert any(reason.startswith(f"not {PROFILE_20B}:") for reason in choice.reasons)
         assert any(f"--profile {PROFILE_120B}" in reason for reason in choice.reasons)
         assert any("default_profile" in reason for reason in choice.reasons)
+
+
+def test_gpu_without_an_sglang_runtime_gets_the_embedded_model_on_the_gpu() -> None:
+    # Recorded on an H200 with nvcc and the CUDA build, no Docker, no SGLang.
+    cuda = load("h200-141gb-llamacpp-cuda")
+    choice = select_profile(cuda)
+    assert choice.profile == PROFILE_GPU and choice.runtime is None
+    assert choice.reasons[-1].startswith(f"chose {PROFILE_GPU}: NVIDIA H200, all layers")
+    assert "CUDA build of llama-server at" in choice.reasons[-1]
+    assert any(reason.startswith(f"not {PROFILE_120B}:") and "no working runtime" in reason
+               for reason in choice.reasons)
+    # nvcc alone is enough: `start` builds the CUDA llama-server first.
+    compiler_only = dataclasses.replace(cuda, llama_server_cuda=None)
+    assert select_profile(compiler_only).profile == PROFILE_GPU
+    assert "builds llama-server with CUDA on first start" in select_profile(
+        compiler_only).reasons[-1]
+    # Neither: the CPU profile, saying what would make the GPU one possible.
+    bare = dataclasses.replace(cuda, llama_server_cuda=None, cuda_compiler=None)
+    choice = select_profile(bare)
+    assert choice.profile == PROFILE_CPU
+    assert any(reason.startswith(f"not {PROFILE_GPU}: NVIDIA H200 found, but no CUDA build")
+               and "engine install llama.cpp --cuda" in reason for reason in choice.reasons)
+    # A GPU with a working SGLang runtime still gets SGLang.
+    assert select_profile(dataclasses.replace(cuda, sglang_version="0.5.23")
+                          ).profile == PROFILE_120B
+    # No GPU: the GPU profile is passed over for that reason.
+    laptop = select_profile(dataclasses.replace(load("laptop-cpu-only"),
+                                                cuda_compiler="/usr/local/cuda/bin/nvcc"))
+    assert laptop.profile == PROFILE_CPU
+    assert f"not {PROFILE_GPU}: no NVIDIA GPU found" in laptop.reasons
 
 
 def test_recorded_descriptions_round_trip() -> None:
@@ -127,9 +159,10 @@ def test_profiles_that_are_not_defined_are_passed_over() -> None:
 
 def test_auto_profile_uses_the_builtin_profiles_and_their_runtimes() -> None:
     config = ConfigSet(layers=[builtin_layer()])
-    assert {PROFILE_120B, PROFILE_20B, PROFILE_CPU} <= set(config.profile_names())
+    assert {PROFILE_120B, PROFILE_20B, PROFILE_GPU, PROFILE_CPU} <= set(config.profile_names())
     assert auto_profile(config, load("dgx-spark-gb10")).profile == PROFILE_120B
     assert auto_profile(config, load("laptop-cpu-only")).profile == PROFILE_CPU
+    assert auto_profile(config, load("h200-141gb-llamacpp-cuda")).profile == PROFILE_GPU
 
 
 # --- the live machine ---------------------------------------------------------------------

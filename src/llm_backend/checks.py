@@ -79,7 +79,9 @@ class Context:
     @property
     def needs_gpu(self) -> bool:
         """The engine needs a GPU and the runtime gives it one (Docker: `docker.gpus` set)."""
-        return self.engine.needs_gpu and self.runtime.exposes_gpus(profile=self.profile)
+        return self.engine.profile_needs_gpu(profile=self.profile) and self.runtime.exposes_gpus(
+            profile=self.profile
+        )
 
     def fact(self, reader: Callable[[], F]) -> F:
         """`reader()`, called once per check run (e.g. what Docker here can do)."""

@@ -32,7 +32,7 @@ from llm_backend.serve import control as serve_control
 from llm_backend.state import HOST_JOURNAL_FILE, StateStore
 
 if TYPE_CHECKING:
-    from llm_backend.engines.base import Engine
+    from llm_backend.engines.base import Engine, InstallOptions
 
 app = typer.Typer(
     help="Start, watch and stop an OpenAI-compatible LLM server on this machine.",
@@ -178,7 +178,7 @@ def ensure_llama_server(profile: Profile) -> None:
     if notice is None:
         return
     err_console.print(notice)
-    _install_engine(engine)
+    _install_engine(engine, profile=profile)
 
 
 def print_started(result: StartResult) -> None:
@@ -339,7 +339,9 @@ def run_preflight(
         return
     report = preflight(profile, host_prep=host_prep, skip=skip)
     for check in report.warnings:
-        if check.name == "gpu" and not get_engine(profile.engine).needs_gpu:
+        if check.name == "gpu" and not get_engine(profile.engine).profile_needs_gpu(
+            profile=profile
+        ):
             continue  # a CPU profile does not care
         err_console.print(f"warning: {check.name}: {check.summary}", markup=False,
                           soft_wrap=True)
@@ -968,7 +970,9 @@ def profiles_show(
 # --- engine install ----------------------------------------------------------------------
 
 
-def _install_engine(engine: Engine) -> None:
+def _install_engine(
+    engine: Engine, *, options: InstallOptions | None = None, profile: Profile | None = None
+) -> None:
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -991,16 +995,40 @@ def _install_engine(engine: Engine) -> None:
                 if not err_console.is_terminal:
                     err_console.print(f"{label}: {step}")
 
-        result = engine.install(on_progress=on_progress)
+        result = engine.install(on_progress=on_progress, options=options, profile=profile)
+    what = result.binary.name + (f" ({result.variant})" if result.variant else "")
     if result.built:
-        console.print(f"built {result.binary.name} in {result.duration_s:.0f}s: {result.binary}")
+        console.print(f"built {what} in {result.duration_s:.0f}s: {result.binary}")
     else:
-        console.print(f"{result.binary.name} already installed: {result.binary}")
+        console.print(f"{what} already installed: {result.binary}")
 
 
 @engine_app.command("install")
 def engine_install(
     name: Annotated[str, typer.Argument(help="Engine to install: llama.cpp")],
+    cuda: Annotated[
+        bool | None,
+        typer.Option(
+            "--cuda/--cpu",
+            help="Build for an NVIDIA GPU (llama.cpp: -DGGML_CUDA=ON) or for the CPU. "
+            "Default: CUDA when nvcc and an NVIDIA GPU are found.",
+        ),
+    ] = None,
+    cuda_arch: Annotated[
+        str | None,
+        typer.Option(
+            "--cuda-arch",
+            help="GPU architectures (CMAKE_CUDA_ARCHITECTURES), e.g. 90 for H100/H200. "
+            "Default: this machine's GPUs.",
+        ),
+    ] = None,
+    source: Annotated[
+        Path | None,
+        typer.Option(
+            help="A local source (llama.cpp: the llama-cpp-python sdist or a llama.cpp "
+            "folder) instead of a download.",
+        ),
+    ] = None,
 ) -> None:
     """Build llama.cpp's llama-server into the user's cache (a no-op when it is there)."""
 
@@ -1015,7 +1043,11 @@ def engine_install(
                 remedy=f"llm-backend engine install {names[0]} (other engines come as a Docker "
                 "image or a Python package: see `llm-backend doctor`)",
             )
-        _install_engine(engine)
+        from llm_backend.engines.base import InstallOptions
+
+        accelerator = None if cuda is None else ("cuda" if cuda else "cpu")
+        options = InstallOptions(accelerator=accelerator, architectures=cuda_arch, source=source)
+        _install_engine(engine, options=options)
 
     run_guarded(action)
 

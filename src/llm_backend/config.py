@@ -14,7 +14,7 @@ import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -365,6 +365,9 @@ class Profile(StrictModel):
     command: list[str] = Field(default_factory=list)
     context_length: int | None = Field(default=None, ge=1)
     threads: int | None = Field(default=None, ge=1)
+    # llama.cpp `--gpu-layers`: how many layers go to the GPU, "all" or "auto" (its own words,
+    # common/arg.cpp at the pinned version). Set and not 0: the profile needs a CUDA build.
+    gpu_layers: Annotated[int, Field(ge=0)] | Literal["auto", "all"] | None = None
     extra_args: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
     # A file holding the server's API key (mode 0600); LLM_BACKEND_API_KEY overrides it.
@@ -776,6 +779,7 @@ ENV_KEYS: dict[str, str] = {
     "STALL_TIMEOUT_S": "stall_timeout_s",
     "STOP_GRACE_S": "stop_grace_s",
     "THREADS": "threads",
+    "GPU_LAYERS": "gpu_layers",
     "CONTEXT_LENGTH": "context_length",
 }
 

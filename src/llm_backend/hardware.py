@@ -28,6 +28,7 @@ __all__ = ["GIB", "DockerFacts", "MemoryNeed", "docker_facts", "gib"]
 PROFILE_120B = "gpt-oss-120b-eagle3"
 PROFILE_20B = "gpt-oss-20b-eagle3"
 PROFILE_CPU = "smollm2-cpu"
+PROFILE_GPU = "smollm2-gpu"
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,9 @@ class HardwareDescription:
     engine_versions: dict[str, str] = field(default_factory=dict)
     # Older recorded descriptions name SGLang's version here; the SGLang engine reads both.
     sglang_version: str | None = None
+    # The embedded model on a GPU needs a CUDA build of llama-server, or nvcc to make one.
+    cuda_compiler: str | None = None
+    llama_server_cuda: str | None = None
     notes: tuple[str, ...] = ()
 
     @property
@@ -143,6 +147,11 @@ def describe_host(
         )
         for device in report.devices
     )
+    from llm_backend.engines.llamacpp import cached_cuda_binaries
+    from llm_backend.engines.llamacpp_build import find_nvcc
+
+    nvcc = find_nvcc()
+    cuda_builds = cached_cuda_binaries()
     return HardwareDescription(
         source="live",
         arch=platform.machine(),
@@ -158,6 +167,8 @@ def describe_host(
         cuda_driver_version=report.cuda_driver_version,
         docker=docker if docker is not None else docker_facts(),
         engine_versions=_engine_versions(),
+        cuda_compiler=str(nvcc) if nvcc else None,
+        llama_server_cuda=str(cuda_builds[0]) if cuda_builds else None,
     )
 
 
@@ -245,7 +256,7 @@ def working_runtime(
 def select_profile(
     hardware: HardwareDescription,
     *,
-    available: Collection[str] = (PROFILE_120B, PROFILE_20B, PROFILE_CPU),
+    available: Collection[str] = (PROFILE_120B, PROFILE_20B, PROFILE_GPU, PROFILE_CPU),
     runtimes: Mapping[str, str] | None = None,
     found: Mapping[str, Candidate] | None = None,
 ) -> ProfileChoice:
@@ -253,9 +264,10 @@ def select_profile(
 
     The 120b EAGLE3 profile needs one 80 GB-class GPU or a 128 GB unified-memory box; the 20b
     one a 24 GB-class GPU; both a working runtime (Docker with the NVIDIA runtime, or SGLang
-    installed natively). Anything else gets the CPU profile. `found`: the candidates' memory
-    needs, engines and runtimes (default: the built-in profiles'); `runtimes` overrides
-    a candidate's runtime.
+    installed natively). A GPU without such a runtime gets the embedded model on the GPU when a
+    CUDA build of llama-server exists or nvcc can make one. Anything else gets the CPU
+    profile. `found`: the candidates' memory needs, engines and runtimes (default: the
+    built-in profiles'); `runtimes` overrides a candidate's runtime.
     """
     runtimes = runtimes or {}
     found = builtin_candidates() if found is None else found
@@ -284,6 +296,9 @@ def select_profile(
             reasons=tuple(reasons),
             runtime=None if runtime == preferred else runtime,
         )
+    gpu_choice = _embedded_gpu(hardware, available, reasons)
+    if gpu_choice is not None:
+        return gpu_choice
     reasons.append(f"chose {PROFILE_CPU}: runs on any CPU")
     bigger = [name for name in (PROFILE_120B, PROFILE_20B) if name in available]
     if bigger:
@@ -292,3 +307,28 @@ def select_profile(
             f'default_profile = "{bigger[0]}" in ./llm-backend.toml'
         )
     return ProfileChoice(profile=PROFILE_CPU, reasons=tuple(reasons))
+
+
+def _embedded_gpu(
+    hardware: HardwareDescription, available: Collection[str], reasons: list[str]
+) -> ProfileChoice | None:
+    """The embedded model on the GPU, when there is one and llama-server can use it."""
+    if PROFILE_GPU not in available:
+        return None
+    if not hardware.gpus:
+        reasons.append(f"not {PROFILE_GPU}: no NVIDIA GPU found")
+        return None
+    name = hardware.gpus[0].name
+    if hardware.llama_server_cuda:
+        how = f"CUDA build of llama-server at {hardware.llama_server_cuda}"
+    elif hardware.cuda_compiler:
+        how = f"nvcc at {hardware.cuda_compiler} builds llama-server with CUDA on first start"
+    else:
+        reasons.append(
+            f"not {PROFILE_GPU}: {name} found, but no CUDA build of llama-server and no nvcc "
+            "to build one (install the CUDA toolkit, then llm-backend engine install "
+            "llama.cpp --cuda)"
+        )
+        return None
+    reasons.append(f"chose {PROFILE_GPU}: {name}, all layers offloaded; {how}")
+    return ProfileChoice(profile=PROFILE_GPU, reasons=tuple(reasons))

@@ -164,6 +164,22 @@ class InstallResult:
     built: bool
     duration_s: float
     version: str
+    # What it was built for, in words ("CUDA sm_90"); None for the engine's plain build.
+    variant: str | None = None
+
+
+@dataclass(frozen=True)
+class InstallOptions:
+    """What `llm-backend engine install` was asked for, beyond the engine's name.
+
+    `accelerator`: "cpu", "cuda", or None (what this machine has). `architectures`: the GPU
+    architectures to build for (CMake's CMAKE_CUDA_ARCHITECTURES, "90" for Hopper), None for
+    this machine's GPUs. `source`: a local source archive or folder instead of a download.
+    """
+
+    accelerator: str | None = None
+    architectures: str | None = None
+    source: Path | None = None
 
 
 # How much a failure class explains: a later line of a higher rank replaces the failure
@@ -416,14 +432,25 @@ class Engine(ABC):
             return True, f"{self.name} {version} installed"
         return False, f"{self.name} not installed for native runs"
 
+    def profile_needs_gpu(self, *, profile: Profile) -> bool:
+        """Whether this profile cannot run without an NVIDIA GPU (default: `needs_gpu`)."""
+        return self.needs_gpu
+
     def install_needed(self, *, profile: Profile, for_container: bool = False) -> str | None:
         """Why `start` must install the engine first (e.g. no binary found), else None."""
         return None
 
     def install(
-        self, *, on_progress: Callable[[str, float | None], None] = lambda step, done: None
+        self,
+        *,
+        on_progress: Callable[[str, float | None], None] = lambda step, done: None,
+        options: InstallOptions | None = None,
+        profile: Profile | None = None,
     ) -> InstallResult:
         """Install the engine for this user (`llm-backend engine install`); a no-op if there.
+
+        `options` come from the command line; `profile`, when `start` installs first, is the
+        profile that needs the engine (it may need a particular build, e.g. for a GPU).
 
         `on_progress(step, fraction)` with fraction 0..1 or None. Raises BackendError when
         it cannot (missing build tools, no network) or the engine is not installable.

@@ -24,6 +24,7 @@ from llm_backend.config import Profile
 from llm_backend.engines.base import (
     Engine,
     Failure,
+    InstallOptions,
     InstallResult,
     LogReader,
     MemoryNeed,
@@ -49,15 +50,49 @@ def cache_root() -> Path:
     return Path(base) / "llm-backend"
 
 
-def cached_binary_path(version: str = LLAMA_CPP_PYTHON_VERSION) -> Path:
-    """Where `llm-backend engine install llama.cpp` puts the binary it builds."""
-    return cache_root() / "llama.cpp" / version / "llama-server"
+def build_key(
+    version: str = LLAMA_CPP_PYTHON_VERSION, *, cuda_architectures: str | None = None
+) -> str:
+    """The cache folder name of one build: `0.3.36` (CPU) or `0.3.36-cuda-sm90` (CUDA, per
+    target architecture list, so a build for one GPU generation never stands in for another)."""
+    if cuda_architectures is None:
+        return version
+    return f"{version}-cuda-sm{cuda_architectures.replace(';', '_')}"
+
+
+def cached_binary_path(
+    version: str = LLAMA_CPP_PYTHON_VERSION, *, cuda_architectures: str | None = None
+) -> Path:
+    """Where `llm-backend engine install llama.cpp [--cuda]` puts the binary it builds."""
+    return (
+        cache_root() / "llama.cpp" / build_key(version, cuda_architectures=cuda_architectures)
+        / "llama-server"
+    )
+
+
+def cached_cuda_binaries(version: str = LLAMA_CPP_PYTHON_VERSION) -> list[Path]:
+    """Every cached CUDA build of `version`, newest first."""
+    found = [
+        path for path in (cache_root() / "llama.cpp").glob(f"{version}-cuda-sm*/llama-server")
+        if path.is_file()
+    ]
+    return sorted(found, key=lambda path: path.stat().st_mtime, reverse=True)
+
+
+def needs_cuda(profile: Profile) -> bool:
+    """A profile that offloads layers to the GPU (`gpu_layers` set and not 0) needs a CUDA
+    build of llama-server; a CPU build would ignore the flag and run on the CPU."""
+    return profile.gpu_layers is not None and profile.gpu_layers != 0
 
 
 def find_binary(profile: Profile) -> Path | None:
-    """The profile's `binary`, else `llama-server` on PATH, else the cached build."""
+    """The profile's `binary`; else, for a GPU profile, the newest cached CUDA build; else
+    `llama-server` on PATH, else the cached CPU build."""
     if profile.binary:
         return Path(os.path.expanduser(profile.binary))
+    if needs_cuda(profile):
+        cuda_builds = cached_cuda_binaries()
+        return cuda_builds[0] if cuda_builds else None
     on_path = shutil.which("llama-server")
     if on_path:
         return Path(on_path)
@@ -196,6 +231,8 @@ def check_llama_server(ctx: Context) -> CheckResult | None:
         return result("llama_server", "pass",
                       f"llama-server {version or ''} at {binary}".replace("  ", " "),
                       path=str(binary), version=version)
+    if needs_cuda(ctx.profile):
+        return _check_cuda_build_possible(ctx)
     tools = [tool for tool in ("cmake", "c++") if shutil.which(tool) is None]
     if tools:
         return result(
@@ -207,6 +244,25 @@ def check_llama_server(ctx: Context) -> CheckResult | None:
     return result("llama_server", "warn",
                   "no llama-server yet: `start` builds it first (a few minutes)",
                   "llm-backend engine install llama.cpp")
+
+
+def _check_cuda_build_possible(ctx: Context) -> CheckResult:
+    from llm_backend.engines.llamacpp_build import find_nvcc
+
+    tools = [tool for tool in ("cmake", "c++") if shutil.which(tool) is None]
+    if find_nvcc() is None:
+        tools.append("nvcc")
+    if tools:
+        return result(
+            "llama_server", "fail",
+            f"{ctx.profile.name} needs a CUDA build of llama-server; none is cached and it "
+            f"cannot be built here: {' and '.join(tools)} missing",
+            "install the CUDA toolkit, CMake and g++, then "
+            "llm-backend engine install llama.cpp --cuda",
+        )
+    return result("llama_server", "warn",
+                  "no CUDA build of llama-server yet: `start` builds it first (minutes)",
+                  "llm-backend engine install llama.cpp --cuda")
 
 
 def binary_version(binary: Path) -> str | None:
@@ -279,6 +335,8 @@ class LlamaCppEngine(Engine):
             argv += ["--ctx-size", str(profile.context_length)]
         if profile.threads:
             argv += ["--threads", str(profile.threads)]
+        if profile.gpu_layers is not None:
+            argv += ["--gpu-layers", str(profile.gpu_layers)]
         argv += self._speculative_args(profile)
         argv += list(profile.extra_args)
         return argv
@@ -322,6 +380,16 @@ class LlamaCppEngine(Engine):
         if for_container:
             return
         binary = find_binary(profile)
+        if binary is None and needs_cuda(profile):
+            raise BackendError(
+                f"profile {profile.name!r} offloads layers to the GPU (gpu_layers = "
+                f"{profile.gpu_layers!r}) and no CUDA build of llama-server was found (profile "
+                f"`binary`, or the cache {cache_root() / 'llama.cpp'}/"
+                f"{LLAMA_CPP_PYTHON_VERSION}-cuda-sm*)",
+                remedy="llm-backend engine install llama.cpp --cuda",
+                failure_class="model_not_found",
+                details={"missing": "binary"},
+            )
         if binary is None:
             raise BackendError(
                 "no llama-server binary found (profile `binary`, PATH, or the cache "
@@ -371,19 +439,44 @@ class LlamaCppEngine(Engine):
             return None
         return MemoryNeed(host_bytes=int(size * 1.2) + 256 * 1024**2)
 
+    def profile_needs_gpu(self, *, profile: Profile) -> bool:
+        return needs_cuda(profile)
+
     def install_needed(self, *, profile: Profile, for_container: bool = False) -> str | None:
         if for_container or find_binary(profile) is not None:
             return None
+        if needs_cuda(profile):
+            return ("no CUDA build of llama-server found: building it now "
+                    "(same as `llm-backend engine install llama.cpp --cuda`, minutes)")
         return ("no llama-server binary found: building it now "
                 "(same as `llm-backend engine install llama.cpp`, a few minutes)")
 
     def install(
-        self, *, on_progress: Callable[[str, float | None], None] = lambda step, done: None
+        self,
+        *,
+        on_progress: Callable[[str, float | None], None] = lambda step, done: None,
+        options: InstallOptions | None = None,
+        profile: Profile | None = None,
     ) -> InstallResult:
-        """Build llama-server from the pinned llama-cpp-python sdist into the user's cache."""
-        from llm_backend.engines.llamacpp_build import install_llama_cpp
+        """Build llama-server from the pinned llama-cpp-python sdist into the user's cache:
+        with CUDA when asked (`accelerator="cuda"`), when the profile offloads layers, or,
+        asked for neither, when nvcc and an NVIDIA GPU are here."""
+        from llm_backend.engines.llamacpp_build import cuda_available, install_llama_cpp
 
-        return install_llama_cpp(on_progress=on_progress)
+        options = options or InstallOptions()
+        if options.accelerator is not None:
+            cuda = options.accelerator == "cuda"
+        elif profile is not None:
+            cuda = needs_cuda(profile)
+        else:
+            cuda = options.architectures is not None or cuda_available()
+            if cuda and options.architectures is None:
+                on_progress("nvcc and an NVIDIA GPU found: building with CUDA "
+                            "(--cpu for a CPU build)", None)
+        return install_llama_cpp(
+            on_progress=on_progress, cuda=cuda, cuda_architectures=options.architectures,
+            source=options.source,
+        )
     def artifacts(self, *, profile: Profile, runtime: Runtime) -> list[Source]:
         """The llama-server binary (not in a container: the image has its own) and the model."""
         sources: list[Source] = []
@@ -405,13 +498,17 @@ class LlamaServerBinary(Source):
     def probe(self) -> Artifact:
         binary = find_binary(self.profile)
         present = binary is not None and binary.is_file() and os.access(binary, os.X_OK)
-        location = str(binary or cached_binary_path())
+        expected = (
+            cache_root() / "llama.cpp" / f"{LLAMA_CPP_PYTHON_VERSION}-cuda-sm*"
+            if needs_cuda(self.profile) else cached_binary_path()
+        )
+        location = str(binary or expected)
         size = binary.stat().st_size if present and binary else None
         return Artifact("binary", self.name, present, size, location, 0 if present else None,
                         detail=None if present else "built from the pinned llama.cpp source")
 
     def disk_path(self) -> Path:
-        return cached_binary_path().parent
+        return cached_binary_path().parent.parent
 
     def fetch(self, *, progress: ProgressCallback) -> None:
         if self.profile.binary:
@@ -426,7 +523,7 @@ class LlamaServerBinary(Source):
             percent = int((fraction or 0.0) * 100)
             progress(ProgressEvent(self.name, percent, 100, message=step, unit="%"))
 
-        install_llama_cpp(on_progress=on_progress)
+        install_llama_cpp(on_progress=on_progress, cuda=needs_cuda(self.profile))
         progress(ProgressEvent(self.name, 100, 100, finished=True, unit="%"))
 
 
