@@ -172,7 +172,14 @@ class LlamaCppLogReader(LogReader):
             "point `model` at a valid .gguf file (re-install the package that ships it)",
         ),
         (
-            re.compile(r"^error: invalid argument: |unknown argument", re.I),
+            # common/arg.cpp (pinned llama.cpp): every way its parser refuses the command line.
+            re.compile(
+                r"^error: invalid argument: |unknown argument|"
+                r"^error while handling (?:argument|environment variable) |"
+                r"^error: unknown value for -|^error: -+[\w-]+ is required|"
+                r"^error: invalid value for |^error: argument with 2 values",
+                re.I,
+            ),
             "bad_flag",
             "llama-server refused a command-line flag",
             "fix or remove the flag in `extra_args` (run `llama-server --help`)",
