@@ -216,3 +216,23 @@ def test_a_plugin_runtime_runs_start_status_stop_and_doctor(world: Env) -> None:
     assert (status["state"], status["runtime"]) == ("ready", "plain")
     assert world.run("stop", timeout=60).returncode == 0
     assert wait_for(lambda: port_is_free(world.port), timeout=10)
+
+
+def test_an_installed_package_registers_an_engine_by_entry_point(tmp_path: Path) -> None:
+    """What `pip install` of a plugin leaves: a dist-info with an entry point, found on the path."""
+    dist = tmp_path / "tiny_engine_plugin-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: tiny-engine-plugin\nVersion: 1.0\n"
+    )
+    (dist / "entry_points.txt").write_text(f"[llm_backend.engines]\ntiny = {PLUGIN}\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(tmp_path), str(REPO), os.environ.get("PYTHONPATH", "")])}
+    env.pop("LLM_BACKEND_ENGINES", None)
+    completed = subprocess.run(
+        [sys.executable, "-c",
+         "from llm_backend.engines import engine_names, get_engine; "
+         "print(engine_names(), type(get_engine('tiny')).__name__)"],
+        env=env, capture_output=True, text=True, timeout=60, check=True,
+    )
+    assert completed.stdout.strip() == "['sglang', 'llamacpp', 'tiny'] TinyLlamaEngine"
