@@ -21,6 +21,18 @@ folder's README.md) line by line with a delay, and behaves like SGLang around it
 - a replayed log that ends without "fired up" ends the way SGLang does: exit 2 after an
   argparse error, otherwise SIGKILL of its own tree (the "Received sigquit" path).
 
+Multi-node (`--nnodes N --node-rank R --dist-init-addr HOST:PORT`), as SGLang 0.5.23 does it:
+- rank 0 listens on the dist-init address (where torch.distributed's store lives on rank 0)
+  and otherwise behaves as above;
+- rank >= 1 connects there, replays a real follower log (default
+  tests/fixtures/sglang/multinode-rank1.log, see that folder's README), then serves the dummy
+  health server of 0.5.23 `utils/common.py` (`/health`, `/health_generate`, `/ping` always
+  200, nothing else) and logs its "Dummy health check server started" line; it ignores
+  SIGTERM with 0.5.23 `entrypoints/engine.py`'s warning ("SIGTERM received on node_rank 1;
+  waiting for the rank-0 ShutdownReq broadcast ...") and exits only when rank 0 goes away
+  (its connection closes: the stand-in's form of the ShutdownReq broadcast). Those two log
+  lines are the format strings of the 0.5.23 source, not captured output.
+
 Environment (all optional):
     SGLANG_STANDIN_LOG          the log to replay (default: startup-old-format-ready.log)
     SGLANG_STANDIN_LINE_DELAY_S seconds between replayed lines (default 0.05)
@@ -54,6 +66,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -65,6 +78,7 @@ from typing import Any, NoReturn
 HERE = Path(__file__).resolve().parent
 FIXTURES = HERE / "fixtures" / "sglang"
 DEFAULT_LOG = FIXTURES / "startup-old-format-ready.log"
+FOLLOWER_LOG = FIXTURES / "multinode-rank1.log"
 DECODE_LOG = FIXTURES / "eagle3-decode-old-format.log"
 REPLY = "This is the SGLang stand-in: it replays a real SGLang log and runs no model."
 
@@ -293,6 +307,63 @@ def kill_tree_and_self(child: subprocess.Popen[bytes]) -> NoReturn:
     raise SystemExit(137)  # not reached: SIGKILL cannot be caught
 
 
+def follower(args: argparse.Namespace) -> None:
+    """A node with --node-rank >= 1: scheduler lines, a dummy health server, no API."""
+    child = start_scheduler_child()
+    host, _, port = str(args.dist_init_addr).rpartition(":")
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            link = socket.create_connection((host, int(port)), timeout=2)
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                kill_tree_and_self(child)
+            time.sleep(0.1)
+    replay = Path(os.environ.get("SGLANG_STANDIN_LOG") or FOLLOWER_LOG)
+    delay = float(os.environ.get("SGLANG_STANDIN_LINE_DELAY_S", "0.05"))
+    for line in replay.read_text(encoding="utf-8").splitlines():
+        emit(line)
+        time.sleep(delay)
+
+    class Dummy(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *a: Any) -> None:
+            return  # uvicorn runs at log_level="warning" there
+
+        def do_GET(self) -> None:
+            status = 200 if self.path.split("?")[0] in ("/health", "/health_generate", "/ping") \
+                else 404
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    server = ThreadingHTTPServer((args.host, args.port), Dummy)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    emit(f"[{stamp}] Dummy health check server started in background thread at "
+         f"{args.host}:{args.port}")
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        emit(
+            f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] SIGTERM received on node_rank "
+            f"{args.node_rank}; waiting for the rank-0 ShutdownReq broadcast to stop the "
+            "schedulers."
+        )
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    link.settimeout(None)
+    with contextlib.suppress(OSError):
+        while link.recv(4096):
+            pass
+    # Rank 0 is gone: its schedulers stopped ours; the process exits.
+    emit(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] Dummy health check server stopped at "
+         f"{args.host}:{args.port}")
+    kill_tree_and_self(child)
+
+
 def main() -> None:
     if sys.argv[1:] == ["--standin-scheduler-child"]:
         scheduler_child()
@@ -303,7 +374,21 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=30000)
     parser.add_argument("--speculative-algorithm")
+    parser.add_argument("--nnodes", type=int, default=1)
+    parser.add_argument("--node-rank", type=int, default=0)
+    parser.add_argument("--dist-init-addr")
     args, extra = parser.parse_known_args()
+    if args.nnodes > 1 and args.node_rank >= 1:
+        follower(args)
+        return
+    if args.nnodes > 1:
+        host, _, port = str(args.dist_init_addr).rpartition(":")
+        rendezvous = socket.create_server((host, int(port)))
+        peers: list[socket.socket] = []
+        threading.Thread(
+            target=lambda: [peers.append(rendezvous.accept()[0]) for _ in iter(int, 1)],
+            daemon=True,
+        ).start()
     state = State(args, extra)
     replay = Path(os.environ.get("SGLANG_STANDIN_LOG") or DEFAULT_LOG)
     delay = float(os.environ.get("SGLANG_STANDIN_LINE_DELAY_S", "0.05"))

@@ -427,7 +427,8 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     watch: Annotated[bool, typer.Option("--watch", help="Refresh every second.")] = False,
 ) -> None:
-    """Show the backend's state; exit 0 only when it is ready."""
+    """Show the backend's state; exit 0 only when it is ready (or alive: a follower rank of a
+    multi-node model, which serves no API of its own)."""
 
     def action() -> None:
         lifecycle = make_lifecycle()
@@ -446,7 +447,7 @@ def status(
             if not watch:
                 break
             time.sleep(1.0)
-        raise typer.Exit(0 if current.state == "ready" else 1)
+        raise typer.Exit(0 if current.state in ("ready", "alive") else 1)
 
     run_guarded(action)
 
@@ -474,6 +475,15 @@ def stop(
         record = lifecycle.store.load_instance()
         tree = (process_tree(record.pid)
                 if record and not get_runtime(record.runtime).in_container else ())
+        if record is not None and not force:
+            from llm_backend.cluster.distributed import follower_stop_note
+
+            try:
+                note = follower_stop_note(lifecycle.resolve(record.profile).profile)
+            except BackendError:
+                note = None
+            if note:
+                err_console.print(note, markup=False)
         try:
             outcome = lifecycle.stop(force=force, grace_s=timeout)
         finally:

@@ -12,7 +12,7 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -397,11 +397,25 @@ GENERAL_BEFORE: tuple[Check, ...] = (
     Check("memory", check_memory, failure_class="out_of_memory"),
     Check("disk", check_disk),
 )
+def _multinode(name: str) -> Callable[[Context], CheckResult | None]:
+    """A per-node check of llm_backend.cluster.distributed (multi-node profiles only)."""
+
+    def run(ctx: Context) -> CheckResult | None:
+        from llm_backend.cluster import distributed
+
+        found: CheckResult | None = getattr(distributed, name)(ctx)
+        return found
+
+    return run
+
+
 GENERAL_AFTER: tuple[Check, ...] = (
     Check("port", check_port, failure_class="port_in_use"),
     Check("access", check_access),
     Check("privileges", check_privileges),
     Check("oom_daemons", check_oom_daemons),
+    Check("fast_link", _multinode("check_fast_link")),
+    Check("rank0", _multinode("check_rank0")),
 )
 
 

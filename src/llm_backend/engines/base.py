@@ -502,10 +502,19 @@ class Engine(ABC):
         or "alive" (a member that serves no API, such as a follower rank)."""
         return "ready"
 
+    def version_from_info(self, *, info: dict[str, Any]) -> str | None:
+        """The engine version a running server reports at `info_path`, if it says."""
+        return None
+
+    def installed_version(self, *, profile: Profile) -> str | None:
+        """The engine version this node would run for the profile (package or image tag)."""
+        return None
+
     def launch_env(self, *, profile: Profile, host_ip: str | None) -> dict[str, str]:
         """Environment the engine needs beyond the profile's `env` (multi-node settings);
         `host_ip` is this node's address on the profile's fast interface, when it has one."""
         return {}
+
     def read_spec_stats(
         self,
         *,

@@ -834,6 +834,23 @@ class SGLangEngine(Engine):
             env["SGLANG_HOST_IP"] = host_ip
         return env
 
+    def version_from_info(self, *, info: dict[str, Any]) -> str | None:
+        """/server_info carries `version` (0.5.23 `entrypoints/http_server.py`)."""
+        version = info.get("version")
+        return str(version) if version else None
+
+    def installed_version(self, *, profile: Profile) -> str | None:
+        """Natively: the sglang package's version; in Docker: the image's tag, as `v0.5.23`
+        tags name the version (lmsysorg/sglang:v0.5.23); None when neither tells."""
+        if profile.runtime == "docker":
+            image = profile.docker.image or ""
+            tag = image.rpartition(":")[2] if ":" in image.rpartition("/")[2] else ""
+            match = re.match(r"v?(\d+\.\d+\.\d+\S*)", tag)
+            return match.group(1) if match else None
+        from llm_backend.hardware import sglang_version
+
+        return sglang_version()
+
     def health_role(self, *, profile: Profile) -> str:
         """Rank >= 1 serves no API: once its schedulers are ready it starts a dummy server
         whose /health, /health_generate and /ping always answer 200 (0.5.23
