@@ -2,10 +2,12 @@
 
 Topology (all of it created here and removed again, also when a test fails):
 
-    root ns  --veth 10.231.9.1/30 <-> 10.231.9.2/30--  hub ns (bridge 10.231.0.1/24)
-                                                        |-- veth -- box 1: 10.231.0.11/24
-                                                        |-- veth -- box 2: 10.231.0.12/24
-                                                        `-- veth -- box 3: 10.231.0.13/24
+    root ns  --veth 10.N.9.1/30 <-> 10.N.9.2/30--  hub ns (bridge 10.N.0.1/24)
+                                                    |-- veth -- box 1: 10.N.0.11/24
+                                                    |-- veth -- box 2: 10.N.0.12/24
+                                                    `-- veth -- box 3: 10.N.0.13/24
+
+N (100-199) comes from the test process id, so two test runs at once do not collide.
 
 The router runs in the hub namespace; each box runs one server. Traffic stays on these
 veth pairs and the bridge; nothing is routed to or from the host's own networks.
@@ -22,7 +24,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-SUBNET = "10.231"
+SUBNET = f"10.{100 + os.getpid() % 100}"
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
