@@ -78,6 +78,13 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "ready": False,
         "failure": "child_crash",
     },
+    # A follower rank: TP1 lines only, never "fired up" (its readiness is its dummy /health).
+    "multinode-rank1.log": {
+        "phases": [("init", None), ("load_weights", None), ("kv_cache", None),
+                   ("cuda_graph", None)],
+        "ready": False,
+        "failure": None,
+    },
 }
 
 

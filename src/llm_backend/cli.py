@@ -258,6 +258,11 @@ def start(
             overrides["port"] = port
         if timeout is not None:
             overrides["load_timeout_s"] = timeout
+        from llm_backend.cli_router import replicas_wanted, start_replicas
+
+        if replicas_wanted(lifecycle, name, overrides):
+            start_replicas(lifecycle, name, overrides, skip_checks or [], dry_run=dry_run)
+            return
         run_preflight(
             lifecycle, name, overrides, skip_checks or [],
             host_prep=not no_host_prep, dry_run=dry_run,
@@ -432,6 +437,18 @@ def status(
 
     def action() -> None:
         lifecycle = make_lifecycle()
+        if lifecycle.store.load_instance() is None:
+            from llm_backend.cli_router import replica_statuses
+
+            replicas = replica_statuses(lifecycle)
+            if replicas:
+                if as_json:
+                    print_json({"replicas": [replica.to_json() for replica in replicas]})
+                else:
+                    for index, replica in enumerate(replicas):
+                        console.print(f"replica {index}:")
+                        render_status(replica)
+                raise typer.Exit(0 if all(r.state == "ready" for r in replicas) else 1)
         while True:
             current = with_serve(lifecycle.store, lifecycle.status())
             gpus, ours = gpu_state(lifecycle)
@@ -473,6 +490,10 @@ def stop(
                           f"backend in {stopped.duration_s:.1f}s")
             return
         record = lifecycle.store.load_instance()
+        from llm_backend.cli_router import stop_replicas
+
+        if stop_replicas(lifecycle, force=force, grace_s=timeout) and record is None:
+            return
         tree = (process_tree(record.pid)
                 if record and not get_runtime(record.runtime).in_container else ())
         if record is not None and not force:

@@ -10,25 +10,31 @@ from rich.table import Table
 router_app = typer.Typer(help="sglang-router in front of several servers (scale-out).")
 
 
-def _manager(port: int | None = None) -> Any:
+def _manager(port: int | None = None, policy: str | None = None) -> Any:
     from llm_backend.cluster.router import RouterManager
     from llm_backend.config import load_config
     from llm_backend.state import StateStore
 
-    overrides = {"port": port} if port is not None else {}
+    overrides: dict[str, Any] = {"port": port} if port is not None else {}
+    if policy is not None:
+        overrides["policy"] = policy
     return RouterManager(store=StateStore(), config=load_config().router(overrides))
 
 
 @router_app.command("start")
 def router_start(
     port: Annotated[int | None, typer.Option(help="Port for the router (default 30080).")] = None,
+    policy: Annotated[
+        str | None,
+        typer.Option(help="cache_aware (default), round_robin, random or power_of_two."),
+    ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Start sglang-router (bound to loopback unless [router] host says otherwise)."""
     from llm_backend.cli import console, print_json, run_guarded
 
     def action() -> None:
-        result = _manager(port).start()
+        result = _manager(port, policy).start()
         if json_output:
             print_json(result.__dict__)
             return
@@ -118,3 +124,65 @@ def router_logs(
             console.print(line, markup=False, soft_wrap=True)
 
     run_guarded(action)
+
+
+# --- replicas: `start`, `stop` and `status` of a profile with `replicas = N` ----------------
+
+
+def replicas_wanted(lifecycle: Any, name: str, overrides: dict[str, Any]) -> bool:
+    """True when the profile asks for more than one copy."""
+    return int(lifecycle.resolve(name, overrides).profile.replicas) > 1
+
+
+def start_replicas(
+    lifecycle: Any, name: str, overrides: dict[str, Any], skip: list[str], *, dry_run: bool
+) -> None:
+    """Preflight each copy (its own port), then start them as one group."""
+    from llm_backend.cli import console, ensure_llama_server, err_console, run_preflight
+    from llm_backend.cluster.replicas import ReplicaGroup, replica_overrides
+
+    profile = lifecycle.resolve(name, overrides).profile
+    for index in range(profile.replicas):
+        run_preflight(lifecycle, name, replica_overrides(profile, index, overrides), skip,
+                      host_prep=False, dry_run=dry_run)
+    if dry_run:
+        for index in range(profile.replicas):
+            result = lifecycle.start(profile_name=name, dry_run=True, host_prep=False,
+                                     overrides=replica_overrides(profile, index, overrides))
+            console.print(f"dry run: replica {index} would serve at {result.endpoint}: "
+                          + " ".join(result.argv), markup=False, soft_wrap=True)
+        return
+    group = ReplicaGroup(store=lifecycle.store, config=lifecycle.config)
+    err_console.print(f"starting {profile.replicas} replicas of {name} ...")
+    results = group.start(
+        profile_name=name, overrides=overrides, ensure_binary=ensure_llama_server,
+        on_notice=lambda text: err_console.print(text, markup=False),
+    )
+    for index, result in enumerate(results):
+        console.print(
+            f"replica {index}: {result.state} in {result.duration_s or 0:.1f}s at "
+            f"{result.endpoint} (pid {result.pid})", markup=False,
+        )
+
+
+def stop_replicas(lifecycle: Any, *, force: bool, grace_s: float | None) -> bool:
+    """Stop the replica group if there is one; False when there is none."""
+    from llm_backend.cli import console
+    from llm_backend.cluster.replicas import ReplicaGroup
+    from llm_backend.lifecycle import describe_leave
+
+    group = ReplicaGroup(store=lifecycle.store, config=lifecycle.config)
+    if not group.exists():
+        return False
+    for index, outcome in enumerate(group.stop(force=force, grace_s=grace_s)):
+        how = "killed" if outcome.killed else "stopped"
+        console.print(f"replica {index}: {how} in {outcome.duration_s:.1f}s")
+        if outcome.router:
+            console.print("  " + describe_leave(outcome.router), markup=False)
+    return True
+
+
+def replica_statuses(lifecycle: Any) -> list[Any]:
+    from llm_backend.cluster.replicas import ReplicaGroup
+
+    return ReplicaGroup(store=lifecycle.store, config=lifecycle.config).status()

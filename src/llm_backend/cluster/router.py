@@ -33,9 +33,15 @@ LAUNCH_MODULE = "sglang_router.launch_router"
 PINNED_VERSION = "0.3.2"
 
 
-def router_argv(config: RouterConfig) -> list[str]:
-    """The command that runs sglang-router 0.3.2 with this config."""
+# 0.3.2 refuses to start power_of_two without workers ("Power-of-two policy requires at least
+# 2 workers"): those start with their members on the command line.
+MIN_WORKERS_AT_START = {"power_of_two": 2}
+
+
+def router_argv(config: RouterConfig, worker_urls: list[str] | None = None) -> list[str]:
+    """The command that runs sglang-router 0.3.2 with this config (and initial workers)."""
     python = config.python or sys.executable
+    initial = ["--worker-urls", *worker_urls] if worker_urls else []
     return [
         python, "-m", LAUNCH_MODULE,
         "--host", config.host,
@@ -50,6 +56,7 @@ def router_argv(config: RouterConfig) -> list[str]:
         "--request-timeout-secs", str(config.request_timeout_s),
         "--shutdown-grace-period-secs", str(max(1, int(config.stop_grace_s))),
         "--log-level", config.log_level,
+        *initial,
         *config.extra_args,
     ]
 
@@ -198,7 +205,20 @@ class RouterManager:
                 remedy="set a different [router] prometheus_port in ./llm-backend.toml",
             )
         check_port_free(config.prometheus_host, config.prometheus_port)
-        argv = router_argv(config)
+        remembered = self.remembered_workers()
+        needed = MIN_WORKERS_AT_START.get(config.policy, 0)
+        initial: list[str] = []
+        if needed:
+            if len(remembered) < needed:
+                raise BackendError(
+                    f"sglang-router {PINNED_VERSION} cannot start the {config.policy} policy "
+                    f"with {len(remembered)} known workers (it needs {needed} at start)",
+                    remedy="start it with --policy cache_aware (or round_robin), let the "
+                    f"members join, then `router stop` and `router start --policy "
+                    f"{config.policy}`: a restarted router starts with the members it had",
+                )
+            initial = [worker["url"] for worker in remembered]
+        argv = router_argv(config, initial)
         self.log_path.write_bytes(b"")
         launched = spawn_group(argv=argv, env={"NO_COLOR": "1"}, log_path=self.log_path)
         record = RouterRecord(
@@ -248,7 +268,10 @@ class RouterManager:
         # The router keeps its members in memory only: give it back the ones it had. It
         # checks each in the background and routes to it once healthy.
         reregistered = []
-        for worker in self.remembered_workers():
+        for worker in remembered:
+            if worker["url"] in initial:
+                reregistered.append(worker["url"])
+                continue
             try:
                 client.register(url=worker["url"], model_id=worker["model_id"])
                 reregistered.append(worker["url"])
