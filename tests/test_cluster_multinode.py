@@ -31,7 +31,7 @@ from llm_backend.lifecycle import launch_env
 from tests.conftest import Env, free_port, llama_server_binary, wait_for
 
 STANDIN = Path(__file__).resolve().parent / "sglang_standin.py"
-NO_GPU_CHECKS = "gpu,memory,sglang"
+NO_GPU_CHECKS = "gpu,memory,sglang,tiktoken"
 
 
 def profile_for(rank: int, *, interface: str | None = "lo", addr: str = "127.0.0.1:20000",

@@ -842,14 +842,19 @@ class SGLangEngine(Engine):
     def installed_version(self, *, profile: Profile) -> str | None:
         """Natively: the sglang package's version; in Docker: the image's tag, as `v0.5.23`
         tags name the version (lmsysorg/sglang:v0.5.23); None when neither tells."""
-        if profile.runtime == "docker":
-            image = profile.docker.image or ""
+        from llm_backend.runtimes import get_runtime
+
+        if get_runtime(profile.runtime).in_container:
+            from llm_backend.runtimes.compose import image_for
+
+            try:
+                image = image_for(profile)
+            except ConfigError:
+                return None
             tag = image.rpartition(":")[2] if ":" in image.rpartition("/")[2] else ""
             match = re.match(r"v?(\d+\.\d+\.\d+\S*)", tag)
             return match.group(1) if match else None
-        from llm_backend.hardware import sglang_version
-
-        return sglang_version()
+        return installed_version()
 
     def health_role(self, *, profile: Profile) -> str:
         """Rank >= 1 serves no API: once its schedulers are ready it starts a dummy server
