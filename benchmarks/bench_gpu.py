@@ -457,6 +457,10 @@ def variant_lines(source: Path, variants_doc: dict[str, Any], costs: dict[int, f
         "or `copy-twice`; to try it: `[profiles.mine]`, `extends = \"smollm2-gpu\"`,",
         "`[profiles.mine.speculative]` with `draft_min = 4`, `draft_max = 32`.",
         "",
+        "A draft-model setup (llama.cpp `--model-draft`) was not measured: SmolLM2-135M is the",
+        "smallest model of its family, no smaller GGUF with its vocabulary ships in a package",
+        "here, and the GPU machine reaches no registry, so there is no draft to pair with it.",
+        "",
     ]
     return lines
 
