@@ -120,6 +120,16 @@ def _engine_versions() -> dict[str, str]:
     return {name: version for name, version in found.items() if version}
 
 
+def _engine_host_facts() -> dict[str, str]:
+    """What the engines find on this machine (`Engine.host_facts`: llama.cpp's CUDA build)."""
+    from llm_backend.engines import REGISTRY
+
+    facts: dict[str, str] = {}
+    for engine in REGISTRY.all():
+        facts.update(engine.host_facts())
+    return facts
+
+
 def _cpu_model() -> str | None:
     try:
         text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
@@ -147,11 +157,7 @@ def describe_host(
         )
         for device in report.devices
     )
-    from llm_backend.engines.llamacpp import cached_cuda_binaries
-    from llm_backend.engines.llamacpp_build import find_nvcc
-
-    nvcc = find_nvcc()
-    cuda_builds = cached_cuda_binaries()
+    facts = _engine_host_facts()
     return HardwareDescription(
         source="live",
         arch=platform.machine(),
@@ -167,8 +173,8 @@ def describe_host(
         cuda_driver_version=report.cuda_driver_version,
         docker=docker if docker is not None else docker_facts(),
         engine_versions=_engine_versions(),
-        cuda_compiler=str(nvcc) if nvcc else None,
-        llama_server_cuda=str(cuda_builds[0]) if cuda_builds else None,
+        cuda_compiler=facts.get("cuda_compiler"),
+        llama_server_cuda=facts.get("llama_server_cuda"),
     )
 
 
@@ -312,23 +318,24 @@ def select_profile(
 def _embedded_gpu(
     hardware: HardwareDescription, available: Collection[str], reasons: list[str]
 ) -> ProfileChoice | None:
-    """The embedded model on the GPU, when there is one and llama-server can use it."""
+    """The embedded model on the GPU, when there is one and its runtime and engine can use it
+    (`Runtime.gpu_readiness`; llama.cpp: a CUDA build, or nvcc to build one)."""
     if PROFILE_GPU not in available:
         return None
     if not hardware.gpus:
         reasons.append(f"not {PROFILE_GPU}: no NVIDIA GPU found")
         return None
+    from llm_backend.config import ConfigSet, builtin_layer
+    from llm_backend.engines import get_engine
+    from llm_backend.runtimes import get_runtime
+
+    profile = ConfigSet(layers=[builtin_layer()]).resolve(PROFILE_GPU).profile
     name = hardware.gpus[0].name
-    if hardware.llama_server_cuda:
-        how = f"CUDA build of llama-server at {hardware.llama_server_cuda}"
-    elif hardware.cuda_compiler:
-        how = f"nvcc at {hardware.cuda_compiler} builds llama-server with CUDA on first start"
-    else:
-        reasons.append(
-            f"not {PROFILE_GPU}: {name} found, but no CUDA build of llama-server and no nvcc "
-            "to build one (install the CUDA toolkit, then llm-backend engine install "
-            "llama.cpp --cuda)"
-        )
+    usable, how = get_runtime(profile.runtime).gpu_readiness(
+        hardware=hardware, engine=get_engine(profile.engine)
+    )
+    if not usable:
+        reasons.append(f"not {PROFILE_GPU}: {name} found, but {how}")
         return None
     reasons.append(f"chose {PROFILE_GPU}: {name}, all layers offloaded; {how}")
     return ProfileChoice(profile=PROFILE_GPU, reasons=tuple(reasons))

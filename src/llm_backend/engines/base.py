@@ -425,6 +425,11 @@ class Engine(ABC):
         """The engine's version when it is installed here for native runs, else None."""
         return None
 
+    def host_facts(self) -> dict[str, str]:
+        """Facts about this machine only the engine knows how to find, for the hardware
+        description (keys are `HardwareDescription` fields, e.g. llama.cpp's CUDA build)."""
+        return {}
+
     def native_readiness(self, *, hardware: HardwareDescription) -> tuple[bool, str]:
         """Whether the described machine has the engine installed for native runs, and why."""
         version = hardware.engine_versions.get(self.name)

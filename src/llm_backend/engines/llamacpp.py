@@ -36,6 +36,7 @@ from llm_backend.pull import Artifact, ProgressCallback, ProgressEvent, PullErro
 from llm_backend.units import format_bytes
 
 if TYPE_CHECKING:
+    from llm_backend.hardware import HardwareDescription
     from llm_backend.runtimes.base import Runtime
 
 # The key file llama-server reads with --api-key-file (tools/server: /health stays public).
@@ -445,6 +446,29 @@ class LlamaCppEngine(Engine):
         except (BackendError, OSError):
             return None
         return MemoryNeed(host_bytes=int(size * 1.2) + 256 * 1024**2)
+
+    def host_facts(self) -> dict[str, str]:
+        """nvcc (to build llama-server with CUDA) and the newest cached CUDA build, if any."""
+        from llm_backend.engines.llamacpp_build import find_nvcc
+
+        facts: dict[str, str] = {}
+        nvcc = find_nvcc()
+        if nvcc:
+            facts["cuda_compiler"] = str(nvcc)
+        builds = cached_cuda_binaries()
+        if builds:
+            facts["llama_server_cuda"] = str(builds[0])
+        return facts
+
+    def native_readiness(self, *, hardware: HardwareDescription) -> tuple[bool, str]:
+        """On a GPU, llama-server needs a CUDA build, or nvcc to build one at first start."""
+        if hardware.llama_server_cuda:
+            return True, f"CUDA build of llama-server at {hardware.llama_server_cuda}"
+        if hardware.cuda_compiler:
+            return True, (f"nvcc at {hardware.cuda_compiler} builds llama-server with CUDA on "
+                          "first start")
+        return False, ("no CUDA build of llama-server and no nvcc to build one (install the "
+                       "CUDA toolkit, then llm-backend engine install llama.cpp --cuda)")
 
     def profile_needs_gpu(self, *, profile: Profile) -> bool:
         return needs_cuda(profile)
