@@ -199,13 +199,16 @@ def report(direct: list[float], routed: list[float], spread: dict[str, dict[str,
     cpu = platform.processor() or platform.machine()
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     d50, r50 = statistics.median(direct), statistics.median(routed)
+    load = os.getloadavg()[1]
     lines = [
         BEGIN,
         "## Router overhead and request spread (`benchmarks/bench_router.py`)",
         "",
         f"Machine: {os.cpu_count()} cores ({cpu}), {memory:.0f} GiB RAM, no GPU; "
         f"Python {platform.python_version()}; sglang-router 0.3.2; members are `smollm2-cpu` "
-        "llama-servers with one thread each, all on loopback.",
+        "llama-servers with one thread each, all on loopback. Load average over the last 5 "
+        f"minutes of the run: {load:.1f} (other jobs shared the cores: absolute figures are "
+        "noisy; compare within a table).",
         "",
         f"Overhead ({requests} identical chat requests per arm, prompt cached, max_tokens=1, "
         "alternating arms):",
@@ -231,7 +234,9 @@ def report(direct: list[float], routed: list[float], spread: dict[str, dict[str,
     lines += [
         "",
         "Members per family is 1.00 when every request of a family went to the same member "
-        "(its prompt prefix cached there).",
+        "(its prompt prefix cached there). Under this light, sequential load cache_aware's "
+        "balancing thresholds (64 requests apart, 1.5x) are never reached, so it may keep "
+        "every family on one member.",
         END,
     ]
     section = "\n".join(lines)
