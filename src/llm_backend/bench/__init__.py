@@ -1,7 +1,7 @@
 """`llm-backend bench`: serving speed of the running backend, and the A/B of speculative decoding.
 
 workloads.py builds the requests, loadgen.py sends them, report.py summarizes, ab.py runs the
-two arms through the lifecycle, plot.py draws. Nothing here prints; cli.py renders.
+two arms through the lifecycle, plot.py draws. Nothing here prints; the CLI's renderers do.
 """
 
 from __future__ import annotations

@@ -1,0 +1,42 @@
+"""`compose`: write the profile's docker-compose.yml, the file `start --runtime docker` runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from llm_backend.cli import render
+from llm_backend.cli.app import make_lifecycle
+from llm_backend.cli.start import choose_profile
+
+
+def compose(
+    profile: Annotated[
+        str | None, typer.Option("--profile", "-p", help="Profile name (default: the default).")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="File to write; default: stdout.")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port to serve on.")] = None,
+) -> None:
+    """Write the profile's docker-compose.yml: the file `start --runtime docker` runs."""
+    from llm_backend.engines import get_engine
+    from llm_backend.runtimes.compose import build_compose
+
+    lifecycle = make_lifecycle()
+    name = choose_profile(lifecycle, profile)
+    overrides: dict[str, object] = {"runtime": "docker"}
+    if port is not None:
+        overrides["port"] = port
+    resolved = lifecycle.resolve(name, overrides).profile
+    engine = get_engine(resolved.engine)
+    engine.check_profile(profile=resolved, for_container=True)
+    argv = engine.build_argv(profile=resolved, for_container=True)
+    document = build_compose(profile=resolved, argv=argv, health_path=engine.health_path)
+    if output is None:
+        render.print_raw(document.text())
+        return
+    document.write(output)
+    render.render_compose_written(document, output)

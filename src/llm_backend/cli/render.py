@@ -1,0 +1,707 @@
+"""Renderers: the only code of the tool that prints.
+
+Each takes a typed result of the library (a frozen dataclass) and writes it as rich text to
+stdout, or as JSON with `print_json`. Progress displays and notices go to stderr, so that
+stdout stays the answer of the command.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    Progress,
+    SpinnerColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.text import Text
+
+from llm_backend.errors import BackendError
+
+if TYPE_CHECKING:
+    from llm_backend.client import ChatResult
+    from llm_backend.diagnose import Diagnosis
+    from llm_backend.doctor import CheckResult, DoctorReport
+    from llm_backend.engines.base import InstallResult
+    from llm_backend.gpu import GpuLeftovers, GpuReport
+    from llm_backend.hardware import ProfileChoice
+    from llm_backend.host.prepare import RecoveryReport
+    from llm_backend.lifecycle import StartResult, Status, StopOutcome
+    from llm_backend.monitor import MonitorEvent
+    from llm_backend.runtimes.compose import ComposeDocument
+    from llm_backend.serve.control import ServeRestart, ServeStop
+    from llm_backend.serve.service import ServiceResult
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+# --- plain output ------------------------------------------------------------------------
+
+
+def print_json(data: object) -> None:
+    """The `--json` shape: indented, keys sorted, anything else as its `str`."""
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def print_raw(text: str) -> None:
+    """Text exactly as given (a sudoers file, a compose file), on stdout."""
+    sys.stdout.write(text)
+
+
+def stream_text(text: str) -> None:
+    """A piece of a streamed reply, shown at once."""
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def print_line(text: str) -> None:
+    """One line of the command's answer, never read as markup."""
+    console.print(text, markup=False, soft_wrap=True)
+
+
+def notice(text: str) -> None:
+    """A remark on stderr (what the command does while it waits); `[dim]` markup allowed."""
+    err_console.print(text, soft_wrap=True)
+
+
+def notice_plain(text: str) -> None:
+    """A remark on stderr, never read as markup."""
+    err_console.print(text, markup=False)
+
+
+def wrote(path: object) -> None:
+    console.print(f"wrote {path}")
+
+
+# --- errors and interruptions ------------------------------------------------------------
+
+
+def render_error(error: BackendError) -> None:
+    """`error:` with the value, the log tail when there is one, then `fix:`."""
+    # Messages carry user values such as "[profiles.NAME]": never read them as markup.
+    err_console.print(Text("error: ", style="red") + Text(error.message), soft_wrap=True)
+    tail = error.details.get("log_tail")
+    if tail:
+        err_console.print(f"[dim]last {len(tail)} log lines:[/dim]")
+        for line in tail:
+            err_console.print(f"  {line}", markup=False, soft_wrap=True)
+    if error.failure_class:
+        err_console.print(f"failure: {error.failure_class}")
+    if error.details.get("exit_code") is not None:
+        err_console.print(f"exit code: {error.details['exit_code']}")
+    err_console.print(Text("fix: ", style="green") + Text(error.remedy), soft_wrap=True)
+
+
+def render_interrupted(name: str) -> None:
+    err_console.print(
+        f"error: interrupted by {name}; anything this command had started was stopped "
+        "and its host changes undone"
+    )
+    err_console.print("fix: run the command again; `llm-backend status` shows what is running")
+
+
+# --- start / restart ---------------------------------------------------------------------
+
+
+class StartDisplay:
+    """A rich progress line on a terminal; plain timestamped lines otherwise."""
+
+    def __init__(self, profile: str, *, interactive: bool | None = None) -> None:
+        self.profile = profile
+        self.interactive = err_console.is_terminal if interactive is None else interactive
+        self.progress: Progress | None = None
+        self.task: TaskID | None = None
+        self.last_phase: str | None = None
+
+    def __enter__(self) -> StartDisplay:
+        if self.interactive:
+            self.progress = Progress(
+                SpinnerColumn(),
+                TextColumn("[bold]{task.fields[phase]}"),
+                BarColumn(),
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[eta]}"),
+                console=err_console,
+                transient=True,
+            )
+            self.progress.start()
+            self.task = self.progress.add_task("load", total=None, phase="launching", eta="")
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def __call__(self, event: MonitorEvent) -> None:
+        eta = f"ETA {event.eta_s:.0f}s" if event.eta_s is not None else ""
+        if event.kind == "phase" and event.phase:
+            label = event.phase
+            if event.progress:
+                label += f" {event.progress[0]}/{event.progress[1]}"
+            if self.progress is not None and self.task is not None:
+                completed = event.progress[0] if event.progress else None
+                total = event.progress[1] if event.progress else None
+                self.progress.update(
+                    self.task, phase=label, eta=eta, total=total, completed=completed or 0
+                )
+                self.progress.console.print(f"[dim]{event.elapsed_s:6.1f}s[/dim] {label}")
+            elif label != self.last_phase:
+                err_console.print(
+                    f"[{event.elapsed_s:6.1f}s] phase {label}" + (f" ({eta})" if eta else "")
+                )
+            self.last_phase = label
+        elif event.kind == "tick" and self.progress is not None and self.task is not None:
+            self.progress.update(self.task, eta=eta)
+        elif event.kind == "ready":
+            if self.progress is not None:  # the same shape as the phase lines above it
+                self.progress.console.print(f"[dim]{event.elapsed_s:6.1f}s[/dim] ready")
+            else:
+                err_console.print(f"[{event.elapsed_s:6.1f}s] ready")
+
+
+def render_auto_reasons(choice: ProfileChoice, *, to_stderr: bool) -> None:
+    """Why `auto` chose its profile, one dim line each."""
+    for reason in choice.reasons:
+        if to_stderr:
+            err_console.print(f"[dim]auto: {reason}[/dim]", soft_wrap=True)
+        else:
+            console.print(f"  [dim]auto: {reason}[/dim]", soft_wrap=True)
+
+
+def render_starting(name: str) -> None:
+    err_console.print(f"starting {name} ...")
+
+
+def render_dry_run(result: StartResult) -> None:
+    console.print(
+        f"dry run: {result.profile} ({result.engine}, {result.runtime}) would serve "
+        f"{result.served_model_name} at {result.endpoint}; nothing was changed"
+    )
+    for step in result.plan:
+        console.print(f"  {step}", markup=False, soft_wrap=True)
+
+
+def render_started(result: StartResult) -> None:
+    if result.outcome == "already_running":
+        console.print(
+            f"already {result.state}: {result.profile} ({result.engine}, {result.runtime}) "
+            f"at {result.endpoint}, pid {result.pid}"
+        )
+        return
+    console.print(
+        f"[green]ready[/green] in {result.duration_s:.1f}s: {result.profile} "
+        f"({result.engine}, {result.runtime}), pid {result.pid}"
+    )
+    for line in result.host_restored:
+        console.print(f"host: {line}")
+    console.print(f"endpoint: {result.endpoint}/v1")
+    console.print(f"model:    {result.served_model_name}")
+    console.print("try:")
+    body = json.dumps(
+        {
+            "model": result.served_model_name,
+            "messages": [{"role": "user", "content": "Say hello in five words."}],
+        }
+    )
+    console.print(
+        f"  curl -s {result.endpoint}/v1/chat/completions "
+        f"-H 'Content-Type: application/json' -d '{body}'",
+        markup=False,
+        soft_wrap=True,
+    )
+
+
+def render_replica_dry_run(index: int, result: StartResult) -> None:
+    console.print(f"dry run: replica {index} would serve at {result.endpoint}: "
+                  + " ".join(result.argv), markup=False, soft_wrap=True)
+
+
+def render_replicas_started(results: Iterable[StartResult]) -> None:
+    for index, result in enumerate(results):
+        console.print(
+            f"replica {index}: {result.state} in {result.duration_s or 0:.1f}s at "
+            f"{result.endpoint} (pid {result.pid})", markup=False,
+        )
+
+
+def render_replicas_stopped(outcomes: Iterable[StopOutcome]) -> None:
+    from llm_backend.lifecycle import describe_leave
+
+    for index, outcome in enumerate(outcomes):
+        how = "killed" if outcome.killed else "stopped"
+        console.print(f"replica {index}: {how} in {outcome.duration_s:.1f}s")
+        if outcome.router:
+            console.print("  " + describe_leave(outcome.router), markup=False)
+
+
+def render_replica_statuses(replicas: Iterable[Status]) -> None:
+    for index, replica in enumerate(replicas):
+        console.print(f"replica {index}:")
+        render_status(replica)
+
+
+def render_preflight_dry_run(checks: Iterable[CheckResult]) -> None:
+    err_console.print("preflight checks (a real start stops at any fail):")
+    render_checks(checks, target=err_console)
+
+
+def render_preflight_warnings(checks: Iterable[CheckResult]) -> None:
+    for check in checks:
+        err_console.print(f"warning: {check.name}: {check.summary}", markup=False,
+                          soft_wrap=True)
+        if check.fix:
+            err_console.print(f"  fix: {check.fix}", markup=False, soft_wrap=True)
+
+
+# --- status / stop / logs / chat ---------------------------------------------------------
+
+
+def render_spec(spec: Mapping[str, object]) -> str:
+    """`accept length 2.17, accept rate 0.54, gen throughput 178.9 tok/s (log)`."""
+    parts = []
+    if spec.get("accept_length") is not None:
+        parts.append(f"accept length {spec['accept_length']:.2f}")
+    if spec.get("accept_rate") is not None:
+        parts.append(f"accept rate {spec['accept_rate']:.2f}")
+    if spec.get("gen_throughput") is not None:
+        parts.append(f"gen throughput {spec['gen_throughput']:.1f} tok/s")
+    text = ", ".join(parts) or "no figures yet"
+    return text + (f" ({spec['source']})" if spec.get("source") else "")
+
+
+def render_host_prep(host_prep: Mapping[str, object]) -> None:
+    steps_value = host_prep.get("steps", {})
+    steps_map = steps_value if isinstance(steps_value, Mapping) else {}
+    steps = ", ".join(f"{name} {state}" for name, state in steps_map.items())
+    owner = " (in progress)" if host_prep.get("in_progress") else ""
+    console.print(f"host:     {host_prep.get('phase')}{owner}: {steps or 'no steps'}")
+    if host_prep.get("warning"):
+        console.print(f"warning:  {host_prep['warning']}", markup=False, soft_wrap=True)
+
+
+def render_docker(facts: Mapping[str, object]) -> None:
+    """The container line of `status` for the docker runtime."""
+    if "error" in facts:
+        console.print(f"docker:   {facts['error']}", markup=False, soft_wrap=True)
+        return
+    health = f", {facts['health']}" if facts.get("health") else ""
+    if facts.get("exit_code") is not None:
+        health += f", exit code {facts['exit_code']}"
+    adopted = ", adopted" if facts.get("adopted") else ""
+    console.print(
+        f"docker:   container {facts.get('container')} ({facts.get('state')}{health}{adopted}), "
+        f"image {facts.get('image')}",
+        markup=False,
+        soft_wrap=True,
+    )
+    console.print(
+        f"compose:  {facts.get('compose_file')} (project {facts.get('project')}, "
+        f"{facts.get('compose')})",
+        markup=False,
+        soft_wrap=True,
+    )
+
+
+def render_serve(door: Mapping[str, object]) -> None:
+    """The `serve:` lines of `status`: the door, its counts, the last restart, a give-up."""
+    line = (f"serve:    door {door['door']} (pid {door['pid']}), backend {door['state']}; "
+            f"{door['requests']} requests, {door['held']} held, {door['failed']} failed, "
+            f"{door['fallback']} to fallback")
+    console.print(line, markup=False, soft_wrap=True)
+    last = door.get("last_restart")
+    if last and isinstance(last, Mapping):
+        at = last.get("at")
+        when = time.strftime("%Y-%m-%d %H:%M:%S",
+                             time.localtime(at if isinstance(at, int | float) else None))
+        console.print(f"          last restart {when} ({last['reason']}, "
+                      f"{last['duration_s']:.1f}s); {door['restarts']} restarts", markup=False)
+    failure = door.get("last_failure")
+    if door.get("gave_up") and failure and isinstance(failure, Mapping):
+        console.print(f"          gave up restarting: {failure.get('class')}: "
+                      f"{failure.get('message')}", markup=False, soft_wrap=True)
+        console.print("fix:      llm-backend logs -n 200, then llm-backend restart", markup=False)
+
+
+def render_serve_stopped(stopped: ServeStop) -> None:
+    console.print(f"stopped serve (pid {stopped.pid}, door {stopped.door}) and its "
+                  f"backend in {stopped.duration_s:.1f}s")
+
+
+def render_serve_restarted(done: ServeRestart) -> None:
+    console.print(f"restarted {done.profile} behind serve ({done.door}) in "
+                  f"{done.duration_s:.1f}s")
+
+
+def render_serve_line(text: str) -> None:
+    """One line of `serve`'s running account, with the time of day."""
+    err_console.print(f"{time.strftime('%H:%M:%S')} {text}", markup=False, soft_wrap=True)
+
+
+def render_service_installed(result: ServiceResult) -> None:
+    console.print(f"wrote {result.unit_path} (systemd-analyze verify: ok)"
+                  + ("; enabled" if result.enabled else ""))
+    for note in result.notes:
+        console.print(note, markup=False)
+
+
+def render_service_uninstalled(result: ServiceResult) -> None:
+    if result.action == "absent":
+        console.print(f"no unit at {result.unit_path}")
+    else:
+        console.print(f"removed {result.unit_path}")
+
+
+def render_status(status: Status, *, clear: bool = False) -> None:
+    if clear:
+        console.clear()
+    colour = {"ready": "green", "failed": "red", "loading": "yellow"}.get(status.state, "white")
+    console.print(f"state:    [{colour}]{status.state}[/{colour}]")
+    serve = status.extra.get("serve")
+    if isinstance(serve, Mapping):
+        render_serve(serve)
+    if status.host_prep:
+        render_host_prep(status.host_prep)
+    if status.profile is None:
+        return
+    console.print(f"profile:  {status.profile} ({status.engine}, {status.runtime})")
+    console.print(f"endpoint: {status.endpoint}/v1")
+    if status.pid:
+        console.print(f"pid:      {status.pid}")
+    if status.phase and status.state != "ready":
+        console.print(f"phase:    {status.phase}")
+    if status.models:
+        console.print(f"models:   {', '.join(status.models)}")
+    if status.health_status is not None:
+        console.print(f"health:   {status.health_status} in {status.health_ms} ms")
+    if status.uptime_s is not None:
+        console.print(f"uptime:   {status.uptime_s:.0f}s")
+    if status.last_start_s is not None:
+        console.print(f"last start took {status.last_start_s:.1f}s")
+    if status.spec:
+        console.print(f"spec:     {render_spec(status.spec)}")
+    for key, value in status.extra.items():
+        if key == "docker" and isinstance(value, Mapping):
+            render_docker(value)
+        elif key == "serve":
+            continue
+        else:
+            console.print(f"{key}: {value}", markup=False)
+    if status.failure:
+        console.print(
+            f"failure:  {status.failure.get('class')}: {status.failure.get('message')}",
+            markup=False,
+        )
+        if status.failure.get("remedy"):
+            console.print(f"fix:      {status.failure['remedy']}", markup=False)
+
+
+def render_gpus(report: GpuReport, ours: Iterable[int]) -> None:
+    """Per GPU: memory (MemAvailable on unified memory), load, temperature, processes."""
+    from llm_backend.units import format_bytes as gib
+
+    ours = set(ours)
+    for device in report.devices:
+        if device.unified_memory:
+            memory = (f"{gib(device.memory_available_bytes)} MemAvailable of "
+                      f"{gib(device.memory_total_bytes)} (unified)")
+        else:
+            memory = f"{gib(device.memory_used_bytes)} / {gib(device.memory_total_bytes)} used"
+        load = "?" if device.utilization_percent is None else f"{device.utilization_percent}%"
+        temperature = "?" if device.temperature_c is None else f"{device.temperature_c} C"
+        power = "" if device.power_w is None else f", {device.power_w:.0f} W"
+        console.print(
+            f"gpu {device.index}:    {device.name}: {memory}, {load} busy, {temperature}{power}",
+            markup=False, soft_wrap=True,
+        )
+        for process in device.processes:
+            used = gib(process.used_memory_bytes)
+            mark = " (ours)" if process.pid in ours else ""
+            console.print(
+                f"          pid {process.pid} {process.name or '?'} holds {used}{mark}",
+                markup=False,
+            )
+
+
+def render_stopped(outcome: StopOutcome) -> None:
+    if not outcome.was_running:
+        console.print("nothing was running")
+        return
+    how = "killed" if outcome.killed else "stopped"
+    console.print(f"{how} {outcome.profile} in {outcome.duration_s:.1f}s; no process left")
+    if outcome.router:
+        from llm_backend.lifecycle import describe_leave
+
+        console.print("  " + describe_leave(outcome.router), markup=False)
+
+
+def render_gpu_leftovers(leftovers: GpuLeftovers, *, force: bool) -> None:
+    """After `stop`: our processes still holding GPU memory; what `--force` ended."""
+    for owned in leftovers.ended:
+        err_console.print(f"ended pid {owned.pid} ({owned.name or '?'}), which held GPU memory")
+    remaining = leftovers.still_running if force else leftovers.lingering
+    for owned in remaining:
+        err_console.print(
+            f"warning: pid {owned.pid} ({owned.name or '?'}) of the stopped server still holds "
+            "GPU memory", markup=False,
+        )
+    if remaining and not force:
+        err_console.print("fix: llm-backend stop --force (ends them by pid)", markup=False)
+    elif remaining:
+        err_console.print(
+            f"fix: they ignored SIGKILL (stuck in the driver?): check `nvidia-smi`; "
+            f"pids {' '.join(str(owned.pid) for owned in remaining)}; a reboot frees them",
+            markup=False,
+        )
+
+
+def render_log_lines(lines: Iterable[str]) -> None:
+    for line in lines:
+        console.print(line, markup=False, soft_wrap=True)
+
+
+def render_chat_speed(result: ChatResult) -> None:
+    """After the streamed reply: tokens, seconds, tokens/s and the time to the first token."""
+    sys.stdout.write("\n")
+    speed = f"{result.tokens_per_s:.1f} tokens/s" if result.tokens_per_s else "? tokens/s"
+    ttft = (
+        f", first token after {result.time_to_first_token_s * 1000:.0f} ms"
+        if result.time_to_first_token_s is not None
+        else ""
+    )
+    err_console.print(
+        f"[dim]{result.completion_tokens} tokens in {result.duration_s:.2f}s: "
+        f"{speed}{ttft}[/dim]"
+    )
+
+
+# --- engine install ----------------------------------------------------------------------
+
+
+class InstallDisplay:
+    """An engine's install: a progress bar on a terminal, one line per step otherwise."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TimeElapsedColumn(),
+            console=err_console,
+            transient=True,
+            disable=not err_console.is_terminal,
+        )
+        self.task: TaskID | None = None
+        self.last_step = ""
+
+    def __enter__(self) -> InstallDisplay:
+        self.progress.__enter__()
+        self.task = self.progress.add_task(self.label, total=100)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.progress.__exit__(exc_type, exc, traceback)
+
+    def __call__(self, step: str, fraction: float | None) -> None:
+        if self.task is not None:
+            self.progress.update(
+                self.task, description=step,
+                completed=(fraction or 0) * 100 if fraction is not None else None,
+            )
+        if step != self.last_step:
+            self.last_step = step
+            if not err_console.is_terminal:
+                err_console.print(f"{self.label}: {step}")
+
+
+def render_installed(result: InstallResult) -> None:
+    what = result.binary.name + (f" ({result.variant})" if result.variant else "")
+    if result.built:
+        console.print(f"built {what} in {result.duration_s:.0f}s: {result.binary}")
+    else:
+        console.print(f"{what} already installed: {result.binary}")
+
+
+# --- profiles ----------------------------------------------------------------------------
+
+
+def render_profile_table(rows: Iterable[tuple[str, str, str, str, str]]) -> None:
+    """`profiles`: name (default marked), engine, runtime, source, description."""
+    from rich.table import Table
+
+    table = Table("profile", "engine", "runtime", "source", "description")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
+def render_profile_values(
+    name: str, values: Mapping[str, object], sources: Mapping[str, str], chain: list[str]
+) -> None:
+    """`profiles show NAME`: every key, its value as JSON, and where it came from."""
+    from rich.table import Table
+
+    table = Table("key", "value", "source", title=f"profile {name}")
+    for key, value in values.items():
+        table.add_row(key, json.dumps(value), sources.get(key, "default"))
+    console.print(table)
+    if len(chain) > 1:
+        console.print(f"extends: {' -> '.join(chain)}")
+
+
+# --- doctor ------------------------------------------------------------------------------
+
+CHECK_COLOURS = {"pass": "green", "warn": "yellow", "fail": "red", "skipped": "magenta"}
+
+
+def render_checks(
+    checks: Iterable[CheckResult], *, indent: str = "  ", target: Console | None = None
+) -> None:
+    """One line per check (`pass  name  summary`), and a `fix:` line under warn and fail."""
+    out = target or console
+    for check in checks:
+        colour = CHECK_COLOURS.get(check.status, "white")
+        out.print(
+            f"{indent}[{colour}]{check.status:<7}[/{colour}] {check.name:<14} "
+            f"{escape(check.summary)}",
+            soft_wrap=True,
+        )
+        if check.fix and check.status != "pass":
+            out.print(f"{indent}{'':<7} {'':<14} [green]fix:[/green] {escape(check.fix)}",
+                      soft_wrap=True)
+
+
+def render_doctor(report: DoctorReport, choice: ProfileChoice | None) -> None:
+    console.print(f"doctor: {report.profile} ({report.engine}, {report.runtime})")
+    if choice is not None:
+        render_auto_reasons(choice, to_stderr=False)
+    render_checks(report.checks)
+    counts = report.counts()
+    verdict = "[green]ok[/green]" if report.ok else "[red]not ready[/red]"
+    console.print(
+        f"{verdict}: {counts['pass']} pass, {counts['warn']} warn, {counts['fail']} fail"
+        + (f", {counts['skipped']} skipped" if counts["skipped"] else "")
+        + f" ({report.duration_s:.1f}s)"
+    )
+
+
+# --- host preparation --------------------------------------------------------------------
+
+
+def render_recovery(report: RecoveryReport, *, to_stderr: bool) -> None:
+    """What recovery found and undid, one line each."""
+    to = err_console if to_stderr else console
+    boot = "same boot" if report.same_boot else "after a reboot"
+    if report.phase_before == "left_on":
+        to.print(
+            f"host: retried the swap file an earlier start of {report.profile} had to leave "
+            f"on ({boot}):",
+            soft_wrap=True,
+        )
+    else:
+        to.print(
+            f"host: undid the host preparation of a `start` that did not finish "
+            f"(profile {report.profile}, interrupted while {report.phase_before}, {boot}):",
+            soft_wrap=True,
+        )
+    for line in report.restored:
+        to.print(f"  {line}", markup=False, soft_wrap=True)
+    for item in report.left_on:
+        to.print(
+            f"  warning: swap file {item['path']} is still on: {item['reason']}",
+            markup=False,
+            soft_wrap=True,
+        )
+    for line in report.errors:
+        to.print(f"  error: {line}", markup=False, soft_wrap=True)
+
+
+def render_recover(report: RecoveryReport) -> None:
+    """`recover`'s answer: nothing to do, busy, or what it undid."""
+    if not report.found:
+        console.print("nothing to recover: no unfinished host preparation")
+    elif report.busy_pid is not None:
+        console.print(
+            f"host preparation is in progress (pid {report.busy_pid}, profile "
+            f"{report.profile}); nothing to recover"
+        )
+    else:
+        render_recovery(report, to_stderr=False)
+
+
+def render_recovery_warning(message: str) -> None:
+    err_console.print(
+        f"warning: could not undo an interrupted host preparation: {message}", soft_wrap=True
+    )
+    err_console.print("fix: llm-backend recover (as root, or with the sudoers rules)")
+
+
+# --- compose -----------------------------------------------------------------------------
+
+
+def render_compose_written(document: ComposeDocument, output: object) -> None:
+    console.print(
+        f"wrote {output}: project {document.project}, container {document.container_name}, "
+        f"image {document.image}, port {document.port}",
+        markup=False,
+        soft_wrap=True,
+    )
+    console.print(f"run it by hand: docker compose -f {output} up -d", markup=False)
+
+
+# --- diagnose ----------------------------------------------------------------------------
+
+
+def render_diagnosis(result: Diagnosis) -> None:
+    console.print(f"engine:  {result.engine} ({result.line_count} lines)")
+    for phase in result.phases:
+        at = f"{phase.at_s:7.1f}s " if phase.at_s is not None else "         "
+        progress = ""
+        if phase.progress is not None:
+            done, total = phase.progress
+            progress = f" {done}/{total or '?'}"
+        console.print(f"  {at}{phase.name}{progress}", markup=False)
+    if not result.phases:
+        console.print("  (no startup phase found in this log)")
+    console.print(f"ready:   {'yes' if result.ready else 'no'}")
+    if result.spec is not None:
+        console.print(
+            "spec:    "
+            + render_spec(
+                {
+                    "accept_length": result.spec.accept_length,
+                    "accept_rate": result.spec.accept_rate,
+                    "gen_throughput": result.spec.gen_throughput,
+                }
+            )
+        )
+    if result.failure is not None:
+        console.print(
+            f"failure: {result.failure.failure_class}: {result.failure.message}",
+            markup=False, soft_wrap=True,
+        )
+        if result.failure.line:
+            console.print(f"line:    {result.failure.line}", markup=False, soft_wrap=True)
+        console.print(f"fix:     {result.failure.remedy}", markup=False, soft_wrap=True)
+    for note in result.notes:
+        console.print(f"note:    {note}", markup=False, soft_wrap=True)

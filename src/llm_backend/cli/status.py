@@ -1,0 +1,143 @@
+"""`status`, `stop` and `logs`: the running backend as the lifecycle sees it."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from llm_backend.cli import render
+from llm_backend.cli.app import make_lifecycle
+from llm_backend.errors import BackendError, NotRunningError
+from llm_backend.lifecycle import Lifecycle, Status, log_tail
+from llm_backend.runtimes import get_runtime
+from llm_backend.serve import control as serve_control
+from llm_backend.state import StateStore
+
+if TYPE_CHECKING:
+    from llm_backend.gpu import GpuReport
+
+
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh every second.")] = False,
+) -> None:
+    """Show the backend's state; exit 0 only when it is ready (or alive: a follower rank of a
+    multi-node model, which serves no API of its own)."""
+    lifecycle = make_lifecycle()
+    if lifecycle.store.load_instance() is None:
+        from llm_backend.cli.replicas import replica_statuses
+
+        replicas = replica_statuses(lifecycle)
+        if replicas:
+            if as_json:
+                render.print_json({"replicas": [replica.to_json() for replica in replicas]})
+            else:
+                render.render_replica_statuses(replicas)
+            raise typer.Exit(0 if all(r.state == "ready" for r in replicas) else 1)
+    while True:
+        current = with_serve(lifecycle.store, lifecycle.status())
+        gpus, ours = gpu_state(lifecycle)
+        if as_json:
+            from llm_backend.gpu import status_json
+
+            render.print_json({**current.to_json(), "gpus": status_json(gpus, ours)})
+        else:
+            render.render_status(current, clear=watch)
+            render.render_gpus(gpus, ours)
+        if not watch:
+            break
+        time.sleep(1.0)
+    raise typer.Exit(0 if current.state in ("ready", "alive") else 1)
+
+
+def with_serve(store: StateStore, status: Status) -> Status:
+    """The status plus the door's view when `serve` runs (the door, counts, last restart)."""
+    door = serve_control.running(store)
+    if door is None:
+        return status
+    from dataclasses import replace
+
+    from llm_backend.serve.record import summary
+
+    return replace(status, extra={**status.extra, "serve": summary(door)})
+
+
+def gpu_state(lifecycle: Lifecycle) -> tuple[GpuReport, list[int]]:
+    """NVML's view of the GPUs, and the pids of our server's process tree."""
+    from llm_backend.gpu import process_tree, read_gpus
+
+    record = lifecycle.store.load_instance()
+    report = read_gpus()
+    ours = []
+    if report.nvml_available and record is not None and record.pid:
+        ours = [owned.pid for owned in process_tree(record.pid)]
+    return report, ours
+
+
+def stop(
+    force: Annotated[bool, typer.Option("--force", help="SIGKILL at once.")] = False,
+    timeout: Annotated[
+        float | None, typer.Option(help="Grace period in seconds before SIGKILL.")
+    ] = None,
+) -> None:
+    """Stop the backend: SIGTERM, grace period, SIGKILL; verify nothing is left."""
+    from llm_backend.gpu import process_tree, settle_after_stop
+
+    lifecycle = make_lifecycle()
+    door = serve_control.running(lifecycle.store)
+    if door is not None:  # serve owns the backend: it drains, stops it, restores the host
+        grace = timeout if timeout is not None else 600.0
+        render.render_serve_stopped(
+            serve_control.stop(lifecycle.store, door, timeout_s=grace + 60)
+        )
+        return
+    record = lifecycle.store.load_instance()
+    from llm_backend.cli.replicas import stop_replicas
+
+    if stop_replicas(lifecycle, force=force, grace_s=timeout) and record is None:
+        return
+    tree = (process_tree(record.pid)
+            if record and not get_runtime(record.runtime).in_container else ())
+    if record is not None and not force:
+        from llm_backend.cluster.distributed import follower_stop_note
+
+        try:
+            note = follower_stop_note(lifecycle.resolve(record.profile).profile)
+        except BackendError:
+            note = None
+        if note:
+            render.notice_plain(note)
+    try:
+        outcome = lifecycle.stop(force=force, grace_s=timeout)
+    finally:
+        leftovers = settle_after_stop(lifecycle.store.root, tree, force=force)
+        render.render_gpu_leftovers(leftovers, force=force)
+    render.render_stopped(outcome)
+
+
+def logs(
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new lines.")
+    ] = False,
+    lines: Annotated[int, typer.Option("-n", help="How many lines to show.")] = 50,
+) -> None:
+    """Print the backend's log (the last one, even after it stopped)."""
+    store = StateStore()
+    record = store.load_instance()
+    path: Path | None = Path(record.log_path) if record else None
+    if path is None:
+        candidates = sorted(store.logs_dir().glob("*.log"), key=lambda p: p.stat().st_mtime)
+        path = candidates[-1] if candidates else None
+    if path is None or not path.exists():
+        raise NotRunningError("no log yet: nothing was started", remedy="llm-backend start")
+    render.render_log_lines(log_tail(path, lines))
+    if follow:
+        from llm_backend.monitor import LogFollower
+
+        follower = LogFollower(path, path.stat().st_size)
+        while True:
+            render.render_log_lines(follower.read_lines())
+            time.sleep(0.2)
