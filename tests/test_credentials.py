@@ -103,3 +103,26 @@ host = "0.0.0.0"
     assert "open listens on 0.0.0.0" in access["summary"] and "without an API key" in \
         access["summary"]
     assert "api_key_file" in access["fix"]
+
+
+def test_secret_names_are_whole_words_not_substrings() -> None:
+    """TIKTOKEN_ENCODINGS_BASE is a folder that Compose must get as written, not a secret."""
+    from llm_backend.credentials import is_secret_name
+
+    for name in ("HF_TOKEN", "OPENAI_API_KEY", "AWS_SECRET_ACCESS_KEY", "DB_PASSWORD",
+                 "GOOGLE_APPLICATION_CREDENTIALS", "LLM_BACKEND_API_KEY"):
+        assert is_secret_name(name), name
+    for name in ("TIKTOKEN_ENCODINGS_BASE", "TOKENIZERS_PARALLELISM", "SGLANG_HOST_IP"):
+        assert not is_secret_name(name), name
+
+
+def test_secret_flags_are_whole_words_not_substrings() -> None:
+    """`--skip-tokenizer-init` (sgl-project/sglang#7478's profile) carries no secret."""
+    from llm_backend.credentials import SECRET_FLAG
+
+    for flag in ("--api-key", "--api-key=x", "--admin-api-key", "--hf-token",
+                 "--ssl-keyfile-password"):
+        assert SECRET_FLAG.match(flag), flag
+    for flag in ("--skip-tokenizer-init", "--tokenizer-path", "--max-total-tokens",
+                 "--speculative-num-draft-tokens", "--api-key-file"):
+        assert not SECRET_FLAG.match(flag), flag

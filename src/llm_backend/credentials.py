@@ -19,18 +19,28 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llm_backend.errors import ConfigError
+from llm_backend.net import url_host
 
 if TYPE_CHECKING:
     from llm_backend.config import Profile
 
 API_KEY_ENV = "LLM_BACKEND_API_KEY"
 MASK = "********"
-SECRET_NAME = re.compile(r"TOKEN|KEY|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH", re.IGNORECASE)
+# Whole words of the name only: TIKTOKEN_ENCODINGS_BASE (a folder) and TOKENIZERS_PARALLELISM
+# are not secrets; HF_TOKEN, OPENAI_API_KEY and AWS_SECRET_ACCESS_KEY are.
+SECRET_NAME = re.compile(
+    r"(?:^|_)(?:TOKEN|KEY|SECRET|PASSWORD|PASSWD|CREDENTIALS?|AUTH)(?:_|$)", re.IGNORECASE
+)
 # Flags that carry a secret on the command line, where every local user can read it
 # (`ps`, /proc/PID/cmdline): SGLang's `--api-key`/`--admin-api-key`, llama.cpp's `--api-key`,
 # vLLM's `--api-key`, and any `--hf-token`-style flag.
-SECRET_FLAG = re.compile(r"^--?[\w-]*(api[-_]key|token|secret|password)(?![-_]file)[\w-]*(=|$)",
-                         re.IGNORECASE)
+# Whole words of the flag only: `--skip-tokenizer-init` and `--max-total-tokens` carry no
+# secret; a flag ending in `-file` or `-path` names where one is, not the secret itself.
+SECRET_FLAG = re.compile(
+    r"^--?(?:[a-z0-9]+[-_])*(?:api[-_]key|token|secret|password|passwd)(?:[-_][a-z0-9]+)*"
+    r"(?<![-_]file)(?<![-_]path)(?:=|$)",
+    re.IGNORECASE,
+)
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 
 
@@ -130,7 +140,8 @@ def exposed_without_key(profile: Profile) -> bool:
 def exposure_warning(profile: Profile) -> str:
     """What to tell the user about a server open to the network without a key."""
     return (
-        f"{profile.name} listens on {profile.host}:{profile.port} without an API key: anyone "
+        f"{profile.name} listens on {url_host(profile.host)}:{profile.port} without an API key: "
+        "anyone "
         "who can reach this machine can use the model (llama.cpp also allows every CORS "
         f"origin then); set api_key_file = \"PATH\" in [profiles.{profile.name}] or export "
         f"{API_KEY_ENV}, or listen on 127.0.0.1"

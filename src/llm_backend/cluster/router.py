@@ -23,6 +23,7 @@ from llm_backend.cluster.router_api import RouterClient, Worker
 from llm_backend.config import RouterConfig
 from llm_backend.errors import BackendError
 from llm_backend.lifecycle import check_port_free, log_tail
+from llm_backend.net import url_host
 from llm_backend.runtimes.native import process_matches, spawn_group, stop_group
 from llm_backend.state import StateStore, atomic_write_json, read_json
 
@@ -226,7 +227,7 @@ class RouterManager:
             url=config.url,
             host=config.host,
             port=config.port,
-            prometheus=f"{config.prometheus_host}:{config.prometheus_port}",
+            prometheus=f"{url_host(config.prometheus_host)}:{config.prometheus_port}",
             policy=config.policy,
             argv=argv,
             log_path=str(self.log_path),

@@ -25,6 +25,7 @@ import psutil
 from llm_backend.config import Profile
 from llm_backend.errors import BackendError, ConfigError
 from llm_backend.lifecycle import ACTIVE_STATES, Lifecycle, check_port_free
+from llm_backend.net import connect_url
 from llm_backend.serve import record as serve_record
 from llm_backend.serve.door import Door
 from llm_backend.serve.metrics import DoorMetrics
@@ -46,7 +47,7 @@ class ServePlan:
 
     @property
     def door_url(self) -> str:
-        return f"http://{self.door_host}:{self.door_port}"
+        return connect_url(self.door_host, self.door_port)
 
     @property
     def backend_url(self) -> str:
