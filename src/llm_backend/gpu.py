@@ -15,9 +15,12 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
+
+if TYPE_CHECKING:
+    from llm_backend.state import StateStore
 
 INSTALL_HINT = "pip install 'llm-backend[gpu]' (nvidia-ml-py)"
 UNIFIED_MEMORY_NAMES = ("GB10",)
@@ -353,6 +356,29 @@ def _save(path: Path, processes: Iterable[OwnedProcess]) -> None:
         atomic_write_json(path, {"processes": items})
     else:
         path.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class StopWatch:
+    """The recorded native server's process tree, taken before `stop` so that afterwards the
+    ones still holding GPU memory can be named (and with `force`, ended)."""
+
+    state_root: Path
+    tree: tuple[OwnedProcess, ...]
+
+    def settle(self, *, force: bool) -> GpuLeftovers:
+        return settle_after_stop(self.state_root, self.tree, force=force)
+
+
+def watch_stop(store: StateStore) -> StopWatch:
+    """Take the tree of the recorded server before stopping it (none for a container: its
+    processes live in the container's namespace and Docker ends them)."""
+    from llm_backend.runtimes import get_runtime
+
+    record = store.load_instance()
+    tree = (process_tree(record.pid)
+            if record and not get_runtime(record.runtime).in_container else ())
+    return StopWatch(store.root, tree)
 
 
 def settle_after_stop(

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llm_backend.bench.loadgen import LevelRun, run_level
 from llm_backend.bench.report import BenchReport, build_report
 from llm_backend.bench.workloads import BenchRequest, Workload
 from llm_backend.errors import BackendError
+
+if TYPE_CHECKING:
+    from llm_backend.lifecycle import Lifecycle
 
 ProgressCallback = Callable[[str, int, int | None], None]
 """(description, completed, total or None for a duration-bound level)."""
@@ -147,3 +150,34 @@ def run_bench(
         requests_per_level=None if duration_s is not None else requests_per_level,
         duration_s=duration_s,
     )
+
+
+def running_target(lifecycle: Lifecycle) -> Target:
+    """The ready backend as a bench target: the endpoint clients use, its model name, and
+    whether its profile has speculative decoding on (None when the profile no longer resolves).
+
+    Raises NotRunningError (`llm-backend start`) when no backend is ready.
+    """
+    record = lifecycle.running_record()
+    overrides = record.runtime_info.get("overrides") or {}
+    try:
+        speculative: bool | None = lifecycle.resolve(
+            record.profile, overrides
+        ).profile.speculative.enabled
+    except BackendError:
+        speculative = None
+    return Target(
+        endpoint=record.client_endpoint, model=record.served_model_name,
+        profile=record.profile, engine=record.engine, speculative=speculative,
+    )
+
+
+def require_some_answered(report: BenchReport, target: Target) -> None:
+    """A run where every request failed measured nothing: a BackendError with the first
+    errors and the commands that show why."""
+    if report.levels and all(level.ok == 0 for level in report.levels):
+        raise BackendError(
+            f"every bench request to {target.endpoint} failed: "
+            f"{'; '.join(report.levels[0].error_samples)}",
+            remedy="llm-backend status; llm-backend logs -n 50",
+        )

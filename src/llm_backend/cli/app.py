@@ -14,7 +14,7 @@ import typer
 from typer._click.core import Context as ClickContext  # typer vendors click
 from typer.core import TyperGroup
 
-from llm_backend.cli import render
+from llm_backend.cli import render, render_reports
 from llm_backend.errors import BackendError
 from llm_backend.lifecycle import HostPreparation, Interrupted, Lifecycle
 from llm_backend.state import HOST_JOURNAL_FILE, StateStore
@@ -102,9 +102,9 @@ def before_every_command(ctx: typer.Context) -> None:
     try:
         report = recover_host(store, retry_left_on=False)
     except (BackendError, OSError) as error:
-        render.render_recovery_warning(
+        render_reports.render_recovery_warning(
             error.message if isinstance(error, BackendError) else str(error)
         )
         return
     if report.found and report.busy_pid is None and (report.restored or report.errors):
-        render.render_recovery(report, to_stderr=True)
+        render_reports.render_recovery(report, to_stderr=True)

@@ -61,7 +61,7 @@ def bench(
     ] = None,
 ) -> None:
     """Measure serving speed of the backend; with --ab spec, speculative decoding off vs on."""
-    from llm_backend.bench import Target, parse_levels, run_bench
+    from llm_backend.bench import parse_levels, require_some_answered, run_bench, running_target
     from llm_backend.bench.workloads import builtin_workload, load_dataset
 
     levels = parse_levels(concurrency)
@@ -82,34 +82,18 @@ def bench(
     display = BenchProgress()
     series: list[tuple[str, BenchReport]]
     if ab is None:
-        record = lifecycle.running_record()
-        overrides = record.runtime_info.get("overrides") or {}
-        try:
-            speculative: bool | None = lifecycle.resolve(
-                record.profile, overrides
-            ).profile.speculative.enabled
-        except BackendError:
-            speculative = None
-        target = Target(
-            endpoint=record.client_endpoint, model=record.served_model_name,
-            profile=record.profile, engine=record.engine, speculative=speculative,
-        )
+        target = running_target(lifecycle)
         with display:
             report = run_bench(
                 target, chosen, levels=levels, requests_per_level=requests,
                 duration_s=duration, temperature=temperature, seed=seed,
                 on_progress=display.on_progress,
             )
-        if report.levels and all(level.ok == 0 for level in report.levels):
-            raise BackendError(
-                f"every bench request to {target.endpoint} failed: "
-                f"{'; '.join(report.levels[0].error_samples)}",
-                remedy="llm-backend status; llm-backend logs -n 50",
-            )
-        title = f"{chosen.name} on {record.profile}"
+        require_some_answered(report, target)
+        title = f"{chosen.name} on {target.profile}"
         render_bench(report, title=title)
         document: dict[str, object] = report.to_json()
-        series = [(record.profile, report)]
+        series = [(target.profile or "", report)]
     else:
         from llm_backend.bench.ab import run_ab
 

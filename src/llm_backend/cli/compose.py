@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from llm_backend.cli import render
+from llm_backend.cli import render, render_reports
 from llm_backend.cli.app import make_lifecycle
 from llm_backend.cli.start import choose_profile
 
@@ -39,4 +39,4 @@ def compose(
         render.print_raw(document.text())
         return
     document.write(output)
-    render.render_compose_written(document, output)
+    render_reports.render_compose_written(document, output)

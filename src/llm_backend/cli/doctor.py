@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from llm_backend.cli import render
+from llm_backend.cli import render, render_reports
 from llm_backend.config import load_config
 from llm_backend.errors import BackendError
 
@@ -35,7 +35,7 @@ def doctor(
     if as_json:
         render.print_json(report.to_json())
     else:
-        render.render_doctor(report, choice)
+        render_reports.render_doctor(report, choice)
     raise typer.Exit(0 if report.ok else 1)
 
 
@@ -74,5 +74,5 @@ def diagnose(
     if as_json:
         render.print_json(result.to_json())
     else:
-        render.render_diagnosis(result)
+        render_reports.render_diagnosis(result)
     raise typer.Exit(0 if result.ready and result.failure is None else 1)

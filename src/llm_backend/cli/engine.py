@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from llm_backend.cli import render
+from llm_backend.cli import render_reports
 from llm_backend.errors import BackendError
 
 if TYPE_CHECKING:
@@ -20,9 +20,9 @@ def install_engine(
 ) -> None:
     """Install the engine (llama.cpp: build llama-server into the cache), showing its steps."""
     label = engine.install_names[0] if engine.install_names else engine.name
-    with render.InstallDisplay(label) as display:
+    with render_reports.InstallDisplay(label) as display:
         result = engine.install(on_progress=display, options=options, profile=profile)
-    render.render_installed(result)
+    render_reports.render_installed(result)
 
 
 def engine_install(

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from llm_backend.cli import render
+from llm_backend.cli import render, render_reports
 from llm_backend.cli.app import make_lifecycle
 from llm_backend.cli.start import choose_profile
 from llm_backend.state import StateStore
@@ -27,7 +27,7 @@ def recover(
     if as_json:
         render.print_json(report.to_json())
     else:
-        render.render_recover(report)
+        render_reports.render_recover(report)
     if report.errors:
         raise HostPrepError(
             "recovery could not undo every host change: " + "; ".join(report.errors),

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from llm_backend.cli import render
+from llm_backend.cli import render, render_reports
 from llm_backend.config import flatten, load_config
 from llm_backend.errors import BackendError
 
@@ -29,7 +29,7 @@ def profiles_list(ctx: typer.Context) -> None:
             name + marker, profile.engine, profile.runtime, config.source_of(name),
             profile.description,
         ))
-    render.render_profile_table(rows)
+    render_reports.render_profile_table(rows)
 
 
 def profiles_show(
@@ -49,4 +49,4 @@ def profiles_show(
             }
         )
         return
-    render.render_profile_values(name, flat, resolved.sources, list(resolved.chain))
+    render_reports.render_profile_values(name, flat, resolved.sources, list(resolved.chain))

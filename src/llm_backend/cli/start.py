@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from llm_backend.cli import render
+from llm_backend.cli import render, render_reports
 from llm_backend.cli.app import make_lifecycle
 from llm_backend.config import Profile
 from llm_backend.engines import get_engine
@@ -168,10 +168,10 @@ def run_preflight(
     profile = lifecycle.resolve(name, overrides).profile
     if dry_run:
         report = run_checks(profile, host_prep=host_prep, skip=skip, probe_binaries=False)
-        render.render_preflight_dry_run(report.checks)
+        render_reports.render_preflight_dry_run(report.checks)
         return
     report = preflight(profile, host_prep=host_prep, skip=skip)
-    render.render_preflight_warnings(
+    render_reports.render_preflight_warnings(
         check for check in report.warnings
         # a CPU profile does not care about the GPU
         if not (

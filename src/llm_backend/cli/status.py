@@ -12,7 +12,6 @@ from llm_backend.cli import render
 from llm_backend.cli.app import make_lifecycle
 from llm_backend.errors import BackendError, NotRunningError
 from llm_backend.lifecycle import Lifecycle, Status, log_tail
-from llm_backend.runtimes import get_runtime
 from llm_backend.serve import control as serve_control
 from llm_backend.state import StateStore
 
@@ -84,7 +83,7 @@ def stop(
     ] = None,
 ) -> None:
     """Stop the backend: SIGTERM, grace period, SIGKILL; verify nothing is left."""
-    from llm_backend.gpu import process_tree, settle_after_stop
+    from llm_backend.gpu import watch_stop
 
     lifecycle = make_lifecycle()
     door = serve_control.running(lifecycle.store)
@@ -99,8 +98,7 @@ def stop(
 
     if stop_replicas(lifecycle, force=force, grace_s=timeout) and record is None:
         return
-    tree = (process_tree(record.pid)
-            if record and not get_runtime(record.runtime).in_container else ())
+    watch = watch_stop(lifecycle.store)
     if record is not None and not force:
         from llm_backend.cluster.distributed import follower_stop_note
 
@@ -113,8 +111,7 @@ def stop(
     try:
         outcome = lifecycle.stop(force=force, grace_s=timeout)
     finally:
-        leftovers = settle_after_stop(lifecycle.store.root, tree, force=force)
-        render.render_gpu_leftovers(leftovers, force=force)
+        render.render_gpu_leftovers(watch.settle(force=force), force=force)
     render.render_stopped(outcome)
 
 
