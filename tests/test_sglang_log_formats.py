@@ -130,9 +130,6 @@ def test_the_exception_line_wins_over_the_raise_source_line() -> None:
 @pytest.mark.parametrize(
     "exception",
     [
-        # torch's distributed store (a node that never joined), from sglang#7478-like reports
-        "torch.distributed.DistStoreError: Timed out after 601 seconds waiting for clients. "
-        "1/2 clients joined.",
         "RuntimeError: CUDA error: invalid device ordinal",
         "AttributeError: 'NoneType' object has no attribute 'shape'",
         "Exception: Capture cuda graph failed: operation not permitted when stream is capturing",
@@ -248,3 +245,22 @@ def test_compose_exit_lines_are_noticed() -> None:
     assert looping.reading.failure is not None
     assert looping.reading.failure.failure_class == "bad_flag"
     assert len(looping.reading.notes) == 1 and "3 time(s)" in looping.reading.notes[0]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        # torch.distributed's rendezvous (torch/distributed/rendezvous.py, c10d TCPStore)
+        "torch.distributed.DistStoreError: Timed out after 601 seconds waiting for clients. "
+        "1/2 clients joined.",
+        "torch.distributed.DistNetworkError: The client socket has timed out after 600000ms "
+        "while trying to connect to (node-0.company.net, 20000).",
+        "RuntimeError: The client socket has timed out after 1800s while trying to connect to "
+        "(10.0.0.1, 20000).",
+    ],
+)
+def test_a_rendezvous_that_never_completes_names_dist_init_addr(line: str) -> None:
+    result = diagnose_lines(["[2025-06-23 15:06:10 TP0] Init torch distributed begin.", line],
+                            "sglang")
+    assert result.failure is not None and result.failure.failure_class == "nccl"
+    assert "--dist-init-addr" in result.failure.remedy and result.failure.line == line

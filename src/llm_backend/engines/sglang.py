@@ -156,6 +156,20 @@ FAILURE_PATTERNS: tuple[FailurePattern, ...] = (
         "or pick other kernels: --attention-backend triton, --moe-runner-backend triton",
     ),
     FailurePattern(
+        # torch.distributed's rendezvous at --dist-init-addr (TCPStore): a node never joined,
+        # or this node cannot reach the address (torch/distributed/rendezvous.py, c10d).
+        re.compile(
+            r"DistStoreError|DistNetworkError|waiting for clients\. \d+/\d+ clients joined|"
+            r"TCPStore\(.*(?:timed out|Connection refused)|The client socket has timed out"
+        ),
+        "nccl",
+        "the ranks could not meet at --dist-init-addr (torch.distributed rendezvous)",
+        "start every node with the same --dist-init-addr HOST:PORT, --nnodes and its own "
+        "--node-rank; check that each reaches HOST:PORT (firewall; GLOO_SOCKET_IFNAME, "
+        "NCCL_SOCKET_IFNAME and SGLANG_HOST_IP on the right interface in `env`); raise "
+        "--dist-timeout for a node that starts late",
+    ),
+    FailurePattern(
         re.compile(
             r"NCCL error|ncclInternalError|ncclSystemError|ncclUnhandledCudaError|"
             r"ncclRemoteError|ProcessGroupNCCL.*(?:timeout|Timeout|error)|NCCL WARN",
