@@ -201,6 +201,8 @@ def test_members_register_and_are_healthy(cluster: Cluster) -> None:
     assert {w["model_id"] for w in workers.values()} == {"smollm2-135m-instruct"}
     record = cluster.members[0].record()
     assert record["runtime_info"]["router"]["worker_url"] == cluster.member_url(0)  # type: ignore[index]
+    member_status = json.loads(cluster.members[0].check("status", "--json"))
+    assert member_status["router"]["worker_url"] == cluster.member_url(0)
     status = json.loads(cluster.router.check("router", "status", "--json"))
     assert status["state"] == "ready"
     assert status["readiness"]["healthy_workers"] == 3

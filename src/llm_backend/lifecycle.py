@@ -593,7 +593,7 @@ class Lifecycle:
             or self.store.last_start_duration(record.profile),
             host_prep=self._host_prep_status(),
             # The runtime's view (a docker container's state) also after a failure.
-            extra=self._runtime_details(record),
+            extra={**self._runtime_details(record), **_router_membership(record)},
         )
         if record.state not in ACTIVE_STATES:
             return base
@@ -702,6 +702,14 @@ class Lifecycle:
                 remedy="llm-backend start",
             )
         return record
+
+
+def _router_membership(record: InstanceRecord) -> dict[str, Any]:
+    """`router`: where this server is registered ({} when it joined none)."""
+    joined = record.runtime_info.get("router")
+    if not isinstance(joined, dict):
+        return {}
+    return {"router": {key: joined.get(key) for key in ("router_url", "worker_url", "model_id")}}
 
 
 def describe_leave(left: dict[str, Any]) -> str:

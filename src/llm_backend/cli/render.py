@@ -381,6 +381,9 @@ def render_status(status: Status, *, clear: bool = False) -> None:
             render_docker(value)
         elif key == "serve":
             continue
+        elif key == "router" and isinstance(value, dict):
+            console.print(f"router:   joined {value.get('router_url')} as "
+                          f"{value.get('worker_url')}", markup=False)
         else:
             console.print(f"{key}: {value}", markup=False)
     if status.failure:
