@@ -9,7 +9,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.conftest import Env, free_port, wait_for
+from tests.conftest import Env, free_port, port_is_free, wait_for
 
 pytest.importorskip("sglang_router", reason="sglang-router is installed by setup.sh --test")
 
@@ -84,3 +84,38 @@ device_ids = ["0", "1"]
     assert "replicas = 3 but device_ids has 2 entries" in failed.stderr
     assert "fix:" in failed.stderr
     assert not (world.state_dir / "replicas").exists()
+
+
+def test_a_replica_that_cannot_start_stops_the_group(world: Env, monkeypatch: pytest.MonkeyPatch
+                                                     ) -> None:
+    """Library level (the CLI's preflight would refuse the busy port first): replica 1 cannot
+    bind, so replica 0, already ready, is stopped again and the error names the port."""
+    import socket
+
+    from llm_backend.cluster.replicas import ReplicaGroup
+    from llm_backend.config import load_config
+    from llm_backend.errors import BackendError
+    from llm_backend.state import StateStore
+
+    for key, value in world.env.items():
+        monkeypatch.setenv(key, value)
+    world.write_config(f"""
+[profiles.pair]
+extends = "smollm2-cpu"
+port = {world.port}
+threads = 1
+replicas = 2
+""")
+    group = ReplicaGroup(store=StateStore(world.state_dir),
+                         config=load_config(cwd=world.cwd))
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", world.port + 1))
+        holder.listen()
+        with pytest.raises(BackendError, match=f"port {world.port + 1}"):
+            group.start(profile_name="pair", overrides={})
+    # Replica 0 had been launched and was ready (its log says so), then stopped and cleared.
+    log0 = (world.state_dir / "replicas" / "0" / "logs" / "pair.log").read_text()
+    assert "listening on" in log0 or "server is listening" in log0
+    assert not (world.state_dir / "replicas" / "0" / "instance.json").exists()
+    assert group.recorded() == []
+    assert port_is_free(world.port)
