@@ -264,3 +264,10 @@ def test_a_rendezvous_that_never_completes_names_dist_init_addr(line: str) -> No
                             "sglang")
     assert result.failure is not None and result.failure.failure_class == "nccl"
     assert "--dist-init-addr" in result.failure.remedy and result.failure.line == line
+
+
+def test_a_container_killed_by_sigkill_points_at_the_oom_killer() -> None:
+    result = diagnose_lines(["sglang-1  | [2025-03-08 12:29:25 TP0] Load weight begin.",
+                             "sglang-1 exited with code 137"], "sglang")
+    assert result.failure is not None and result.failure.failure_class == "exited"
+    assert "OOM killer" in result.failure.message

@@ -163,3 +163,19 @@ def test_model_facts_follow_the_model_not_the_repo_id(tmp_path: Path) -> None:
     assert model_facts_for(config.resolve("gpt-oss-120b-eagle3").profile).moe_layers == 36
     own = fresh("Qwen/Qwen3-4B", model_facts={"min_gpu_memory": "12G"})
     assert model_facts_for(own).min_gpu_memory == "12G"
+
+
+def test_flags_the_profile_writes_itself_are_warned_when_repeated() -> None:
+    problems = setting_problems(profile(
+        speculative={"enabled": False}, extra_args=["--port", "8000", "--model", "other"]))
+    assert [(p.status, p.message.split(" ")[0]) for p in problems] == [
+        ("warn", "--model-path"), ("warn", "--port")]
+    assert "`port`" in problems[1].fix
+
+
+def test_an_ipv6_host_reaches_the_server_without_brackets() -> None:
+    bracketed = Profile.model_validate(
+        {"name": "v6", "engine": "sglang", "model": "m", "host": "[::1]", "port": 31000})
+    argv = SGLangEngine().build_argv(profile=bracketed)
+    assert argv[argv.index("--host") + 1] == "::1"
+    assert bracketed.endpoint == "http://[::1]:31000"

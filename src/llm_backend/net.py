@@ -29,6 +29,11 @@ def is_ipv6_literal(host: str) -> bool:
         return False
 
 
+def bind_host(host: str) -> str:
+    """`host` as a server's `--host` takes it: `[::1]` (URL form) -> `::1`."""
+    return _unbracket(host)
+
+
 def url_host(host: str) -> str:
     """`host` as written in a URL's authority: `::1` -> `[::1]`, names and IPv4 unchanged."""
     bare = _unbracket(host)

@@ -290,9 +290,11 @@ class LogReader(ABC):
             self.reading.notes = [
                 item for item in self.reading.notes if not item.startswith("the container ")
             ] + [note]
+        killed = code in (137, -9)
         failure = Failure(
             "exited",
             f"the container {service} exited with code {code}"
+            + (" (SIGKILL: often the kernel's OOM killer; see `dmesg`)" if killed else "")
             + (" and is being restarted (a restart loop)" if restarting else ""),
             "read the error above the exit in `llm-backend logs`; the restart policy only "
             "repeats it",

@@ -32,6 +32,7 @@ from llm_backend.engines.base import (
     SpecStats,
 )
 from llm_backend.errors import BackendError, CommandFailed, ConfigError
+from llm_backend.net import bind_host
 from llm_backend.pull import Artifact, ProgressCallback, ProgressEvent, PullError, Source
 from llm_backend.units import format_bytes
 
@@ -331,7 +332,7 @@ class LlamaCppEngine(Engine):
             found = find_binary(profile)
             binary = str(found) if found else "llama-server"
             model = str(model_path(profile))
-            host = profile.host
+            host = bind_host(profile.host)
         argv = [
             binary,
             "--model", model,

@@ -40,6 +40,7 @@ from llm_backend.engines.base import (
 )
 from llm_backend.engines.hub import HubRepository, hf_home
 from llm_backend.errors import ConfigError
+from llm_backend.net import bind_host
 from llm_backend.pull import Source, VerifiedFile
 
 if TYPE_CHECKING:
@@ -577,6 +578,15 @@ GPT_OSS_ATTENTION = frozenset({"triton", "trtllm_mha", "fa3", "fa4", "ascend", "
 # Tree drafting (topk > 1) with pages larger than one token: only these backends.
 PAGE_TREE_BACKENDS = frozenset({"flashinfer", "fa3", "triton"})
 TRUE_VALUES = frozenset({"1", "true", "yes", "on"})
+# Flags the engine writes from profile keys (server_flags); given again in extra_args, one
+# of the two values is silently ignored.
+PROFILE_OWNED_FLAGS = (
+    ("--model-path", "model"),
+    ("--port", "port"),
+    ("--host", "host"),
+    ("--served-model-name", "served_model_name"),
+)
+PROFILE_FLAG_ALIASES = {"--model-path": ("--model",)}
 
 
 @dataclass(frozen=True)
@@ -630,6 +640,15 @@ def setting_problems(profile: Profile) -> list[SettingProblem]:
             "use --attention-backend triton (or fa3 on Hopper, trtllm_mha on Blackwell)",
             "python/sglang/srt/server_args.py (gpt-oss attention backend assertion)",
         ))
+    for flag, key in PROFILE_OWNED_FLAGS:
+        if any(_has_flag(args, name) for name in (flag, *PROFILE_FLAG_ALIASES.get(flag, ()))):
+            problems.append(SettingProblem(
+                "warn",
+                f"{flag} in extra_args repeats the profile's `{key}`: the engine writes "
+                f"{flag} from `{key}` too, and the last one given wins",
+                f"set `{key}` in [profiles.{profile.name}] and remove {flag} from extra_args",
+                "argparse: the last occurrence of a flag wins",
+            ))
     if algorithm:
         problems += _speculative_problems(profile, algorithm, draft, attention, architecture)
     return problems
@@ -814,7 +833,7 @@ class SGLangEngine(Engine):
             ]
         flags += self.distributed_flags(profile=profile)
         flags += list(profile.extra_args)
-        host = "0.0.0.0" if for_container else profile.host
+        host = "0.0.0.0" if for_container else bind_host(profile.host)
         flags += ["--host", host, "--port", str(profile.port)]
         return flags
 
