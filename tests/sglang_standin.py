@@ -39,6 +39,7 @@ Environment (all optional):
     SGLANG_STANDIN_STALL_AFTER  stop writing after this many lines and hang (stall tests)
     SGLANG_STANDIN_DRAIN_S      drain time after SIGTERM (default 1; SGLang's first tick is 5 s)
     SGLANG_STANDIN_OLD_ENDPOINTS=1  only the 2025 names /get_server_info and /get_model_info
+    SGLANG_STANDIN_VERSION      the `version` /server_info reports (default sglang-standin)
 
 From a profile (native runtime): the engine appends SGLang's flags to `command`:
 
@@ -126,7 +127,7 @@ class State:
             "status": "ready",
             "max_total_num_tokens": 46611,
             "internal_states": [internal],
-            "version": "sglang-standin",
+            "version": os.environ.get("SGLANG_STANDIN_VERSION", "sglang-standin"),
         }
 
     def after_decode(self) -> None:

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -133,7 +134,7 @@ port = {port}
 load_timeout_s = 60
 stall_timeout_s = 20
 stop_grace_s = {grace_s}
-env = {{ SGLANG_STANDIN_LINE_DELAY_S = "0.02" }}
+env = {{ SGLANG_STANDIN_LINE_DELAY_S = "0.02", SGLANG_STANDIN_VERSION = "0.5.22" }}
 
 [profiles.rank.distributed]
 nnodes = 2
@@ -245,3 +246,26 @@ def test_doctor_checks_the_fast_link_and_node_zero(tmp_path: Path) -> None:
     checks = {check["name"]: check for check in report["checks"]}
     assert checks["fast_link"]["status"] == "fail"
     assert "lbc-none0" in checks["fast_link"]["summary"]
+
+
+@pytest.mark.parametrize(("image_tag", "status"), [("v0.5.22", "pass"), ("v0.5.23", "fail")])
+def test_doctor_on_a_follower_compares_versions_with_node_zero(
+    ranks: tuple[Env, Env], tmp_path: Path, image_tag: str, status: str
+) -> None:
+    rank0, rank1 = ranks
+    start_both(rank0, rank1)
+    table = tomllib.loads((rank1.cwd / "llm-backend.toml").read_text())["profiles"]["rank"]
+    dist_port = int(table["distributed"]["dist_init_addr"].rpartition(":")[2])
+    follower = make_world(tmp_path / "follower")
+    # The same profile as the ranks (same API port), in Docker: its version is the image tag.
+    config = rank_config(1, rank0.port, dist_port, grace_s=2).replace(
+        'runtime = "native"', 'runtime = "docker"'
+    )
+    follower.write_config(
+        config + f'\n[profiles.rank.docker]\nimage = "lmsysorg/sglang:{image_tag}"\n'
+    )
+    report = json.loads(follower.run("doctor", "--profile", "rank", "--json").stdout)
+    check = {c["name"]: c for c in report["checks"]}["rank0"]
+    assert check["status"] == status, check
+    assert check["details"]["rank0_version"] == "0.5.22"
+    assert check["details"]["local_version"] == image_tag.lstrip("v")
