@@ -22,7 +22,7 @@ STANDIN = Path(__file__).resolve().parent / "sglang_standin.py"
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "sglang"
 # `doctor`'s GPU and installed-sglang checks cannot pass on a CPU machine; the stand-in
 # needs neither.
-NO_GPU_CHECKS = "gpu,memory,sglang"
+NO_GPU_CHECKS = "gpu,memory,sglang,tiktoken"
 
 
 def use_standin(world: Any, **env: str) -> None:
