@@ -9,6 +9,8 @@ classes, `status` (served model, speculative stats) and `stop` of the process tr
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,8 @@ from tests.conftest import port_is_free, wait_for
 
 STANDIN = Path(__file__).resolve().parent / "sglang_standin.py"
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "sglang"
+TEST_DATA = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / \
+    "llm-backend" / "test-data"
 # `doctor`'s GPU and installed-sglang checks cannot pass on a CPU machine; the stand-in
 # needs neither.
 NO_GPU_CHECKS = "gpu,memory,sglang,tiktoken"
@@ -28,7 +32,16 @@ NO_GPU_CHECKS = "gpu,memory,sglang,tiktoken"
 def use_standin(world: Any, **env: str) -> None:
     """A profile like the flagship, natively, with the stand-in as its launcher."""
     world.env["LLM_BACKEND_SKIP_CHECKS"] = NO_GPU_CHECKS
-    env = {"SGLANG_STANDIN_LINE_DELAY_S": "0.05", **env}
+    # gpt-oss's encoding, where the profile's TIKTOKEN_ENCODINGS_BASE says (doctor checks it).
+    encodings = world.root / "tiktoken_encodings"
+    encodings.mkdir(exist_ok=True)
+    source = TEST_DATA / "o200k_base.tiktoken"
+    if not source.is_file():
+        pytest.fail(f"no {source}\nfix: scripts/setup.sh --test (it rebuilds the file)",
+                    pytrace=False)
+    shutil.copyfile(source, encodings / "o200k_base.tiktoken")
+    env = {"SGLANG_STANDIN_LINE_DELAY_S": "0.05", "TIKTOKEN_ENCODINGS_BASE": str(encodings),
+           **env}
     env_lines = "\n".join(f'{key} = "{value}"' for key, value in env.items())
     world.write_config(
         f"""
