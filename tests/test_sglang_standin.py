@@ -26,7 +26,7 @@ TEST_DATA = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / \
     "llm-backend" / "test-data"
 # `doctor`'s GPU and installed-sglang checks cannot pass on a CPU machine; the stand-in
 # needs neither.
-NO_GPU_CHECKS = "gpu,memory,sglang,tiktoken"
+NO_GPU_CHECKS = "gpu,memory,sglang"
 
 
 def use_standin(world: Any, **env: str) -> None:
