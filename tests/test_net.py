@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import json
 import socket
 import threading
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ from llm_backend.net import (
     url_host,
 )
 from llm_backend.runtimes.compose import build_compose
-from tests.conftest import free_port
+from tests.conftest import Env, free_port, wait_for
 
 
 @pytest.mark.parametrize(
@@ -117,3 +118,27 @@ def test_compose_publishes_ipv6_host_in_brackets() -> None:
     document = build_compose(profile=profile, argv=["python3", "-m", "sglang.launch_server"])
     service = document.data["services"][document.service]
     assert service["ports"] == ["[::]:31000:31000"]
+
+
+def test_a_real_server_on_the_ipv6_wildcard_starts_answers_and_stops(world: Env) -> None:
+    """llama-server bound to `::`: start polls [::1], status and chat reach it, stop frees it."""
+    world.write_config(
+        f'[profiles.v6]\nextends = "smollm2-cpu"\nhost = "::"\nport = {world.port}\n'
+        "[profiles.v6.host_prep]\nenabled = false\n"
+    )
+    started = world.run("start", "--profile", "v6", timeout=240)
+    assert started.returncode == 0, started.stderr
+    assert f"http://[::]:{world.port}/v1" in started.stdout
+    try:
+        status = json.loads(world.run("status", "--json").stdout)
+        assert status["state"] == "ready" and status["health_ms"] > 0
+        assert status["endpoint"] == f"http://[::]:{world.port}"
+        answer = httpx.get(f"http://[::1]:{world.port}/v1/models", timeout=10, trust_env=False)
+        assert answer.status_code == 200
+        chat = world.run("chat", "Say hi.", "--max-tokens", "8")
+        assert chat.returncode == 0, chat.stderr
+        assert not can_bind("::", world.port)
+    finally:
+        stopped = world.run("stop")
+    assert stopped.returncode == 0, stopped.stderr
+    assert wait_for(lambda: can_bind("::", world.port), timeout=10)
