@@ -30,7 +30,7 @@ from llm_backend.net import can_bind
 from llm_backend.runtimes import get_runtime
 from llm_backend.runtimes.base import LaunchSpec, Runtime
 from llm_backend.runtimes.native import process_matches
-from llm_backend.state import InstanceRecord, StateStore
+from llm_backend.state import InstanceRecord, StateStore, open_log
 
 # "alive": a member that serves no API of its own and is up (a multi-node follower rank whose
 # health endpoint answers once its weights are in); it never becomes "ready".
@@ -335,7 +335,7 @@ class Lifecycle:
         on_notice: Callable[[str], None],
     ) -> StartResult:
         log_path = self.store.logs_dir() / f"{profile.name}.log"
-        log_path.write_bytes(b"")
+        os.close(open_log(log_path, truncate=True))  # never through a symlink
         me = psutil.Process()
         record = InstanceRecord(
             profile=profile.name,

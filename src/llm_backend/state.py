@@ -182,7 +182,12 @@ def _os_error(path: Path, error: OSError) -> StateDirError:
             remedy=f"free space on the filesystem of {path.parent}, or set "
             "LLM_BACKEND_STATE_DIR to a directory on another one",
         )
-    if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+    if error.errno == errno.EROFS:
+        return StateDirError(
+            f"cannot write {path}: the filesystem of {path.parent} is read-only",
+            remedy="remount it read-write, or set LLM_BACKEND_STATE_DIR to a writable directory",
+        )
+    if error.errno in (errno.EACCES, errno.EPERM):
         return StateDirError(
             f"cannot write {path}: {error.strerror}",
             remedy=f"make {path.parent} writable for {_user()} (chmod u+w), or set "
@@ -236,6 +241,23 @@ def atomic_write_text(path: Path, text: str) -> None:
             os.fsync(directory)
         finally:
             os.close(directory)
+
+
+def open_log(path: Path, *, truncate: bool = False) -> int:
+    """Open a log for appending (emptied first with `truncate`), never through a symlink.
+
+    Returns a descriptor of a regular file of the running user, mode 0600 (logs can hold
+    prompts). Raises StateDirError for a symlink (whose target must not be truncated by
+    root), a directory, another owner's file, or an unwritable or full state dir.
+    """
+    fd = open_state_file(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    if truncate:
+        try:
+            os.ftruncate(fd, 0)
+        except OSError as error:
+            os.close(fd)
+            raise _os_error(path, error) from None
+    return fd
 
 
 def read_state_bytes(path: Path) -> bytes | None:
@@ -422,22 +444,6 @@ class StateStore:
             with contextlib.suppress(OSError):
                 os.chmod(path, 0o700)
         return path
-
-    def open_log(self, path: Path, *, truncate: bool) -> int:
-        """Open a log in `logs/` for appending (or emptied first), never through a symlink.
-
-        Returns a descriptor (mode 0600 file). Raises StateDirError for a symlink, a
-        directory, another owner's file, or an unwritable/full state dir.
-        """
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
-        fd = open_state_file(path, flags)
-        if truncate:
-            try:
-                os.ftruncate(fd, 0)
-            except OSError as error:
-                os.close(fd)
-                raise _os_error(path, error) from None
-        return fd
 
     def load_instance(self) -> InstanceRecord | None:
         """The instance record, or None. A damaged record (not JSON, wrong types) is moved

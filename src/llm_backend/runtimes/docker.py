@@ -47,7 +47,7 @@ from llm_backend.runtimes.docker_facts import (
 )
 from llm_backend.runtimes.docker_image import DockerImage
 from llm_backend.runtimes.native import process_matches
-from llm_backend.state import InstanceRecord
+from llm_backend.state import InstanceRecord, open_log
 
 if TYPE_CHECKING:
     from llm_backend.engines.base import Engine
@@ -449,7 +449,7 @@ class DockerRuntime(Runtime):
     def _start_follower(self, container_id: str, log_path: Path) -> subprocess.Popen[bytes]:
         """`docker logs -f` into the instance log, detached so it outlives `start`."""
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "ab") as log:
+        with os.fdopen(open_log(log_path), "ab") as log:
             follower = subprocess.Popen(
                 [self._docker, "logs", "--follow", container_id],
                 stdin=subprocess.DEVNULL,

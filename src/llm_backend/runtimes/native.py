@@ -14,7 +14,7 @@ import psutil
 
 from llm_backend.errors import BackendError
 from llm_backend.runtimes.base import Launched, LaunchSpec, Runtime, StopResult
-from llm_backend.state import InstanceRecord
+from llm_backend.state import InstanceRecord, open_log
 
 if TYPE_CHECKING:
     from llm_backend.engines.base import Engine
@@ -24,14 +24,18 @@ CREATE_TIME_TOLERANCE_S = 0.05
 
 
 def process_matches(pid: int | None, create_time: float | None) -> psutil.Process | None:
-    """The live process `pid` if it is still the one that was recorded (not a reused pid)."""
-    if pid is None:
+    """The live process `pid` if it is still the one that was recorded (not a reused pid).
+
+    Both must be known and match: a record without a start time (damaged or forged) names
+    no process, so nothing is ever signalled on a PID alone.
+    """
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 1:
+        return None
+    if not isinstance(create_time, int | float) or isinstance(create_time, bool):
         return None
     try:
         process = psutil.Process(pid)
-        if create_time is not None and abs(process.create_time() - create_time) > (
-            CREATE_TIME_TOLERANCE_S
-        ):
+        if abs(process.create_time() - create_time) > CREATE_TIME_TOLERANCE_S:
             return None
         if process.status() == psutil.STATUS_ZOMBIE:
             return None
@@ -68,7 +72,7 @@ class NativeRuntime(Runtime):
     def launch(self, *, spec: LaunchSpec) -> Launched:
         env = {**os.environ, **spec.env}
         spec.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(spec.log_path, "ab") as log:
+        with os.fdopen(open_log(spec.log_path), "ab") as log:
             try:
                 child = subprocess.Popen(
                     spec.argv,
@@ -106,9 +110,11 @@ class NativeRuntime(Runtime):
 
     def stop(self, *, record: InstanceRecord, grace_s: float, force: bool = False) -> StopResult:
         started = time.monotonic()
-        pgid = int(record.runtime_info.get("pgid") or record.pid or 0)
+        # The server leads its own session, so its group id is its pid; a different "pgid"
+        # in the record is not one this runtime made.
+        pgid = record.pid if isinstance(record.pid, int) else 0
         leader = process_matches(record.pid, record.pid_create_time)
-        members = self._tree(leader, pgid)
+        members = self._tree(leader, pgid, born_after=record.pid_create_time)
         if not members:
             self._reap(record)
             return StopResult(was_running=False, killed=False, duration_s=0.0)
@@ -124,7 +130,7 @@ class NativeRuntime(Runtime):
         self._reap(record)
         leftovers = [
             f"pid {process.pid} ({_name(process)})"
-            for process in self._tree(None, pgid)
+            for process in self._tree(None, pgid, born_after=record.pid_create_time)
         ]
         return StopResult(
             was_running=True,
@@ -134,17 +140,30 @@ class NativeRuntime(Runtime):
         )
 
     @staticmethod
-    def _tree(leader: psutil.Process | None, pgid: int) -> list[psutil.Process]:
-        """The leader, its descendants and everything else in its process group."""
+    def _tree(
+        leader: psutil.Process | None, pgid: int, *, born_after: float | None
+    ) -> list[psutil.Process]:
+        """The leader, its descendants and everything else in its process group.
+
+        Group members count only if they started after the recorded leader did
+        (`born_after`, its start time), and, when the leader does not match, only if no
+        process holds the group's id any more: a group id may be reused by an unrelated
+        session. Without a start time no group is swept at all.
+        """
         found: dict[int, psutil.Process] = {}
         if leader is not None:
             found[leader.pid] = leader
             with contextlib.suppress(psutil.NoSuchProcess):
                 for child in leader.children(recursive=True):
                     found[child.pid] = child
-        if pgid > 1:
+        # A group whose leader is gone: only if no process now has its pid (a pid reused
+        # by another session leader would make the group that one's).
+        orphaned = leader is not None or not psutil.pid_exists(pgid)
+        if pgid > 1 and isinstance(born_after, int | float) and orphaned:
             for member in group_members(pgid):
-                found.setdefault(member.pid, member)
+                with contextlib.suppress(psutil.Error):
+                    if member.create_time() >= born_after - CREATE_TIME_TOLERANCE_S:
+                        found.setdefault(member.pid, member)
         return [p for p in found.values() if p.pid != os.getpid()]
 
     @staticmethod
@@ -196,7 +215,7 @@ def spawn_group(*, argv: list[str], env: dict[str, str], log_path: Path) -> Laun
     owned process group as `NativeRuntime.launch`, recorded by PID and start time.
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
+    with os.fdopen(open_log(log_path), "ab") as log:
         try:
             child = subprocess.Popen(
                 argv,
@@ -233,7 +252,7 @@ def stop_group(
         _reap_spawned(pid)
         return StopResult(was_running=False, killed=False, duration_s=0.0)
     pgid = int(pid or 0)
-    members = NativeRuntime._tree(leader, pgid)
+    members = NativeRuntime._tree(leader, pgid, born_after=create_time)
     killed = False
     if not force:
         NativeRuntime._signal(pgid, members, signal.SIGTERM)
@@ -243,7 +262,10 @@ def stop_group(
         NativeRuntime._signal(pgid, members, signal.SIGKILL)
         _wait_gone(members, timeout_s=5)
     _reap_spawned(pid)
-    leftovers = [f"pid {p.pid} ({_name(p)})" for p in NativeRuntime._tree(None, pgid)]
+    leftovers = [
+        f"pid {p.pid} ({_name(p)})"
+        for p in NativeRuntime._tree(None, pgid, born_after=create_time)
+    ]
     return StopResult(
         was_running=True, killed=killed, duration_s=time.monotonic() - started,
         leftovers=leftovers,
