@@ -339,23 +339,27 @@ class GpuLeftovers:
 
 
 def _load_saved(path: Path) -> list[OwnedProcess]:
-    import json
+    # Through the state dir's reader: no symlink followed, a damaged file moved aside.
+    from llm_backend.state import load_state_json
 
+    data, _ = load_state_json(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return [OwnedProcess.from_json(item) for item in data.get("processes", [])]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return [OwnedProcess.from_json(item) for item in (data or {}).get("processes", [])]
+    except (ValueError, KeyError, TypeError, AttributeError):
         return []
 
 
 def _save(path: Path, processes: Iterable[OwnedProcess]) -> None:
-    from llm_backend.state import atomic_write_json
+    """Best effort: only a reminder for a later `stop --force`; a read-only or full state
+    dir must not hide the error that the command is reporting."""
+    from llm_backend.state import StateDirError, atomic_write_json
 
     items = [owned.to_json() for owned in processes]
-    if items:
-        atomic_write_json(path, {"processes": items})
-    else:
-        path.unlink(missing_ok=True)
+    with contextlib.suppress(StateDirError, OSError):
+        if items:
+            atomic_write_json(path, {"processes": items})
+        else:
+            path.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
