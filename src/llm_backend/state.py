@@ -48,8 +48,8 @@ class DamagedFile:
         kept = f"; moved to {self.moved_to}" if self.moved_to else ""
         return StateDirError(
             f"{self.path} was damaged ({self.reason}){kept}",
-            remedy="nothing to do: it is rebuilt from what is running; look at the moved "
-            "file if you need what it said, then delete it",
+            remedy="nothing to repair: the commands go on without it; look at the kept file "
+            "if you need what it said (a record names the server's pid), then delete it",
         )
 
 

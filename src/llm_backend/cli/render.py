@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from llm_backend.monitor import MonitorEvent
     from llm_backend.serve.control import ServeRestart, ServeStop
     from llm_backend.serve.service import ServiceResult
+    from llm_backend.state import DamagedFile
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -79,6 +80,14 @@ def wrote(path: object) -> None:
 
 
 # --- errors and interruptions ------------------------------------------------------------
+
+
+def render_damaged(damaged: Sequence[DamagedFile]) -> None:
+    """State files found damaged and moved aside: `error:` and `fix:` each, on stderr."""
+    for item in damaged:
+        error = item.to_error()
+        err_console.print(Text("error: ", style="red") + Text(error.message), soft_wrap=True)
+        err_console.print(Text(f"fix: {error.remedy}"), soft_wrap=True)
 
 
 def render_error(error: BackendError) -> None:

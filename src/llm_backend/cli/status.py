@@ -49,6 +49,7 @@ def status(
         if not watch:
             break
         time.sleep(1.0)
+    render.render_damaged(lifecycle.store.damaged)
     raise typer.Exit(0 if current.state in ("ready", "alive") else 1)
 
 
@@ -112,6 +113,7 @@ def stop(
         outcome = lifecycle.stop(force=force, grace_s=timeout)
     finally:
         render.render_gpu_leftovers(watch.settle(force=force), force=force)
+        render.render_damaged(lifecycle.store.damaged)
     render.render_stopped(outcome)
 
 
@@ -124,6 +126,7 @@ def logs(
     """Print the backend's log (the last one, even after it stopped)."""
     store = StateStore()
     record = store.load_instance()
+    render.render_damaged(store.damaged)
     path: Path | None = Path(record.log_path) if record else None
     if path is None:
         candidates = sorted(store.logs_dir().glob("*.log"), key=lambda p: p.stat().st_mtime)
