@@ -785,3 +785,43 @@ def test_not_enough_room_on_a_small_filesystem(
     before = swaps_snapshot()
     assert_refused(world, before, earlyoom, "not enough", "free", swap_file)
     assert list(ext2_mount.iterdir()) == [ext2_mount / "lost+found"]
+
+
+# --- two state dirs, one swap file path: the second is refused -------------------------------
+
+
+def test_a_second_state_dir_naming_the_same_swap_file_is_refused(
+    world: Env, earlyoom: psutil.Process, swap_path: str
+) -> None:
+    """The first start is loading with the swap file on; a second state dir's start (its own
+    port) must neither reuse it nor swap it off: it is refused, naming the owner."""
+    import dataclasses
+
+    from tests.conftest import free_port
+
+    write_profile(world, swap_path)
+    before = swaps_snapshot()
+    process = start_until(world, "guard.started")
+    other_state = world.root / "other-state"
+    other_state.mkdir(mode=0o700)
+    other = dataclasses.replace(
+        world, state_dir=other_state, port=free_port(),
+        env={**world.env, "LLM_BACKEND_STATE_DIR": str(other_state)},
+    )
+    try:
+        other.env["LLM_BACKEND_PORT"] = str(other.port)
+        result = other.run("start", "-p", "smollm2-hostprep")
+        assert result.returncode != 0
+        assert "in use by another llm-backend" in result.stderr, result.stderr
+        assert f"the state dir {world.state_dir}" in result.stderr, result.stderr
+        assert "fix:" in result.stderr and "its own host_prep.swap_file" in result.stderr
+        assert any(a.path == swap_path for a in read_swaps()), "the first one's swap is gone"
+        assert not (other_state / "host-prep.json").exists()
+        assert "nothing to recover" in other.run("recover", check=True).stdout
+        assert any(a.path == swap_path for a in read_swaps())
+    finally:
+        os.kill(process.pid, signal.SIGCONT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    world.run("stop", check=True)
+    assert_host_as_before(world, before, earlyoom, swap_path)

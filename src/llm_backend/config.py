@@ -397,6 +397,17 @@ class Profile(StrictModel):
         check_extra_args(self.name, self.extra_args)
         return self
 
+    @field_validator("name")
+    @classmethod
+    def _name_is_plain(cls, value: str) -> str:
+        # The name becomes logs/NAME.log and a line of the sudoers rules.
+        if not SAFE_NAME_PATTERN.fullmatch(value):
+            raise ValueError(
+                f"{value!r} is not a plain profile name; use at most 64 letters, digits, "
+                "'.', '_' and '-', starting with a letter or digit (it becomes a file name)"
+            )
+        return value
+
     @field_validator("router_url", "router_worker_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
