@@ -561,18 +561,20 @@ def check_tiktoken(ctx: Context) -> CheckResult | None:
 # --- settings SGLang accepts at parse time and fails on at load ------------------------------
 
 # Target architectures whose checkpoint carries its own MTP draft layers: EAGLE (or NEXTN)
-# without a draft path loads the draft from the target (python/sglang/srt/arg_groups/
-# speculative_hook.py, `_handle_eagle_family`). Any other model needs a draft model.
+# without a draft path loads the draft from the target (sglang 0.5.23
+# sglang/srt/arg_groups/speculative_hook.py, `_handle_eagle_family`). Any other model needs a
+# draft model.
 MTP_ARCHITECTURES = frozenset({
     "DeepseekV32ForCausalLM", "DeepseekV3ForCausalLM", "DeepseekV4ForCausalLM",
     "Glm4MoeForCausalLM", "Glm4MoeLiteForCausalLM", "GlmMoeDsaForCausalLM",
     "BailingMoeForCausalLM", "BailingMoeV2ForCausalLM", "BailingMoeV2_5ForCausalLM",
     "MistralLarge3ForCausalLM", "PixtralForConditionalGeneration", "HYV3ForCausalLM",
+    "HYV4ForCausalLM", "Qwen4ExpForConditionalGeneration",
 })
 # Repo-name hints for those architectures when the model's config.json is not here.
 MTP_NAME_HINTS = ("deepseek-v3", "deepseek-r1", "deepseek-v4", "glm-4.5", "glm-4.6", "glm-5",
                   "ling-", "ring-", "mistral-large-3")
-# Attention backends gpt-oss runs on (server_args.py asserts one of these for gpt-oss).
+# Attention backends gpt-oss runs on (sglang 0.5.23 arg_groups/model_hook.py asserts one).
 GPT_OSS_ATTENTION = frozenset({"triton", "trtllm_mha", "fa3", "fa4", "ascend", "intel_amx",
                                "intel_xpu", "aiter"})
 # Tree drafting (topk > 1) with pages larger than one token: only these backends.
@@ -638,7 +640,7 @@ def setting_problems(profile: Profile) -> list[SettingProblem]:
             f"gpt-oss does not run on --attention-backend {attention} (SGLang asserts one of "
             f"{', '.join(sorted(GPT_OSS_ATTENTION))})",
             "use --attention-backend triton (or fa3 on Hopper, trtllm_mha on Blackwell)",
-            "python/sglang/srt/server_args.py (gpt-oss attention backend assertion)",
+            "sglang 0.5.23 arg_groups/model_hook.py (GptOssForCausalLM backend assertion)",
         ))
     for flag, key in PROFILE_OWNED_FLAGS:
         if any(_has_flag(args, name) for name in (flag, *PROFILE_FLAG_ALIASES.get(flag, ()))):
@@ -695,16 +697,18 @@ def _speculative_problems(
     if algorithm in ("EAGLE", "EAGLE3", "STANDALONE", "NEXTN"):
         spec_v2 = profile.env.get("SGLANG_ENABLE_SPEC_V2", "").strip().lower()
         if topk > 1 and spec_v2 in TRUE_VALUES:
+            # SGLang 0.5.23 no longer reads SGLANG_ENABLE_SPEC_V2 (its V2 worker always runs and
+            # has no topk check); the releases that read it failed at load with topk > 1.
             problems.append(SettingProblem(
-                "fail",
-                f"eagle_topk = {topk} with SGLANG_ENABLE_SPEC_V2={spec_v2}: "
-                "SGLang's spec v2 (overlap) worker needs topk 1; with tree drafting it fails at "
-                "load with a tensor shape error",
-                f"set eagle_topk = 1 (and num_draft_tokens = num_steps + 1) in {section}, or "
-                f'remove SGLANG_ENABLE_SPEC_V2 (SGLANG_ENABLE_SPEC_V2 = false in '
-                f"[profiles.{profile.name}.env])",
-                "SGLang docs, speculative_decoding.md (\"SpecV2 ... requires "
-                "--speculative-eagle-topk 1\"); sgl-project/sglang#14077",
+                "warn",
+                f"eagle_topk = {topk} with SGLANG_ENABLE_SPEC_V2={spec_v2}: SGLang 0.5.23 ignores "
+                "the variable, but the releases that read it need topk 1 for their spec v2 "
+                "(overlap) worker and fail at load with a tensor shape error (#14077)",
+                f"remove SGLANG_ENABLE_SPEC_V2 (SGLANG_ENABLE_SPEC_V2 = false in "
+                f"[profiles.{profile.name}.env]) on 0.5.23; on an older image set eagle_topk = 1 "
+                f"(and num_draft_tokens = num_steps + 1) in {section}",
+                "SGLang docs speculative_decoding.md (\"SpecV2 ... requires "
+                "--speculative-eagle-topk 1\"); sgl-project/sglang#14077; not read in 0.5.23",
             ))
         if topk > 1 and attention == "trtllm_mha":
             problems.append(SettingProblem(
@@ -738,12 +742,20 @@ def _speculative_problems(
                 f"set num_draft_tokens = {steps + 1} in {section}",
                 "arg_groups/speculative_hook.py (_handle_eagle_family)",
             ))
-    if algorithm in ("STANDALONE", "NGRAM", "DFLASH") and _has_flag(args, "--enable-dp-attention"):
+    dp_attention = _has_flag(args, "--enable-dp-attention")
+    if algorithm in ("STANDALONE", "NGRAM") and dp_attention:
         problems.append(SettingProblem(
             "fail",
             f"{algorithm} speculative decoding does not support --enable-dp-attention",
             "remove --enable-dp-attention, or use EAGLE/EAGLE3",
-            "arg_groups/speculative_hook.py",
+            "sglang 0.5.23 arg_groups/speculative_hook.py (_handle_eagle_family, _handle_ngram)",
+        ))
+    if algorithm == "DFLASH" and dp_attention and not _has_flag(args, "--enable-dp-lm-head"):
+        problems.append(SettingProblem(
+            "fail",
+            "DFLASH with --enable-dp-attention requires --enable-dp-lm-head",
+            "add --enable-dp-lm-head to extra_args",
+            "sglang 0.5.23 arg_groups/speculative_hook.py (_handle_dflash)",
         ))
     return problems
 
