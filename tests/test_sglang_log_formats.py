@@ -81,6 +81,20 @@ PHASE_LINES = [
     ("[2026-04-27 02:36:09] Capture cuda graph num tokens [4, 8, 12, 16]", "cuda_graph", (0, 4)),
     ("Capturing num tokens (num_tokens=4 avail_mem=23.10 GB): 100%|#####| 74/74 [00:09<00:00]",
      "cuda_graph", (74, 74)),
+    # sglang 0.5.23 model_runner_components/cuda_graph_setup.py, prefill_cuda_graph_runner.py,
+    # the Frozen-KV MTP and UNO tree draft runners
+    ("[2026-09-01 10:00:00] Capture target prefill CUDA graph begin. backend=fa3, "
+     "num_tokens=[256, 512, 1024], avail mem=30.10 GB", "cuda_graph", (0, 3)),
+    ("[2026-09-01 10:00:00] Capture target decode CPU graph begin. backend=torch_native, "
+     "num_tokens_per_req=1, bs=[1, 2], avail mem=0.00 GB", "cuda_graph", (0, 2)),
+    ("[2026-09-01 10:00:00] Capture Frozen-KV MTP draft cuda graph begin.", "cuda_graph", None),
+    ("[2026-09-01 10:00:00] Capture UNO tree draft CUDA graph end. elapsed=1.20 s",
+     "cuda_graph", None),
+    ("[2026-09-01 10:00:00] Capture single-CG draft extend begin. This can take several "
+     "minutes. avail mem=20.00 GB", "cuda_graph", None),
+    ("[2026-09-01 10:00:00] Capturing 12 prefill CUDA graph token shapes with fixed "
+     "max_context_size=8192 (before execution variants).", "cuda_graph", None),
+    ("Capturing prefill shape (num_tokens=512 avail_mem=29.00 GB)", "cuda_graph", None),
     # server_up and warmup: uvicorn, http_server._wait_and_warmup (get_model_info until 2026)
     ("[2025-03-08 12:31:00] INFO:     Started server process [1234]", "server_up", None),
     ("[2025-03-08 12:31:00] INFO:     Uvicorn running on http://0.0.0.0:30000 "
@@ -271,3 +285,11 @@ def test_a_container_killed_by_sigkill_points_at_the_oom_killer() -> None:
                              "sglang-1 exited with code 137"], "sglang")
     assert result.failure is not None and result.failure.failure_class == "exited"
     assert "OOM killer" in result.failure.message
+
+
+def test_deferred_real_weights_after_capture_are_not_a_draft_model() -> None:
+    reader = SGLangLogReader()
+    reader.feed("[2026-09-01 10:00:00] Memory pool end. avail mem=7.43 GB")
+    events = reader.feed("[2026-09-01 10:01:00] Load weight end. Committed real weights after "
+                         "CUDA graph capture in 12.50 s")
+    assert [e.name for e in events if isinstance(e, PhaseEvent)] == ["load_weights"]

@@ -223,8 +223,13 @@ PHASE_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"KV Cache is allocated|Memory pool end|Use sliding window memory pool|"
                 r"SWAKVPool mem usage|Mamba Cache is allocated|Using KV cache dtype"),
      "kv_cache"),
-    (re.compile(r"Capture (?:\w+ ){0,2}(?:cuda|CUDA) graph (?:begin|end|bs\b|num tokens)|"
-                r"Capturing batches|Capturing num tokens|Compiling num tokens"), "cuda_graph"),
+    # 0.5.23 also names the device (`Capture target decode CPU graph begin`), the prefill
+    # graph (`Capture target prefill CUDA graph begin. ... num_tokens=[...]`), MTP and tree
+    # drafts (`Capture Frozen-KV MTP draft cuda graph`, `Capture UNO tree draft CUDA graph`).
+    (re.compile(r"Capture (?:[\w-]+ ){0,4}(?:cuda|CUDA|CPU|NPU|XPU|device) graphs? "
+                r"(?:begin|end|bs\b|num tokens)|Capture single-CG draft extend (?:begin|end)|"
+                r"Capturing batches|Capturing num tokens|Compiling num tokens|"
+                r"Capturing prefill shape|Capturing \d+ prefill CUDA graph"), "cuda_graph"),
     # A rank >= 1 prints no uvicorn lines: its dummy health server is its "up" (0.5.23
     # `utils/common.py` launch_dummy_health_check_server).
     (re.compile(r"Uvicorn running on|Started server process|Application startup complete|"
@@ -237,7 +242,7 @@ PHASE_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
 SHARDS = re.compile(r"checkpoint shards:\s+\d+% Completed \| (\d+)/(\d+)")
 MOE_LAYER = re.compile(r"Shuffling MoE weights.*\(layer: model\.layers\.(\d+)\.")
 CAPTURE_BS_LIST = re.compile(
-    r"Capture cuda graph (?:bs|num tokens) \[([\d, ]+)\]|\bbs=\[([\d, ]+)\]"
+    r"Capture cuda graph (?:bs|num tokens) \[([\d, ]+)\]|\b(?:bs|num_tokens)=\[([\d, ]+)\]"
 )
 # `Capturing batches (bs=4 avail_mem=18.72 GB):  33%|...| 1/3 [`, also without bs= (0.4) or
 # without avail_mem (2026), and the piecewise graph's `Capturing num tokens (num_tokens=4 ...)`.
@@ -351,7 +356,11 @@ class SGLangLogReader(LogReader):
                 continue
             progress: tuple[int, int] | None = None
             if name == "load_weights":
-                if self.kv_seen or DRAFT_MARKERS.search(text):
+                # 0.5.23 with deferred weights logs "Load weight end. Committed real weights
+                # after CUDA graph capture": the target's own weights, not a draft.
+                if (self.kv_seen or DRAFT_MARKERS.search(text)) and (
+                    "Committed real weights" not in text
+                ):
                     name = "draft_model"
                 shards = SHARDS.search(text)
                 if shards:
