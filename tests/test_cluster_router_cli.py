@@ -6,12 +6,16 @@ The real sglang-router 0.3.2 and a real llama-server; no network namespaces need
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
+import subprocess
 
+import httpx
 import psutil
 import pytest
 
-from tests.conftest import Env, free_port
+from tests.conftest import Env, free_port, llama_server_binary, wait_for
 
 pytest.importorskip("sglang_router", reason="sglang-router is installed by setup.sh --test")
 
@@ -88,3 +92,54 @@ router_url = "http://127.0.0.1:{gone}"
     assert record["state"] == "ready" and "router" not in record["runtime_info"]
     stopped = world.run("stop", check=True)
     assert "left the router" not in stopped.stdout
+
+
+def test_a_member_with_an_api_key_is_reached_with_it(world: Env) -> None:
+    """`join` hands the member's key to the router, which then sends it; the key is never
+    shown. A real llama-server started with --api-key-file, joined at library level."""
+    from llm_backend.cluster.membership import join
+    from llm_backend.config import ConfigSet, Layer, builtin_layer
+    from llm_backend.engines.llamacpp import model_path
+
+    port, metrics = free_port(), free_port()
+    key_file = world.root / "member.key"
+    key_file.write_text("member-secret-123\n")
+    key_file.chmod(0o600)
+    world.write_config(router_config(port, metrics, "health_check_interval_s = 1\n"))
+    table = {"extends": "smollm2-cpu", "port": world.port, "api_key_file": str(key_file),
+             "router_url": f"http://127.0.0.1:{port}"}
+    profile = ConfigSet(layers=[builtin_layer(), Layer("test", {"member": table})]).resolve(
+        "member").profile
+    server = subprocess.Popen(
+        [str(llama_server_binary()), "--model", str(model_path(profile)), "--host",
+         "127.0.0.1", "--port", str(world.port), "--threads", "1", "--api-key-file",
+         str(key_file)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        world.run("router", "start", check=True)
+        base = f"http://127.0.0.1:{world.port}"
+        assert wait_for(lambda: _status(base + "/health") == 200, timeout=60)
+        os.environ.pop("LLM_BACKEND_API_KEY", None)
+        membership = join(profile)
+        body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+        direct = httpx.post(base + "/v1/chat/completions", json=body, timeout=30)
+        assert direct.status_code == 401  # the member wants its key
+        routed = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body,
+                            timeout=30)
+        assert routed.status_code == 200, routed.text  # the router sent it
+        assert membership.worker_url == base
+        listed = world.run("router", "status", "--json", check=True).stdout
+        assert "member-secret-123" not in listed
+        assert "member-secret-123" not in (world.state_dir / "router" / "router.log").read_text()
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=10)
+        world.run("router", "stop", "--force")
+
+
+def _status(url: str) -> int | None:
+    try:
+        return httpx.get(url, timeout=2).status_code
+    except httpx.HTTPError:
+        return None

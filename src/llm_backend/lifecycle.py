@@ -450,11 +450,19 @@ class Lifecycle:
         membership = Membership.from_json(record.runtime_info.get("router"))
         if membership is None:
             return {}
+        api_key = None
+        try:
+            from llm_backend.credentials import read_api_key
+
+            api_key = read_api_key(self.resolve(record.profile).profile)
+        except BackendError:
+            api_key = None  # the drain then counts nothing and the stop goes on
         result = leave(
             membership,
             engine=get_engine(record.engine),
             endpoint=record.client_endpoint,
             drain_timeout_s=drain_timeout_s,
+            api_key=api_key,
         )
         return {
             "router_url": membership.router_url,

@@ -82,8 +82,12 @@ def join(profile: Profile, *, healthy_timeout_s: float = JOIN_HEALTHY_TIMEOUT_S)
             remedy=f'set router_worker_url = "http://THIS-HOST-ADDRESS:{profile.port}" in '
             f"[profiles.{profile.name}]",
         )
+    from llm_backend.credentials import read_api_key
+
     client = RouterClient(profile.router_url)
-    worker_id = client.register(url=profile.worker_url, model_id=profile.model_name)
+    worker_id = client.register(
+        url=profile.worker_url, model_id=profile.model_name, api_key=read_api_key(profile)
+    )
     client.wait_healthy(profile.worker_url, timeout_s=healthy_timeout_s)
     return Membership(
         router_url=profile.router_url,
@@ -94,7 +98,12 @@ def join(profile: Profile, *, healthy_timeout_s: float = JOIN_HEALTHY_TIMEOUT_S)
 
 
 def leave(
-    membership: Membership, *, engine: Engine, endpoint: str, drain_timeout_s: float
+    membership: Membership,
+    *,
+    engine: Engine,
+    endpoint: str,
+    drain_timeout_s: float,
+    api_key: str | None = None,
 ) -> LeaveResult:
     """Deregister, then wait for the server's in-flight requests to finish."""
     started = time.monotonic()
@@ -106,7 +115,9 @@ def leave(
     except BackendError as error:
         # The router is down or unreachable: it routes nothing to us either way.
         note = error.message
-    in_flight = wait_drained(engine=engine, endpoint=endpoint, timeout_s=drain_timeout_s)
+    in_flight = wait_drained(
+        engine=engine, endpoint=endpoint, timeout_s=drain_timeout_s, api_key=api_key
+    )
     return LeaveResult(
         removed=removed,
         drained=in_flight == 0,
@@ -116,12 +127,13 @@ def leave(
     )
 
 
-def in_flight(engine: Engine, endpoint: str) -> int | None:
+def in_flight(engine: Engine, endpoint: str, api_key: str | None = None) -> int | None:
     """Requests the server is working on now, by its own account; None if it cannot tell."""
     if engine.load_path is None:
         return None
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
-        response = httpx.get(endpoint + engine.load_path, timeout=2.0)
+        response = httpx.get(endpoint + engine.load_path, timeout=2.0, headers=headers)
         if response.status_code != 200:
             return None
         return engine.in_flight_requests(body=response.json())
@@ -129,13 +141,15 @@ def in_flight(engine: Engine, endpoint: str) -> int | None:
         return None
 
 
-def wait_drained(*, engine: Engine, endpoint: str, timeout_s: float) -> int | None:
+def wait_drained(
+    *, engine: Engine, endpoint: str, timeout_s: float, api_key: str | None = None
+) -> int | None:
     """Poll until nothing is in flight (0) or `timeout_s` passes; the last count seen."""
     deadline = time.monotonic() + timeout_s
     # A request the router sent just before the DELETE may still be on its way in.
     time.sleep(min(0.2, timeout_s))
     while True:
-        count = in_flight(engine, endpoint)
+        count = in_flight(engine, endpoint, api_key)
         if count is None or count == 0 or time.monotonic() >= deadline:
             return count
         time.sleep(0.1)

@@ -106,9 +106,16 @@ class RouterClient:
             if isinstance(item, dict)
         }
 
-    def register(self, *, url: str, model_id: str) -> str:
-        """Add a worker; returns its id. The router checks the worker in the background."""
-        response = self._request("POST", "/workers", json={"url": url, "model_id": model_id})
+    def register(self, *, url: str, model_id: str, api_key: str | None = None) -> str:
+        """Add a worker; returns its id. The router checks the worker in the background.
+
+        `api_key`: the worker's own key; 0.3.2 then sends `Authorization: Bearer KEY` on
+        every call to that worker except /health, and never shows the key in `GET /workers`
+        (tried against the real router)."""
+        body = {"url": url, "model_id": model_id}
+        if api_key:
+            body["api_key"] = api_key
+        response = self._request("POST", "/workers", json=body)
         if response.status_code not in (200, 201, 202):
             raise BackendError(
                 f"the router at {self.base_url} refused worker {url}: "
