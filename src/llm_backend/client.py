@@ -84,9 +84,12 @@ def chat(
             if isinstance(usage, dict) and usage.get("completion_tokens") is not None:
                 usage_tokens = int(usage["completion_tokens"])
     duration = time.perf_counter() - started
-    generation_s = duration - (first or 0.0)
+    # Decode speed: the tokens after the first over the time after the first. With one token
+    # (or none, or no text seen) there is no interval to measure: None, not a huge number.
+    generation_s = duration - first if first is not None else 0.0
     tokens_per_s = (
-        usage_tokens / generation_s if usage_tokens and generation_s > 0 else None
+        (usage_tokens - 1) / generation_s
+        if usage_tokens is not None and usage_tokens > 1 and generation_s > 0 else None
     )
     return ChatResult(
         text="".join(pieces),

@@ -10,6 +10,7 @@ import copy
 import functools
 import os
 import re
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -69,9 +70,32 @@ def check_safe_path(value: str) -> None:
         raise ValueError(f"{value!r} has a '.' or '..' component; write the path without them")
 
 
+def _strings_in(value: object) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list | tuple):
+        return [item for item in value if isinstance(item, str)]
+    if isinstance(value, dict):
+        return [item for pair in value.items() for item in pair if isinstance(item, str)]
+    return []
+
+
 class StrictModel(BaseModel):
     # defer_build: commands that never validate a profile (status) skip building the schemas
-    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+    # allow_inf_nan=False: `stop_grace_s = inf` or `nan` is refused like any bad number.
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, defer_build=True, allow_inf_nan=False
+    )
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        # A NUL byte cannot be in an argv item, an environment value or a path: refuse it
+        # here rather than crash in the launch.
+        for text in _strings_in(value):
+            if "\x00" in text:
+                raise ValueError(f"{text!r} contains a NUL byte")
+        return value
 
 
 class SpeculativeConfig(StrictModel):
@@ -109,10 +133,11 @@ class DockerConfig(StrictModel):
     stop_signal: str = "SIGTERM"  # what `stop` sends first; SIGKILL follows after stop_grace_s
     healthcheck: bool = True
     healthcheck_command: list[str] | None = None  # default: curl on the engine's /health
-    healthcheck_interval_s: float = Field(default=10, gt=0)
-    healthcheck_timeout_s: float = Field(default=5, gt=0)
-    healthcheck_retries: int = Field(default=3, ge=1)
-    healthcheck_start_period_s: float | None = Field(default=None, ge=0)  # default: load
+    healthcheck_interval_s: float = Field(default=10, gt=0, le=86400)
+    healthcheck_timeout_s: float = Field(default=5, gt=0, le=86400)
+    healthcheck_retries: int = Field(default=3, ge=1, le=1000)
+    # default: the load timeout
+    healthcheck_start_period_s: float | None = Field(default=None, ge=0, le=7 * 86400)
 
     @field_validator("restart")
     @classmethod
@@ -167,14 +192,14 @@ class ModelFacts(StrictModel):
     # SGLang's loader stages about this much in host RAM while it fills a discrete GPU.
     download_size: str | None = None
     # MoE layers (SGLang's shuffle log names the layer, not the total).
-    moe_layers: int | None = Field(default=None, ge=1)
+    moe_layers: int | None = Field(default=None, ge=1, le=10000)
     # The tiktoken file the model's tokenizer loads at start (gpt-oss: o200k_base.tiktoken).
     tiktoken_file: str | None = None
     # Which model these facts describe, as its config.json says (`architectures[0]`,
     # `num_hidden_layers`): a copy, a fine-tune or a local folder of the same model is
     # recognised by these rather than by its repo name.
     architecture: str | None = None
-    num_hidden_layers: int | None = Field(default=None, ge=1)
+    num_hidden_layers: int | None = Field(default=None, ge=1, le=10000)
 
     @field_validator("min_gpu_memory", "min_unified_memory", "load_peak_memory", "download_size")
     @classmethod
@@ -248,7 +273,7 @@ class DistributedConfig(StrictModel):
     """
 
     nnodes: int = Field(default=1, ge=1, le=1024)
-    node_rank: int = Field(default=0, ge=0)
+    node_rank: int = Field(default=0, ge=0, le=1023)
     dist_init_addr: str | None = None
     interface: str | None = None
     gpus_per_node: int = Field(default=1, ge=1, le=64)
@@ -296,7 +321,7 @@ class ServeConfig(StrictModel):
     max_restarts: int = Field(default=5, ge=0, le=1000)  # within restart_window_s
     restart_window_s: float = Field(default=3600, gt=0, le=7 * 86400)
     memory_wait_s: float = Field(default=300, ge=0, le=3600)  # for memory to come back
-    idle_stop_s: float | None = Field(default=None, gt=0)  # None: always on
+    idle_stop_s: float | None = Field(default=None, gt=0, le=365 * 86400)  # None: always on
     start_on_request: bool = False  # start at the first request instead of at once
     drain_grace_s: float = Field(default=30, ge=0, le=3600)
     api_keys_file: str | None = None  # one key per line; or LLM_BACKEND_API_KEYS
@@ -363,8 +388,11 @@ class Profile(StrictModel):
     # Launcher before the engine's flags; empty means the engine's own
     # (SGLang: `python -m sglang.launch_server`). Tests point it at a stand-in.
     command: list[str] = Field(default_factory=list)
-    context_length: int | None = Field(default=None, ge=1)
-    threads: int | None = Field(default=None, ge=1)
+    # 16M tokens is beyond any model's trained context; a bigger value is a typo.
+    context_length: int | None = Field(default=None, ge=1, le=1 << 24)
+    # llama.cpp refuses more threads than GGML_MAX_N_THREADS = 512 (ggml/include/ggml.h,
+    # llama.cpp vendored in llama-cpp-python 0.3.36).
+    threads: int | None = Field(default=None, ge=1, le=512)
     # llama.cpp `--gpu-layers`: how many layers go to the GPU, "all" or "auto" (its own words,
     # common/arg.cpp at the pinned version). Set and not 0: the profile needs a CUDA build.
     gpu_layers: Annotated[int, Field(ge=0)] | Literal["auto", "all"] | None = None
@@ -372,10 +400,11 @@ class Profile(StrictModel):
     env: dict[str, str] = Field(default_factory=dict)
     # A file holding the server's API key (mode 0600); LLM_BACKEND_API_KEY overrides it.
     api_key_file: str | None = None
-    load_timeout_s: float = Field(default=600, gt=0)
-    stall_timeout_s: float = Field(default=120, gt=0)
-    stop_grace_s: float = Field(default=10, ge=0)
-    expected_load_s: float | None = Field(default=None, gt=0)
+    # Time limits are capped at a week (a load) or a day (a stall, a stop): more is a typo.
+    load_timeout_s: float = Field(default=600, gt=0, le=7 * 86400)
+    stall_timeout_s: float = Field(default=120, gt=0, le=86400)
+    stop_grace_s: float = Field(default=10, ge=0, le=86400)
+    expected_load_s: float | None = Field(default=None, gt=0, le=7 * 86400)
     speculative: SpeculativeConfig = Field(default_factory=SpeculativeConfig)
     docker: DockerConfig = Field(default_factory=DockerConfig)
     host_prep: HostPrepConfig = Field(default_factory=HostPrepConfig)
@@ -383,7 +412,7 @@ class Profile(StrictModel):
     # the router reaches it at (default: http://host:port).
     router_url: str | None = None
     router_worker_url: str | None = None
-    drain_timeout_s: float = Field(default=30, ge=0)
+    drain_timeout_s: float = Field(default=30, ge=0, le=86400)
     replicas: int = Field(default=1, ge=1, le=64)
     device_ids: list[str] = Field(default_factory=list)
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
@@ -406,6 +435,17 @@ class Profile(StrictModel):
                 f"{value!r} is not a plain profile name; use at most 64 letters, digits, "
                 "'.', '_' and '-', starting with a letter or digit (it becomes a file name)"
             )
+        return value
+
+    @field_validator("model", "served_model_name", "host", "binary", "python")
+    @classmethod
+    def _not_blank(cls, value: str | None) -> str | None:
+        # An empty `model` would name the package folder (or the working directory) and be
+        # reported as a missing file; an empty host or binary is never meant.
+        if value is not None and not value.strip():
+            raise ValueError("must not be empty")
+        if value is not None and any(ord(char) < 32 for char in value):
+            raise ValueError(f"{value!r} contains a control character")
         return value
 
     @field_validator("router_url", "router_worker_url")
@@ -470,9 +510,9 @@ class RouterConfig(StrictModel):
     health_check_timeout_s: int = Field(default=5, ge=1, le=600)
     health_failure_threshold: int = Field(default=3, ge=1, le=100)
     health_success_threshold: int = Field(default=2, ge=1, le=100)
-    request_timeout_s: int = Field(default=1800, ge=1)
-    start_timeout_s: float = Field(default=30, gt=0)
-    stop_grace_s: float = Field(default=10, ge=0)
+    request_timeout_s: int = Field(default=1800, ge=1, le=7 * 86400)
+    start_timeout_s: float = Field(default=30, gt=0, le=86400)
+    stop_grace_s: float = Field(default=10, ge=0, le=86400)
     log_level: Literal["debug", "info", "warn", "error"] = "info"
     extra_args: list[str] = Field(default_factory=list)
 
@@ -678,10 +718,12 @@ def _config_error(name: str, error: ValidationError, sources: dict[str, str]) ->
             message = str(item["msg"]).removeprefix("Value error, ")
             lines.append(f"key {key!r} = {value!r}{where} is invalid: {message}")
     fix_place = first_source or f"./{LOCAL_CONFIG_NAME}"
-    return ConfigError(
-        f"profile {name!r}: " + "; ".join(lines),
-        remedy=f"correct that key in {fix_place} (see `llm-backend profiles show {name}`)",
-    )
+    if fix_place == "command line":
+        remedy = (f"pass a value in the allowed range on the command line (see "
+                  f"`llm-backend profiles show {name}` for the profile's own)")
+    else:
+        remedy = f"correct that key in {fix_place} (see `llm-backend profiles show {name}`)"
+    return ConfigError(f"profile {name!r}: " + "; ".join(lines), remedy=remedy)
 
 
 def _allowed_keys(path: tuple[str, ...]) -> list[str]:
@@ -739,12 +781,56 @@ def builtin_model_facts(model: str) -> ModelFacts | None:
     return None
 
 
+def _read_config_text(path: Path) -> str | None:
+    """The file's text; None when there is no file. A config path that cannot be read, is not
+    a file, or is not UTF-8 is a ConfigError naming the path (never silently skipped)."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return None
+    except NotADirectoryError:  # a parent is a file: there is no config here
+        return None
+    except OSError as error:  # EACCES on a parent (an unreadable HOME), ELOOP, ...
+        raise ConfigError(
+            f"cannot look for the config file {path}: {error.strerror}",
+            remedy=f"make {path.parent} readable and searchable by this user (chmod u+rx), or "
+            "set XDG_CONFIG_HOME to a directory this user can read",
+        ) from None
+    if stat.S_ISDIR(mode):
+        raise ConfigError(
+            f"config path {path} is a directory, not a TOML file",
+            remedy=f"remove or rename the directory {path}, or put the settings in a file there",
+        )
+    if not stat.S_ISREG(mode):
+        raise ConfigError(
+            f"config path {path} is not a regular file",
+            remedy=f"replace {path} with a TOML file, or remove it",
+        )
+    try:
+        raw = path.read_bytes()
+    except OSError as error:
+        raise ConfigError(
+            f"cannot read the config file {path}: {error.strerror}",
+            remedy=f"chmod u+r {path} (or run as the user who owns it)",
+        ) from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text: byte 0x{raw[error.start]:02x} on line "
+            f"{line}",
+            remedy=f"save {path} as UTF-8 (TOML files are UTF-8)",
+        ) from None
+
+
 def read_layer(path: Path, label: str) -> Layer | None:
     """Read one user file; a TOML error names the file, line and column."""
-    if not path.is_file():
+    text = _read_config_text(path)
+    if text is None:
         return None
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(
             f"{path} is not valid TOML: {error}",
@@ -763,6 +849,13 @@ def read_layer(path: Path, label: str) -> Layer | None:
             f"{path}: 'profiles' must be a table of tables, got {profiles!r}",
             remedy=f"write [profiles.NAME] sections in {path}",
         )
+    for name, table in profiles.items():
+        if not isinstance(table, dict):
+            raise ConfigError(
+                f"{path}: profiles.{name} = {table!r} is not a table of settings",
+                remedy=f"write [profiles.{name}] with its keys under it in {path}, or remove "
+                f"profiles.{name}",
+            )
     default = data.get("default_profile")
     if default is not None and not isinstance(default, str):
         raise ConfigError(
@@ -807,7 +900,16 @@ def env_overrides(environ: dict[str, str] | None = None) -> dict[str, tuple[Any,
 
 
 def user_config_path() -> Path:
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    if os.environ.get("XDG_CONFIG_HOME"):
+        return Path(os.environ["XDG_CONFIG_HOME"]) / "llm-backend" / "config.toml"
+    try:
+        base = str(Path.home() / ".config")
+    except RuntimeError:  # no HOME and no password entry: there is no user config
+        raise ConfigError(
+            "HOME is not set and this user has no home directory, so the user config "
+            "~/.config/llm-backend/config.toml cannot be found",
+            remedy="set HOME, or set XDG_CONFIG_HOME to the folder that holds llm-backend/",
+        ) from None
     return Path(base) / "llm-backend" / "config.toml"
 
 
@@ -819,7 +921,7 @@ def load_config(cwd: Path | None = None, config_file: Path | None = None) -> Con
         layers.append(global_layer)
     local_path = config_file or (cwd or Path.cwd()) / LOCAL_CONFIG_NAME
     local_label = str(config_file) if config_file else f"./{LOCAL_CONFIG_NAME}"
-    if config_file is not None and not config_file.is_file():
+    if config_file is not None and _read_config_text(config_file) is None:
         raise ConfigError(
             f"config file {config_file} does not exist",
             remedy="pass an existing file to --config, or leave it out",

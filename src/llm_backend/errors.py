@@ -31,6 +31,12 @@ class ConfigError(BackendError):
     exit_code = 2
 
 
+class UsageError(BackendError):
+    """A command-line value is out of its range (names the option, the value, the range)."""
+
+    exit_code = 2
+
+
 class NotRunningError(BackendError):
     """The command needs a running backend and there is none."""
 

@@ -830,7 +830,9 @@ def _signals_raise() -> Iterator[None]:
 
 
 def log_tail(path: str | Path, lines: int) -> list[str]:
-    """The last `lines` lines of a log file."""
+    """The last `lines` lines of a log file (none for 0)."""
+    if lines <= 0:
+        return []
     try:
         with open(path, "rb") as handle:
             handle.seek(0, os.SEEK_END)

@@ -60,6 +60,18 @@ def _user() -> str:
         return str(os.geteuid())
 
 
+def home_dir() -> Path:
+    """The user's home: $HOME, else the password database; a StateDirError when neither
+    names one (Path.home() raises RuntimeError then)."""
+    try:
+        return Path.home()
+    except RuntimeError:
+        raise StateDirError(
+            "HOME is not set and this user has no home directory in the password database",
+            remedy="set HOME, or set LLM_BACKEND_STATE_DIR and XDG_CONFIG_HOME",
+        ) from None
+
+
 def state_dir() -> Path:
     """$LLM_BACKEND_STATE_DIR, else $XDG_STATE_HOME/llm-backend, else ~/.local/state/llm-backend.
 
@@ -71,7 +83,7 @@ def state_dir() -> Path:
         path = Path(explicit)
         source = f"LLM_BACKEND_STATE_DIR={explicit}"
     else:
-        base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+        base = os.environ.get("XDG_STATE_HOME") or str(home_dir() / ".local" / "state")
         path = Path(base) / "llm-backend"
         source = f"the state dir {path}"
     return make_state_dir(path, source)
@@ -80,7 +92,15 @@ def state_dir() -> Path:
 def make_state_dir(path: Path, source: str | None = None) -> Path:
     """Create `path` (mode 0700) if missing, then check that it can be trusted."""
     source = source or f"the state dir {path}"
-    if path.exists() and not path.is_dir():
+    try:
+        exists = path.exists()
+    except OSError as error:  # EACCES: a parent (an unreadable HOME) cannot be searched
+        raise StateDirError(
+            f"cannot look at {source}: {error.strerror} (a parent directory cannot be searched)",
+            remedy="set LLM_BACKEND_STATE_DIR to a directory you own, or make the parents of "
+            f"{path} searchable by this user (chmod u+x)",
+        ) from None
+    if exists and not path.is_dir():
         raise StateDirError(
             f"{source} is not a directory",
             remedy="point LLM_BACKEND_STATE_DIR at a directory you own (or unset it)"

@@ -10,6 +10,7 @@ import typer
 
 from llm_backend.cli import render
 from llm_backend.cli.app import make_lifecycle
+from llm_backend.cli.options import check_number
 from llm_backend.cli.render_bench import BenchProgress, render_ab, render_bench
 from llm_backend.cli.start import choose_profile, ensure_llama_server
 from llm_backend.errors import BackendError
@@ -64,6 +65,8 @@ def bench(
     from llm_backend.bench import parse_levels, require_some_answered, run_bench, running_target
     from llm_backend.bench.workloads import builtin_workload, load_dataset
 
+    check_number("--temperature", temperature, low=0, high=2, command="bench")
+    check_number("--duration", duration, low=0.1, high=86400, command="bench")
     levels = parse_levels(concurrency)
     if ab is not None and ab != "spec":
         raise BackendError(f"--ab {ab!r} is not known; the A/B kind is: spec",

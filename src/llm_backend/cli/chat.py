@@ -8,6 +8,7 @@ import typer
 
 from llm_backend.cli import render
 from llm_backend.cli.app import make_lifecycle
+from llm_backend.cli.options import check_number
 from llm_backend.errors import BackendError
 
 
@@ -21,6 +22,8 @@ def chat(
 
     from llm_backend.client import chat as run_chat
 
+    check_number("--max-tokens", max_tokens, low=1, high=1 << 20, command="chat")
+    check_number("--temperature", temperature, low=0, high=2, command="chat")
     record = make_lifecycle().running_record()
     try:
         result = run_chat(

@@ -8,6 +8,7 @@ import typer
 
 from llm_backend.cli import render, render_reports
 from llm_backend.cli.app import make_lifecycle
+from llm_backend.cli.options import check_number
 from llm_backend.cli.start import choose_profile
 from llm_backend.state import StateStore
 
@@ -21,6 +22,9 @@ def recover(
 ) -> None:
     """Undo host changes left by a `start` that was killed, and report what was restored."""
     from llm_backend.errors import HostPrepError
+
+    check_number("--swapoff-timeout", swapoff_timeout, low=0, high=3600, low_open=True,
+                 command="recover")
     from llm_backend.host import recover as recover_host
 
     report = recover_host(StateStore(), swapoff_timeout_s=swapoff_timeout)

@@ -10,6 +10,7 @@ import typer
 
 from llm_backend.cli import render
 from llm_backend.cli.app import make_lifecycle
+from llm_backend.cli.options import check_number
 from llm_backend.errors import BackendError, NotRunningError
 from llm_backend.lifecycle import Lifecycle, Status, log_tail
 from llm_backend.serve import control as serve_control
@@ -86,6 +87,7 @@ def stop(
     """Stop the backend: SIGTERM, grace period, SIGKILL; verify nothing is left."""
     from llm_backend.gpu import watch_stop
 
+    check_number("--timeout", timeout, low=0, high=86400, command="stop")
     lifecycle = make_lifecycle()
     door = serve_control.running(lifecycle.store)
     if door is not None:  # serve owns the backend: it drains, stops it, restores the host
@@ -124,6 +126,7 @@ def logs(
     lines: Annotated[int, typer.Option("-n", help="How many lines to show.")] = 50,
 ) -> None:
     """Print the backend's log (the last one, even after it stopped)."""
+    check_number("-n", lines, low=0, high=1_000_000, command="logs")
     store = StateStore()
     record = store.load_instance()
     render.render_damaged(store.damaged)

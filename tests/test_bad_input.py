@@ -1,0 +1,249 @@
+"""Bad values and files from outside (issue 10): every one is `error:` naming the value and
+`fix:` naming the command or setting, a non-zero exit, and nothing started on the host.
+
+All through the real CLI as a subprocess; the unprivileged cases run it as `nobody` with
+setpriv, because root reads any file.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Env, port_is_free
+
+
+def assert_refused(world: Env, completed: subprocess.CompletedProcess[str], *needles: str,
+                   code: int = 2) -> None:
+    """`error:` with the value, then `fix:`, the exit code, no traceback, nothing started."""
+    err = completed.stderr
+    assert completed.returncode == code, (completed.returncode, completed.stdout, err)
+    assert "Traceback" not in err, err
+    error_lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert error_lines, err
+    for needle in needles:
+        assert needle in error_lines[0], (needle, err)
+    fix = [line for line in err.splitlines() if line.startswith("fix: ")]
+    assert fix and len(fix[0]) > len("fix: ") + 5, err
+    assert not (world.state_dir / "instance.json").exists()
+    assert not list((world.state_dir / "logs").glob("*.log")) if (
+        world.state_dir / "logs").is_dir() else True
+    assert port_is_free(world.port)
+
+
+# --- config files ----------------------------------------------------------------------------
+
+
+def test_config_not_utf8_names_the_file_and_line(world: Env) -> None:
+    path = world.cwd / "llm-backend.toml"
+    path.write_bytes(b'[profiles.a]\nextends = "smollm2-cpu"\ndescription = "\xff\xfe"\n')
+    completed = world.run("start", "--profile", "a")
+    assert_refused(world, completed, str(path), "not UTF-8", "0xff", "line 3")
+    assert "UTF-8" in completed.stderr.split("fix: ")[1]
+
+
+def test_profiles_entry_that_is_not_a_table_is_named(world: Env) -> None:
+    world.write_config("[profiles]\na = 5\n")
+    for args in (("profiles",), ("start", "--profile", "a"), ("doctor", "--profile", "a")):
+        completed = world.run(*args)
+        assert_refused(world, completed, "profiles.a = 5", "not a table")
+        assert "[profiles.a]" in completed.stderr.split("fix: ")[1]
+
+
+@pytest.mark.parametrize("where", ["local", "user"])
+def test_config_path_that_is_a_directory_is_an_error(world: Env, where: str) -> None:
+    if where == "local":
+        path = world.cwd / "llm-backend.toml"
+    else:
+        path = world.config_home / "llm-backend" / "config.toml"
+    path.mkdir(parents=True)
+    completed = world.run("profiles")
+    assert_refused(world, completed, str(path), "is a directory")
+    assert str(path) in completed.stderr.split("fix: ")[1]
+
+
+@pytest.fixture
+def nobody_world(world: Env) -> Iterator[tuple[Env, Path]]:
+    """A world `nobody` can use: its own 0700 state dir, a cwd and config home it can read."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to switch to nobody")
+    if shutil.which("setpriv") is None:
+        pytest.fail("needs setpriv (util-linux)")
+    shared = Path(tempfile.mkdtemp(prefix="llm-backend-badinput-", dir="/tmp"))
+    try:
+        for sub in ("state", "cwd", "config", "home"):
+            (shared / sub).mkdir()
+        shared.chmod(0o755)
+        for sub in ("cwd", "config", "home"):
+            (shared / sub).chmod(0o755)
+        os.chown(shared / "state", pwd.getpwnam("nobody").pw_uid, -1)
+        (shared / "state").chmod(0o700)
+        world.env.update({"LLM_BACKEND_STATE_DIR": str(shared / "state"),
+                          "XDG_CONFIG_HOME": str(shared / "config"),
+                          "HOME": str(shared / "home")})
+        world.state_dir = shared / "state"
+        world.cwd = shared / "cwd"
+        yield world, shared
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+def run_as_nobody(world: Env, *args: str, env: dict[str, str] | None = None
+                  ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable,
+         "-m", "llm_backend", *args],
+        cwd=world.cwd, env=env or world.env, capture_output=True, text=True, timeout=120,
+    )
+
+
+def test_unreadable_config_file_is_an_error_not_skipped(nobody_world: tuple[Env, Path]) -> None:
+    world, _ = nobody_world
+    path = world.cwd / "llm-backend.toml"
+    path.write_text('[profiles.a]\nextends = "smollm2-cpu"\n')
+    path.chmod(0o600)  # root's, unreadable for nobody
+    completed = run_as_nobody(world, "start", "--profile", "a")
+    assert_refused(world, completed, "cannot read the config file", str(path),
+                   "Permission denied")
+    assert f"chmod u+r {path}" in completed.stderr
+
+
+def test_unreadable_home_is_an_error(nobody_world: tuple[Env, Path]) -> None:
+    world, shared = nobody_world
+    home = shared / "home"
+    home.chmod(0o700)  # root's: nobody cannot look inside
+    env = {key: value for key, value in world.env.items()
+           if key not in ("XDG_CONFIG_HOME", "LLM_BACKEND_STATE_DIR", "XDG_STATE_HOME")}
+    completed = run_as_nobody(world, "status", env=env)
+    assert_refused(world, completed, str(home), "Permission denied", code=1)
+    assert "LLM_BACKEND_STATE_DIR" in completed.stderr.split("fix: ")[1]
+    # with a usable state dir the user config under the unreadable HOME is the error
+    env["LLM_BACKEND_STATE_DIR"] = str(world.state_dir)
+    completed = run_as_nobody(world, "profiles", env=env)
+    assert_refused(world, completed, str(home / ".config" / "llm-backend" / "config.toml"),
+                   "Permission denied")
+    assert "XDG_CONFIG_HOME" in completed.stderr.split("fix: ")[1]
+
+
+def test_unusable_home_names_the_state_dir(nobody_world: tuple[Env, Path]) -> None:
+    world, _ = nobody_world
+    env = {key: value for key, value in world.env.items()
+           if key not in ("XDG_CONFIG_HOME", "LLM_BACKEND_STATE_DIR", "XDG_STATE_HOME")}
+    env["HOME"] = "/nonexistent"
+    completed = run_as_nobody(world, "status", env=env)
+    assert_refused(world, completed, "/nonexistent/.local/state/llm-backend", code=1)
+    assert "LLM_BACKEND_STATE_DIR" in completed.stderr.split("fix: ")[1]
+
+
+# --- the model path ----------------------------------------------------------------------------
+
+
+def test_empty_model_is_refused_as_a_value(world: Env) -> None:
+    world.write_config('[profiles.a]\nextends = "smollm2-cpu"\nmodel = ""\n')
+    completed = world.run("start", "--profile", "a")
+    assert_refused(world, completed, "'model' = ''", "must not be empty")
+    assert "./llm-backend.toml" in completed.stderr.split("fix: ")[1]
+
+
+def test_model_that_is_a_directory_is_named_a_directory(world: Env) -> None:
+    folder = world.root / "models"
+    folder.mkdir()
+    world.write_config(
+        f'[profiles.a]\nextends = "smollm2-cpu"\nmodel = "{folder}"\nmodel_package = ""\n')
+    completed = world.run("start", "--profile", "a")
+    assert_refused(world, completed, str(folder), "is a directory", code=1)
+    assert "does not exist" not in completed.stderr
+
+
+def test_non_gguf_model_is_refused_before_launch(world: Env) -> None:
+    fake = world.root / "model.gguf"
+    fake.write_bytes(b"PK\x03\x04 this is a zip, not a model" * 100)
+    world.write_config(
+        f'[profiles.a]\nextends = "smollm2-cpu"\nmodel = "{fake}"\nmodel_package = ""\n')
+    completed = world.run("start", "--profile", "a")
+    assert_refused(world, completed, str(fake), "not a GGUF file", "PK", code=1)
+    assert "nothing on the host was changed" in completed.stderr
+    doctor = world.run("doctor", "--profile", "a")
+    assert doctor.returncode == 1 and "not a GGUF file" in doctor.stdout
+
+
+# --- absurd values -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("setting", "shown"),
+    [
+        ("threads = 1000000", "'threads' = 1000000"),
+        ("threads = 0", "'threads' = 0"),
+        ("stop_grace_s = inf", "'stop_grace_s' = inf"),
+        ("stop_grace_s = -1", "'stop_grace_s' = -1"),
+        ("load_timeout_s = nan", "'load_timeout_s' = nan"),
+        ("load_timeout_s = 1e12", "'load_timeout_s' = 1000000000000.0"),
+        ("stall_timeout_s = 0", "'stall_timeout_s' = 0"),
+        ("expected_load_s = inf", "'expected_load_s' = inf"),
+        ("drain_timeout_s = 1e9", "'drain_timeout_s' = 1000000000.0"),
+        ("context_length = 1000000000", "'context_length' = 1000000000"),
+        ("port = 0", "'port' = 0"),
+        ("port = 70000", "'port' = 70000"),
+        ("replicas = 1000", "'replicas' = 1000"),
+        ('host = ""', "'host' = ''"),
+        ('served_model_name = " "', "'served_model_name' = ' '"),
+        ('binary = ""', "'binary' = ''"),
+        ('extra_args = ["--x\\u0000y"]', "NUL byte"),
+        ('model = "a\\nb.gguf"', "control character"),
+        ("speculative.num_steps = 1000", "'speculative.num_steps' = 1000"),
+        ("docker.healthcheck_retries = 100000", "'docker.healthcheck_retries' = 100000"),
+        ("docker.healthcheck_interval_s = inf", "'docker.healthcheck_interval_s' = inf"),
+        ("host_prep.swapoff_timeout_s = inf", "'host_prep.swapoff_timeout_s' = inf"),
+        ("host_prep.guard_interval_s = nan", "'host_prep.guard_interval_s' = nan"),
+        ("serve.max_wait_s = inf", "'serve.max_wait_s' = inf"),
+        ("serve.idle_stop_s = 1e30", "'serve.idle_stop_s' = 1e+30"),
+        ("distributed.node_rank = 5000", "'distributed.node_rank' = 5000"),
+        ("model_facts.moe_layers = 1000000", "'model_facts.moe_layers' = 1000000"),
+    ],
+)
+def test_absurd_profile_value_is_refused(world: Env, setting: str, shown: str) -> None:
+    key, _, value = setting.partition(" = ")
+    table, _, leaf = key.rpartition(".")
+    header = "[profiles.a]\nextends = \"smollm2-cpu\"\n"
+    body = f"[profiles.a.{table}]\n{leaf} = {value}\n" if table else f"{key} = {value}\n"
+    world.write_config(header + body)
+    completed = world.run("start", "--profile", "a", "--dry-run")
+    assert_refused(world, completed, "profile 'a'", shown)
+    assert "./llm-backend.toml" in completed.stderr.split("fix: ")[1]
+
+
+@pytest.mark.parametrize(
+    ("args", "shown", "fix"),
+    [
+        (("chat", "hi", "--max-tokens", "0"), "--max-tokens 0", "llm-backend chat --max-tokens"),
+        (("chat", "hi", "--max-tokens", "-5"), "--max-tokens -5", "llm-backend chat"),
+        (("chat", "hi", "--temperature", "nan"), "--temperature nan", "llm-backend chat"),
+        (("chat", "hi", "--temperature", "-1"), "--temperature -1", "llm-backend chat"),
+        (("stop", "--timeout", "-1"), "--timeout -1", "llm-backend stop --timeout"),
+        (("stop", "--timeout", "inf"), "--timeout inf", "llm-backend stop --timeout"),
+        (("bench", "--temperature", "9"), "--temperature 9", "llm-backend bench"),
+        (("bench", "--duration", "inf"), "--duration inf", "llm-backend bench"),
+        (("recover", "--swapoff-timeout", "0"), "--swapoff-timeout 0", "llm-backend recover"),
+        (("recover", "--swapoff-timeout", "nan"), "--swapoff-timeout nan", "llm-backend recover"),
+        (("logs", "-n", "-3"), "-n -3", "llm-backend logs -n"),
+        (("start", "--timeout", "inf"), "'load_timeout_s' = inf", "command line"),
+        (("start", "--timeout", "0"), "'load_timeout_s' = 0", "command line"),
+        (("start", "--port", "70000"), "'port' = 70000", "command line"),
+        (("compose", "--port", "0"), "'port' = 0", "command line"),
+    ],
+)
+def test_absurd_command_line_value_is_refused(
+    world: Env, args: tuple[str, ...], shown: str, fix: str
+) -> None:
+    completed = world.run(*args)
+    assert_refused(world, completed, shown)
+    assert fix in completed.stderr.split("fix: ")[1]
