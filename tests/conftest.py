@@ -22,6 +22,7 @@ import psutil
 import pytest
 
 from llm_backend.engines.llamacpp import cached_binary_path
+from llm_backend.processes import marked_processes
 
 REPO = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "llm_backend"]
@@ -119,9 +120,13 @@ def world(tmp_path: Path) -> Iterator[Env]:
 
 
 def _stop_leftovers(world: Env) -> None:
-    """Best-effort cleanup through the CLI, then by the recorded PID (never by name)."""
+    """Best-effort cleanup through the CLI, then by the recorded PID and by the marker that
+    names this test's state dir (never by name)."""
     with contextlib.suppress(Exception):
         world.run("stop", "--force", timeout=60)
+    for process in ours(world):
+        with contextlib.suppress(psutil.Error):
+            process.kill()
     record = world.state_dir / "instance.json"
     if record.exists():
         import json
@@ -151,6 +156,12 @@ def port_is_free(port: int) -> bool:
         except OSError:
             return False
         return True
+
+
+def ours(world: Env) -> list[psutil.Process]:
+    """The live processes this test's llm-backend launched: they carry the marker naming its
+    state dir (`llm_backend.processes.MARKER_ENV`), so another test's servers never count."""
+    return marked_processes(world.state_dir)
 
 
 def processes_with_exe(path: Path) -> list[psutil.Process]:

@@ -22,10 +22,18 @@ from llm_backend.engines.llamacpp import model_path
 from tests.conftest import (
     Env,
     llama_server_binary,
+    ours,
     port_is_free,
     processes_with_exe,
     wait_for,
 )
+
+# `status --json` for the native runtime: the Status fields plus `gpus` (docs/cli.md).
+STATUS_KEYS = {
+    "state", "profile", "engine", "runtime", "endpoint", "pid", "uptime_s", "models",
+    "health_ms", "health_status", "last_start_s", "phase", "failure", "log_path",
+    "host_prep", "spec", "gpus",
+}
 
 
 def read_instance(world: Env) -> dict[str, object] | None:
@@ -76,6 +84,7 @@ def test_start_chat_status_stop(world: Env) -> None:
     for key in ("state", "profile", "engine", "runtime", "endpoint", "pid", "uptime_s",
                 "models", "health_ms", "last_start_s"):
         assert key in data
+    assert set(data) == STATUS_KEYS  # the documented shape, exactly (docs/cli.md)
     assert data["state"] == "ready"
     assert data["profile"] == "smollm2-cpu"
     assert data["engine"] == "llamacpp" and data["runtime"] == "native"
@@ -95,9 +104,11 @@ def test_start_chat_status_stop(world: Env) -> None:
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     assert port_is_free(world.port)
     assert not [p for p in processes_with_exe(llama_server_binary()) if p.pid == pid]
+    assert ours(world) == []  # nothing this test launched is left
     after = world.run("status", "--json")
     assert after.returncode == 1
     assert json.loads(after.stdout)["state"] == "stopped"
+    assert set(json.loads(after.stdout)) == STATUS_KEYS  # the same keys when stopped
     logs = world.run("logs", "-n", "5", check=True)
     assert logs.stdout.strip()
 
@@ -270,9 +281,8 @@ def test_two_concurrent_starts_only_one_proceeds(world: Env) -> None:
     loser = out_first if first.returncode == 4 else out_second
     assert "already starting" in loser[1]
     servers = [
-        p for p in psutil.process_iter(["cmdline"])
-        if p.info["cmdline"] and str(world.port) in p.info["cmdline"]
-        and any("llama-server" in part for part in p.info["cmdline"])
+        p for p in ours(world)
+        if any("llama-server" in part for part in p.cmdline())
     ]
     assert len(servers) == 1
     world.run("stop", check=True)

@@ -269,8 +269,8 @@ def check_disk(ctx: Context) -> CheckResult | None:
 
 
 def check_port(ctx: Context) -> CheckResult:
-    from llm_backend.lifecycle import ACTIVE_STATES, port_holder
-    from llm_backend.state import StateStore
+    from llm_backend.probes import port_holder
+    from llm_backend.state import ACTIVE_STATES, StateStore
 
     host, port = ctx.profile.host, ctx.profile.port
     holder = port_holder(host, port)

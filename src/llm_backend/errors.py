@@ -2,7 +2,29 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any
+
+
+class FailureClass(StrEnum):
+    """Why a backend failed to start or stopped serving; the value is what `--json` prints.
+
+    The classes and their meaning are listed in docs/cli.md ("Phases and failure classes").
+    """
+
+    OUT_OF_MEMORY = "out_of_memory"
+    PORT_IN_USE = "port_in_use"
+    GATED_MODEL = "gated_model"
+    MODEL_NOT_FOUND = "model_not_found"
+    OFFLINE_ENCODING = "offline_encoding"
+    BAD_FLAG = "bad_flag"
+    KERNEL_COMPILE = "kernel_compile"
+    NCCL = "nccl"
+    CHILD_CRASH = "child_crash"
+    RANK_NOT_LOADED = "rank_not_loaded"
+    STALLED = "stalled"
+    TIMEOUT = "timeout"
+    EXITED = "exited"
 
 
 class BackendError(Exception):
@@ -44,7 +66,7 @@ class NotRunningError(BackendError):
 
 
 class AlreadyStartingError(BackendError):
-    """Another `start` holds the start lock."""
+    """Another `start` (or `restart`, or `stop`) holds the start lock."""
 
     exit_code = 4
 

@@ -8,8 +8,6 @@ boxes (DGX Spark, GB10) answer "not supported" for memory: there the figures com
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -257,24 +255,22 @@ class OwnedProcess:
 
 
 def process_tree(pid: int | None) -> tuple[OwnedProcess, ...]:
-    """The process `pid`, its descendants and the rest of its process group, right now."""
+    """The process `pid`, its descendants and the rest of its process group and session,
+    right now (`llm_backend.processes.tree`)."""
     if pid is None:
         return ()
-    found: dict[int, OwnedProcess] = {}
-    with contextlib.suppress(psutil.Error):
-        root = psutil.Process(pid)
-        for process in [root, *root.children(recursive=True)]:
-            with contextlib.suppress(psutil.Error):
-                found[process.pid] = OwnedProcess(
-                    process.pid, process.create_time(), process.name()
-                )
-    for process in psutil.process_iter(["pid"]):
-        with contextlib.suppress(psutil.Error, OSError):
-            if process.pid not in found and os.getpgid(process.pid) == pid:
-                found[process.pid] = OwnedProcess(
-                    process.pid, process.create_time(), process.name()
-                )
-    return tuple(sorted(found.values(), key=lambda item: item.pid))
+    from llm_backend.processes import tree
+
+    try:
+        leader = psutil.Process(pid)
+        born = leader.create_time()
+    except psutil.Error:
+        return ()
+    found = []
+    for process in tree(leader=leader, group=pid, born_after=born):
+        with contextlib.suppress(psutil.Error):
+            found.append(OwnedProcess(process.pid, process.create_time(), process.name()))
+    return tuple(found)
 
 
 def still_alive(processes: Iterable[OwnedProcess]) -> tuple[OwnedProcess, ...]:
@@ -302,23 +298,15 @@ def holding_gpu_memory(
 def end_processes(
     processes: Iterable[OwnedProcess], *, grace_s: float = 5.0
 ) -> tuple[list[OwnedProcess], list[OwnedProcess]]:
-    """SIGTERM, then SIGKILL after `grace_s`, each by pid (checked against its start time).
-
-    Returns (ended, still running).
+    """SIGTERM, then SIGKILL after `grace_s`, each by pid (checked against its start time),
+    with the one tree stop (`llm_backend.processes.stop_tree`). Returns (ended, still running).
     """
+    from llm_backend.processes import process_matches, stop_tree
+
     targets = list(still_alive(processes))
-    for owned in targets:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(owned.pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while still_alive(targets) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    for owned in still_alive(targets):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(owned.pid, signal.SIGKILL)
-    deadline = time.monotonic() + 5.0
-    while still_alive(targets) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    live = [found for owned in targets
+            if (found := process_matches(owned.pid, owned.create_time)) is not None]
+    stop_tree(live, grace_s=grace_s)
     left = list(still_alive(targets))
     ended = [owned for owned in targets if owned not in left]
     return ended, left

@@ -1,56 +1,89 @@
-"""start / stop / restart / status: the state machine and its one owner of the instance record.
+"""start / stop / restart / status: the state machine and the one owner of the instance record.
 
 stopped -> preparing_host -> launching -> loading -> ready -> stopping -> stopped,
-and failed from any step.
+and failed from any step (`state.TRANSITIONS`). Every change goes through the state
+store's locked read-modify-write, checked against the state on disk.
+
+One command at a time acts on the backend: `start`, `restart` and `stop` hold the instance
+lock (`StateStore.instance_lock`). A `stop` that finds a `start` holding it cancels that
+start (marks the record `stopping`, SIGTERM to the start, which stops its server, undoes
+its host changes and lets go) and then makes sure nothing is left. Every command first
+reconciles the record with what runs (`Lifecycle.refresh`): a load whose `start` died is
+adopted (with its time limits), a `stop` that died is finished or reported, and a server
+launched from this state dir that the record does not name is found by its marker.
 """
 
 from __future__ import annotations
 
 import contextlib
-import http.client
-import json
 import os
-import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 import psutil
 
 from llm_backend.config import ConfigSet, Profile, ResolvedProfile, load_config
 from llm_backend.engines import get_engine
 from llm_backend.engines.base import Engine, Failure
-from llm_backend.engines.base import http_get as _get
-from llm_backend.errors import BackendError, NotRunningError, StartFailed
+from llm_backend.errors import (
+    BackendError,
+    FailureClass,
+    NotRunningError,
+    StartFailed,
+)
 from llm_backend.monitor import Monitor, MonitorEvent, MonitorResult
-from llm_backend.net import can_bind
+from llm_backend.probes import health, models, spec_figures
+from llm_backend.processes import (
+    marked_processes,
+    process_matches,
+    stop_tree,
+)
 from llm_backend.runtimes import get_runtime
 from llm_backend.runtimes.base import LaunchSpec, Runtime
-from llm_backend.runtimes.native import process_matches
-from llm_backend.state import InstanceRecord, StateStore, open_log
-
-# "alive": a member that serves no API of its own and is up (a multi-node follower rank whose
-# health endpoint answers once its weights are in); it never becomes "ready".
-STATES = (
-    "stopped", "preparing_host", "launching", "loading", "ready", "alive", "stopping", "failed",
+from llm_backend.signals import Interrupted, signals_deferred, signals_raise
+from llm_backend.state import (
+    ACTIVE_STATES,
+    STARTING_STATES,
+    TRANSITIONS,
+    UP_STATES,
+    InstanceRecord,
+    State,
+    StateConflict,
+    StateStore,
+    open_log,
 )
 
-ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
-    "stopped": frozenset({"preparing_host", "launching"}),
-    "preparing_host": frozenset({"launching", "failed", "stopping"}),
-    "launching": frozenset({"loading", "failed", "stopping"}),
-    "loading": frozenset({"ready", "alive", "failed", "stopping"}),
-    "ready": frozenset({"stopping", "failed"}),
-    "alive": frozenset({"stopping", "failed"}),
-    "stopping": frozenset({"stopped", "failed"}),
-    "failed": frozenset({"stopping", "stopped", "preparing_host", "launching"}),
-}
+if TYPE_CHECKING:
+    from llm_backend.doctor import CheckResult
 
-ACTIVE_STATES = frozenset({"preparing_host", "launching", "loading", "ready", "alive"})
-UP_STATES = frozenset({"ready", "alive"})
+__all__ = [
+    "ACTIVE_STATES",
+    "TRANSITIONS",
+    "UP_STATES",
+    "HostPreparation",
+    "Interrupted",
+    "Lifecycle",
+    "OtherBackendRunning",
+    "StartCancelled",
+    "StartOptions",
+    "StartResult",
+    "State",
+    "Status",
+    "StopOutcome",
+    "describe_leave",
+    "launch_env",
+]
+
+CANCEL_WAIT_S = 120.0
+"""How long `stop` waits, beyond the grace period, for a cancelled `start` to let go (it
+stops its server and undoes its host changes: swapoff can take a while)."""
+
+DEFAULT_STOP_GRACE_S = 10.0
+UNHEALTHY = "unhealthy"
+"""`status`'s state for a server recorded ready whose health probe fails (a frozen server)."""
 
 
 class HostPreparation(Protocol):
@@ -91,17 +124,51 @@ class HostPreparation(Protocol):
 HostPrepFactory = Callable[[Profile, StateStore], HostPreparation]
 
 
-class Interrupted(BaseException):
-    """SIGTERM or SIGINT arrived while `start` was running."""
+class StartCancelled(StartFailed):
+    """`llm-backend stop` cancelled this start; its server was stopped and its host changes
+    undone (exit code 5, like any start that did not become ready)."""
 
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
+
+class OtherBackendRunning(BackendError):
+    """`start` asked for one backend while another (profile, port or runtime) runs."""
+
+
+@dataclass(frozen=True)
+class StartOptions:
+    """How a start was asked for; kept in the record so that `restart` repeats it."""
+
+    profile: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    host_prep: bool = True
+    skip_checks: tuple[str, ...] = ()
+    config_dir: str | None = None  # the directory whose llm-backend.toml was read
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "profile": self.profile,
+            "overrides": dict(self.overrides),
+            "host_prep": self.host_prep,
+            "skip_checks": list(self.skip_checks),
+            "config_dir": self.config_dir,
+        }
+
+    @classmethod
+    def from_record(cls, record: InstanceRecord) -> StartOptions:
+        data = record.options or {}
+        overrides = data.get("overrides", record.runtime_info.get("overrides")) or {}
+        return cls(
+            profile=str(data.get("profile") or record.profile),
+            overrides=dict(overrides),
+            host_prep=bool(data.get("host_prep", True)),
+            skip_checks=tuple(str(name) for name in data.get("skip_checks") or ()),
+            config_dir=data.get("config_dir"),
+        )
 
 
 @dataclass(frozen=True)
 class StartResult:
-    """What `start` did: started, already running, or (dry run) what it would do."""
+    """What `start` did: "started", "already_running" (`state` says how far it is) or
+    "dry_run" (`plan` and `checks` say what it would do)."""
 
     outcome: str  # "started" | "already_running" | "dry_run"
     profile: str
@@ -110,16 +177,41 @@ class StartResult:
     endpoint: str
     served_model_name: str
     pid: int | None = None
-    duration_s: float | None = None
+    duration_s: float | None = None  # seconds from launch to ready
     argv: list[str] = field(default_factory=list)
     plan: list[str] = field(default_factory=list)
     host_restored: list[str] = field(default_factory=list)
-    state: str = "ready"
+    state: str = State.READY
+    checks: tuple[CheckResult, ...] = ()
+
+    @classmethod
+    def of(cls, outcome: str, source: Profile | InstanceRecord, **fields: Any) -> StartResult:
+        """The one place a StartResult is made, from the profile or from the record."""
+        if isinstance(source, InstanceRecord):
+            names = {
+                "profile": source.profile,
+                "engine": source.engine,
+                "runtime": source.runtime,
+                "endpoint": source.endpoint,
+                "served_model_name": source.served_model_name,
+                "pid": source.pid,
+            }
+        else:
+            names = {
+                "profile": source.name,
+                "engine": source.engine,
+                "runtime": source.runtime,
+                "endpoint": source.endpoint,
+                "served_model_name": source.model_name,
+            }
+        return cls(outcome=outcome, **{**names, **fields})
 
 
 @dataclass(frozen=True)
 class StopOutcome:
-    """What `stop` did."""
+    """What `stop` did: whether anything ran, whether SIGKILL was needed, how long it took
+    (seconds), and what it found besides the record (processes launched from this state
+    dir that no record named)."""
 
     was_running: bool
     profile: str | None
@@ -127,12 +219,18 @@ class StopOutcome:
     duration_s: float
     leftovers: list[str] = field(default_factory=list)
     host_restored: list[str] = field(default_factory=list)
+    unrecorded: list[str] = field(default_factory=list)
+    cancelled_start: bool = False
     router: dict[str, Any] | None = None  # left the router: removed, drained, waited_s
 
 
 @dataclass(frozen=True)
 class Status:
-    """The backend as seen now; `status --json` renders exactly these fields."""
+    """The backend as seen now; `status --json` renders exactly these fields (docs/cli.md).
+
+    `state` is the record's state, except "unhealthy" for a server recorded ready whose
+    health probe does not answer 200 (within 2 s): not ready.
+    """
 
     state: str
     profile: str | None = None
@@ -154,39 +252,18 @@ class Status:
 
     def to_json(self) -> dict[str, Any]:
         data = {key: getattr(self, key) for key in self.__dataclass_fields__ if key != "extra"}
+        data["state"] = str(self.state)
         data.update(self.extra)
         return data
 
 
-def port_holder(host: str, port: int) -> str | None:
-    """Who listens on host:port (pid and name when the OS tells us), or None if it is free."""
-    if can_bind(host, port):
-        return None
-    with contextlib.suppress(psutil.AccessDenied, OSError):
-        for connection in psutil.net_connections(kind="inet"):
-            if (
-                connection.status == psutil.CONN_LISTEN
-                and connection.laddr
-                and connection.laddr.port == port
-            ):
-                if connection.pid:
-                    try:
-                        name = psutil.Process(connection.pid).name()
-                    except psutil.NoSuchProcess:
-                        name = "?"
-                    return f"pid {connection.pid} ({name})"
-                return "another process"
-    return "another process"
+def _failure(failure_class: FailureClass, message: str, remedy: str) -> dict[str, Any]:
+    return Failure(failure_class, message, remedy).to_json()
 
 
-def check_port_free(host: str, port: int) -> None:
-    holder = port_holder(host, port)
-    if holder is not None:
-        raise BackendError(
-            f"port {port} on {host} is already in use by {holder}",
-            remedy=f"stop {holder}, or start on another port: llm-backend start --port {port + 1}",
-            failure_class="port_in_use",
-        )
+def _me() -> tuple[int, float]:
+    me = psutil.Process()
+    return me.pid, me.create_time()
 
 
 class Lifecycle:
@@ -197,11 +274,13 @@ class Lifecycle:
         *,
         store: StateStore | None = None,
         config: ConfigSet | None = None,
+        config_dir: Path | None = None,
         host_prep_factory: HostPrepFactory | None = None,
         host_status: Callable[[StateStore], dict[str, Any] | None] | None = None,
     ) -> None:
         self.store = store or StateStore()
         self._config = config
+        self.config_dir = (config_dir or Path.cwd()).resolve()
         self.host_prep_factory = host_prep_factory
         self.host_status = host_status
         self._runtimes: dict[str, Runtime] = {}
@@ -209,7 +288,7 @@ class Lifecycle:
     @property
     def config(self) -> ConfigSet:
         if self._config is None:
-            self._config = load_config()
+            self._config = load_config(self.config_dir)
         return self._config
 
     def runtime(self, name: str) -> Runtime:
@@ -218,20 +297,8 @@ class Lifecycle:
         return self._runtimes[name]
 
     def resolve(self, name: str, overrides: dict[str, Any] | None = None) -> ResolvedProfile:
+        """The profile `name` with `overrides`, from this lifecycle's config (ConfigError)."""
         return self.config.resolve(name, overrides)
-
-    # --- the state machine -------------------------------------------------------------
-
-    def transition(self, record: InstanceRecord, state: str, **changes: Any) -> InstanceRecord:
-        """Move the record to `state` if the table allows it, and persist it."""
-        if state not in ALLOWED_TRANSITIONS.get(record.state, frozenset()):
-            raise BackendError(
-                f"internal: transition {record.state} -> {state} is not allowed",
-                remedy="report this as a bug, with `llm-backend status --json`",
-            )
-        updated = record.evolve(state=state, **changes)
-        self.store.save_instance(updated)
-        return updated
 
     # --- start -------------------------------------------------------------------------
 
@@ -242,83 +309,173 @@ class Lifecycle:
         overrides: dict[str, Any] | None = None,
         dry_run: bool = False,
         host_prep: bool = True,
+        skip_checks: Collection[str] = (),
         on_event: Callable[[MonitorEvent], None] = lambda event: None,
         on_notice: Callable[[str], None] = lambda text: None,
         ensure_binary: Callable[[Profile], None] | None = None,
     ) -> StartResult:
-        resolved = self.resolve(profile_name, overrides)
-        profile = resolved.profile
+        """Start profile `profile_name` (with `overrides`) and wait until it is ready.
+
+        Order: resolve the profile; take the instance lock; if this backend already runs,
+        say so (outcome "already_running"; a load whose `start` died is watched to its end
+        here); preflight - the `doctor` checks (`skip_checks` names those whose failure is
+        ignored, as does LLM_BACKEND_SKIP_CHECKS), the engine's and runtime's checks - with
+        nothing on the host changed until all passed; host preparation (when `host_prep` and
+        the profile enables it); launch; watch log phases and health until ready, exit,
+        stall (`stall_timeout_s` without progress) or `load_timeout_s`; restore the host
+        steps that were only for the load. `on_event` gets every monitor event, `on_notice`
+        each preflight warning line. A dry run changes nothing and returns the plan and the
+        check results.
+
+        Raises ConfigError (exit 2: unknown profile or bad value), AlreadyStartingError
+        (exit 4: another start, restart or stop holds the lock), OtherBackendRunning (exit 1:
+        a different profile, port or runtime runs), BackendError for a failed preflight
+        check, HostPrepError (exit 6), StartFailed (exit 5: the server did not become ready;
+        `failure_class`, exit code and log tail in `details`), StartCancelled (exit 5:
+        `llm-backend stop` cancelled it), Interrupted (SIGTERM, SIGHUP or SIGINT: the server
+        was stopped and host changes undone).
+        """
+        options = StartOptions(
+            profile=profile_name,
+            overrides=dict(overrides or {}),
+            host_prep=host_prep,
+            skip_checks=tuple(skip_checks),
+            config_dir=str(self.config_dir),
+        )
+        if dry_run:
+            return self._dry_run(options)
+        self.resolve(options.profile, options.overrides)  # exit 2 before taking the lock
+        with self.store.start_lock("start"), signals_raise():
+            try:
+                return self._start_locked(
+                    options, on_event=on_event, on_notice=on_notice, ensure_binary=ensure_binary
+                )
+            except Interrupted as interrupt:
+                self._raise_if_cancelled(options.profile, interrupt)
+                raise
+
+    def _skip(self, options: StartOptions) -> frozenset[str]:
+        from llm_backend.doctor import validate_skip
+
+        return validate_skip([*options.skip_checks, os.environ.get("LLM_BACKEND_SKIP_CHECKS", "")])
+
+    def _preparation(self, profile: Profile, options: StartOptions) -> HostPreparation | None:
+        if options.host_prep and profile.host_prep.enabled and self.host_prep_factory:
+            return self.host_prep_factory(profile, self.store)
+        return None
+
+    def _dry_run(self, options: StartOptions) -> StartResult:
+        from llm_backend.doctor import run_checks
+
+        profile = self.resolve(options.profile, options.overrides).profile
         engine = get_engine(profile.engine)
         runtime = self.runtime(profile.runtime)
         for_container = runtime.in_container
-        preparation = (
-            self.host_prep_factory(profile, self.store)
-            if host_prep and profile.host_prep.enabled and self.host_prep_factory
-            else None
+        report = run_checks(profile, host_prep=options.host_prep, skip=self._skip(options),
+                            probe_binaries=False)
+        engine.check_profile(profile=profile, for_container=for_container)
+        flag_note = check_engine_flags(profile, engine, for_container=for_container)
+        argv = engine.build_argv(profile=profile, for_container=for_container)
+        plan = [f"launch ({profile.runtime}): {line}"
+                for line in runtime.describe(profile=profile, argv=argv)]
+        if flag_note:
+            plan.insert(0, flag_note)
+        if profile.client_endpoint != profile.endpoint:
+            plan.append(
+                f"health polled at {profile.client_endpoint}{engine.health_path} "
+                f"(the server binds {profile.host})"
+            )
+        preparation = self._preparation(profile, options)
+        host_plan = preparation.plan() if preparation else []
+        return StartResult.of(
+            "dry_run", profile, argv=argv, plan=[*host_plan, *plan], state=State.STOPPED,
+            checks=report.checks,
         )
-        if dry_run:
-            engine.check_profile(profile=profile, for_container=for_container)
-            flag_note = check_engine_flags(profile, engine, for_container=for_container)
-            argv = engine.build_argv(profile=profile, for_container=for_container)
-            plan = [f"launch ({profile.runtime}): {line}" for line in runtime.describe(
-                profile=profile, argv=argv)]
-            if flag_note:
-                plan.insert(0, flag_note)
-            if profile.client_endpoint != profile.endpoint:
-                plan.append(
-                    f"health polled at {profile.client_endpoint}{engine.health_path} "
-                    f"(the server binds {profile.host})"
-                )
-            host_plan = preparation.plan() if preparation else []
-            return StartResult(
-                outcome="dry_run",
-                profile=profile.name,
-                engine=profile.engine,
-                runtime=profile.runtime,
-                endpoint=profile.endpoint,
-                served_model_name=profile.model_name,
-                argv=argv,
-                plan=[*host_plan, *plan],
-                state="stopped",
+
+    def _preflight(self, profile: Profile, options: StartOptions,
+                   on_notice: Callable[[str], None]) -> None:
+        """The `doctor` checks for this profile; a failure raises before the host changes."""
+        from llm_backend.doctor import preflight
+
+        report = preflight(profile, host_prep=options.host_prep, skip=self._skip(options))
+        needs_gpu = get_engine(profile.engine).profile_needs_gpu(profile=profile)
+        for check in report.warnings:
+            if check.name == "gpu" and not needs_gpu:
+                continue  # a CPU profile does not care
+            on_notice(f"warning: {check.name}: {check.summary}")
+            if check.fix:
+                on_notice(f"  fix: {check.fix}")
+        if any(check.name == "port" and check.status == "skipped" for check in report.checks):
+            self._port_guard(profile)
+
+    @staticmethod
+    def _port_guard(profile: Profile) -> None:
+        """Never launch onto a taken port, even with `--skip-checks port` (the server would
+        only fail to bind): the doctor's port check, enforced."""
+        from llm_backend.doctor import Context, check_port
+
+        result = check_port(Context(profile, host_prep=False, probe_binaries=False))
+        if result.status == "fail":
+            raise BackendError(
+                result.summary, remedy=result.fix or "llm-backend doctor",
+                failure_class=FailureClass.PORT_IN_USE,
             )
 
-        with self.store.start_lock():
-            current = self.refresh()
-            if current is not None and current.state in ACTIVE_STATES:
-                return StartResult(
-                    outcome="already_running",
-                    profile=current.profile,
-                    engine=current.engine,
-                    runtime=current.runtime,
-                    endpoint=current.endpoint,
-                    served_model_name=current.served_model_name,
-                    pid=current.pid,
-                    state=current.state,
-                )
-            # Preflight: nothing on the host changes until every check passed.
-            if ensure_binary is not None and not for_container:
-                ensure_binary(profile)
-            engine.check_profile(profile=profile, for_container=for_container)
-            flag_note = check_engine_flags(profile, engine, for_container=for_container)
-            if flag_note:
-                on_notice(flag_note)
-            runtime.check(profile=profile)
-            if not runtime.will_adopt(profile=profile):  # an adopted server holds the port
-                check_port_free(profile.host, profile.port)
-            if preparation:
-                preparation.check()
-            argv = engine.build_argv(profile=profile, for_container=for_container)
-            env = launch_env(profile, engine)  # a missing fast interface fails here
-            return self._launch_and_watch(
-                profile=profile,
-                engine=engine,
-                runtime=runtime,
-                argv=argv,
-                env=env,
-                overrides=overrides or {},
-                preparation=preparation,
-                on_event=on_event,
-                on_notice=on_notice,
+    def _start_locked(
+        self,
+        options: StartOptions,
+        *,
+        on_event: Callable[[MonitorEvent], None],
+        on_notice: Callable[[str], None],
+        ensure_binary: Callable[[Profile], None] | None,
+        config: ConfigSet | None = None,
+    ) -> StartResult:
+        profile = (config or self.config).resolve(options.profile, options.overrides).profile
+        current = self.refresh()
+        if current is not None and current.state in ACTIVE_STATES:
+            self._check_same_backend(current, profile)
+            if current.state in STARTING_STATES and not _owner_alive(current):
+                current = self._adopt_and_watch(current, on_event=on_event)
+            return StartResult.of("already_running", current, state=current.state)
+        self._preflight(profile, options, on_notice)
+        engine = get_engine(profile.engine)
+        runtime = self.runtime(profile.runtime)
+        for_container = runtime.in_container
+        if ensure_binary is not None and not for_container:
+            ensure_binary(profile)
+        engine.check_profile(profile=profile, for_container=for_container)
+        flag_note = check_engine_flags(profile, engine, for_container=for_container)
+        if flag_note:
+            on_notice(flag_note)
+        runtime.check(profile=profile)
+        preparation = self._preparation(profile, options)
+        if preparation:
+            preparation.check()
+        argv = engine.build_argv(profile=profile, for_container=for_container)
+        env = launch_env(profile, engine)  # a missing fast interface fails here
+        return self._launch_and_watch(
+            profile=profile,
+            engine=engine,
+            runtime=runtime,
+            argv=argv,
+            env=env,
+            options=options,
+            preparation=preparation,
+            on_event=on_event,
+            on_notice=on_notice,
+        )
+
+    @staticmethod
+    def _check_same_backend(current: InstanceRecord, profile: Profile) -> None:
+        wanted = (profile.name, profile.runtime, profile.host, profile.port)
+        running = (current.profile, current.runtime, current.host, current.port)
+        if wanted != running:
+            raise OtherBackendRunning(
+                f"another backend is {current.state}: {current.profile} ({current.engine}, "
+                f"{current.runtime}) at {current.endpoint}; you asked for {profile.name} "
+                f"({profile.engine}, {profile.runtime}) at {profile.endpoint}",
+                remedy="llm-backend stop, then start again (or use a state dir of its own: "
+                "LLM_BACKEND_STATE_DIR)",
             )
 
     def _launch_and_watch(
@@ -329,100 +486,100 @@ class Lifecycle:
         runtime: Runtime,
         argv: list[str],
         env: dict[str, str],
-        overrides: dict[str, Any],
+        options: StartOptions,
         preparation: HostPreparation | None,
         on_event: Callable[[MonitorEvent], None],
         on_notice: Callable[[str], None],
     ) -> StartResult:
+        from llm_backend.host.journal import fault_point
+
         log_path = self.store.logs_dir() / f"{profile.name}.log"
         os.close(open_log(log_path, truncate=True))  # never through a symlink
-        me = psutil.Process()
+        owner_pid, owner_create_time = _me()
         record = InstanceRecord(
             profile=profile.name,
             engine=profile.engine,
             runtime=profile.runtime,
-            state="stopped",
+            state=State.PREPARING_HOST if preparation else State.LAUNCHING,
             host=profile.host,
             port=profile.port,
             served_model_name=profile.model_name,
             argv=argv,
             log_path=str(log_path),
             created_at=time.time(),
-            owner_pid=me.pid,
-            owner_create_time=me.create_time(),
-            runtime_info={"overrides": overrides},
+            owner_pid=owner_pid,
+            owner_create_time=owner_create_time,
+            runtime_info={"overrides": dict(options.overrides)},  # read by bench --ab
+            options=options.to_json(),
+            load_timeout_s=profile.load_timeout_s,
+            stall_timeout_s=profile.stall_timeout_s,
+            stop_grace_s=profile.stop_grace_s,
         )
         restored: list[str] = []
-        with _signals_raise():
-            try:
-                if preparation:
-                    record = self.transition(record, "preparing_host")
-                    preparation.apply()
-                record = self.transition(record, "launching")
-                # Signals wait until the record names what was launched, so an interrupt
-                # can always find the server to stop.
-                with _signals_deferred():
-                    launched = runtime.launch(
-                        spec=LaunchSpec(
-                            profile=profile,
-                            argv=argv,
-                            env=env,
-                            log_path=log_path,
-                            health_path=engine.health_path,
-                            state_dir=self.store.root,
-                        )
-                    )
-                    record = record.evolve(
-                        pid=launched.pid,
-                        pid_create_time=launched.pid_create_time,
-                        runtime_info={**record.runtime_info, **launched.runtime_info},
-                    )
-                    record = self.transition(record, "loading")
-                monitor = Monitor(
-                    engine=engine,
-                    base_url=profile.client_endpoint,
-                    log_path=log_path,
-                    is_alive=lambda: runtime.is_alive(record=record),
-                    exit_code=lambda: runtime.exit_code(record=record),
-                    load_timeout_s=profile.load_timeout_s,
-                    stall_timeout_s=profile.stall_timeout_s,
-                    expected_total_s=self.store.last_start_duration(profile.name)
-                    or profile.expected_load_s,
-                    on_event=_phase_recorder(self, on_event),
-                    checks=[preparation.guard] if preparation else [],
-                    download_paths=_download_paths(engine, profile, runtime),
-                )
-                result = monitor.run()
-            except BaseException as error:
-                self._abort(record, runtime, profile, preparation, error)
-                raise
-            if not result.ready:
-                self._fail(record, runtime, profile, result, preparation)
+        try:
+            record = self.store.begin(record)
             if preparation:
-                restored = preparation.restore()
-            role = engine.health_role(profile=profile)
-            record = self.transition(
-                self.store.load_instance() or record,
+                preparation.apply()
+                record = self.store.transition(
+                    record, State.LAUNCHING, expect={State.PREPARING_HOST}
+                )
+            # Signals wait until the record names what was launched, so an interrupt
+            # can always find the server to stop.
+            with signals_deferred():
+                launched = runtime.launch(
+                    spec=LaunchSpec(
+                        profile=profile,
+                        argv=argv,
+                        env=env,
+                        log_path=log_path,
+                        health_path=engine.health_path,
+                        state_dir=self.store.root,
+                    )
+                )
+                record = record.evolve(
+                    pid=launched.pid,
+                    pid_create_time=launched.pid_create_time,
+                    runtime_info={**record.runtime_info, **launched.runtime_info},
+                    launched_at=time.time(),
+                )
+                fault_point("launch.done")  # a test kills `start` here, before the record
+                record = self.store.transition(
+                    record,
+                    State.LOADING,
+                    expect={State.LAUNCHING},
+                    pid=record.pid,
+                    pid_create_time=record.pid_create_time,
+                    runtime_info=record.runtime_info,
+                    launched_at=record.launched_at,
+                )
+            result = self._monitor(
+                record, engine, runtime, on_event, preparation, profile=profile
+            ).run()
+        except BaseException as error:
+            self._abort(record, runtime, profile, preparation, error)
+        if not result.ready:
+            self._fail(record, runtime, profile, result, preparation)
+        if preparation:
+            restored = preparation.restore()
+        role = State(engine.health_role(profile=profile))
+        try:
+            record = self.store.transition(
+                record,
                 role,
+                expect={State.LOADING},
                 ready_at=time.time(),
                 start_duration_s=round(result.duration_s, 3),
-                phase=role,
+                phase=str(role),
             )
-            self.store.record_start(profile.name, result.duration_s, result.phase_offsets)
-            if profile.router_url and role == "ready":
-                record = self._join_router(record, profile, on_notice)
-        return StartResult(
-            outcome="started",
-            profile=profile.name,
-            engine=profile.engine,
-            runtime=profile.runtime,
-            endpoint=profile.endpoint,
-            served_model_name=profile.model_name,
-            pid=record.pid,
-            duration_s=result.duration_s,
-            argv=argv,
-            host_restored=restored,
-            state=record.state,
+        except StateConflict:
+            # `stop` marked it stopping just as it became ready: it is cancelled.
+            self._finish_cancelled(record, runtime, profile, None)
+        self.store.record_start(profile.name, result.duration_s, result.phase_offsets)
+        if profile.router_url and role == State.READY:
+            record = self._join_router(record, profile, on_notice)
+        return StartResult.of(
+            "started", profile, pid=record.pid, duration_s=result.duration_s, argv=argv,
+            host_restored=restored, state=record.state,
         )
 
     def _join_router(
@@ -437,11 +594,11 @@ class Lifecycle:
             on_notice(f"not registered with the router: {error.message} ({error.remedy})")
             return record
         on_notice(f"registered {membership.worker_url} with the router at {membership.router_url}")
-        updated = record.evolve(
-            runtime_info={**record.runtime_info, "router": membership.to_json()}
+        updated = self.store.update(
+            record, states=UP_STATES,
+            runtime_info={**record.runtime_info, "router": membership.to_json()},
         )
-        self.store.save_instance(updated)
-        return updated
+        return updated or record
 
     def _leave_router(self, record: InstanceRecord, drain_timeout_s: float) -> dict[str, Any]:
         """Deregister and wait for in-flight requests to finish, before the server stops."""
@@ -473,34 +630,118 @@ class Lifecycle:
             "note": result.note,
         }
 
+    def _monitor(
+        self,
+        record: InstanceRecord,
+        engine: Engine,
+        runtime: Runtime,
+        on_event: Callable[[MonitorEvent], None],
+        preparation: HostPreparation | None = None,
+        *,
+        log_offset: int = 0,
+        profile: Profile | None = None,
+    ) -> Monitor:
+        """The watch over one load, with the limits the record carries; for an adopted
+        load the overall limit counts from its launch."""
+        launched_at = record.launched_at or time.time()
+        load_timeout_s = record.load_timeout_s or 600.0
+        return Monitor(
+            engine=engine,
+            base_url=record.client_endpoint,
+            log_path=Path(record.log_path),
+            is_alive=lambda: runtime.is_alive(record=record),
+            exit_code=lambda: runtime.exit_code(record=record),
+            load_timeout_s=max(0.0, launched_at + load_timeout_s - time.time()),
+            stall_timeout_s=record.stall_timeout_s or 120.0,
+            log_offset=log_offset,
+            expected_total_s=self.store.last_start_duration(record.profile),
+            on_event=_phase_recorder(self.store, record, on_event),
+            checks=[_stop_requested_check(self.store, record),
+                    *([preparation.guard] if preparation else [])],
+            download_paths=_download_paths(engine, profile, runtime) if profile else [],
+        )
+
+    def _adopt_and_watch(
+        self, record: InstanceRecord, *, on_event: Callable[[MonitorEvent], None]
+    ) -> InstanceRecord:
+        """A load whose `start` died: become its watcher, under the limits it was started
+        with, until it is ready or failed (then StartFailed, as for our own load)."""
+        owner_pid, owner_create_time = _me()
+        adopted = self.store.update(record, states=STARTING_STATES, owner_pid=owner_pid,
+                                    owner_create_time=owner_create_time)
+        if adopted is None or adopted.state != State.LOADING:
+            return self.store.load_instance() or record
+        runtime = self.runtime(adopted.runtime)
+        engine = get_engine(adopted.engine)
+        size = Path(adopted.log_path).stat().st_size if Path(adopted.log_path).exists() else 0
+        try:
+            result = self._monitor(adopted, engine, runtime, on_event, log_offset=size).run()
+        except BaseException as error:
+            self._abort(adopted, runtime, None, None, error)
+        if not result.ready:
+            self._fail(adopted, runtime, None, result, None)
+        role = self._role(adopted, engine)
+        return self.store.transition(adopted, role, expect={State.LOADING},
+                                     ready_at=time.time(), phase=str(role))
+
+    def _role(self, record: InstanceRecord, engine: Engine) -> State:
+        """READY, or ALIVE for a member that serves no API (the engine says which)."""
+        try:
+            return State(engine.health_role(profile=self.resolve(record.profile).profile))
+        except BackendError:
+            return State.READY
+
+    def _stop_requested(self) -> bool:
+        request = self.store.stop_request()
+        return request is not None and process_matches(*request) is not None
+
+    def _raise_if_cancelled(self, profile_name: str, interrupt: Interrupted) -> None:
+        if self._stop_requested():
+            raise _cancelled(profile_name) from interrupt
+
+    def _finish_cancelled(
+        self, record: InstanceRecord, runtime: Runtime, profile: Profile | None,
+        preparation: HostPreparation | None,
+    ) -> None:
+        """`stop` marked the record stopping while we loaded: stop the server, undo the host
+        changes, finish the stop (the record goes) and say so, the same way every time."""
+        with signals_deferred(raise_after=False):
+            stop = runtime.stop(record=record, grace_s=_grace(record, profile))
+            if preparation:
+                preparation.restore()
+            if not stop.leftovers:
+                with contextlib.suppress(StateConflict):
+                    self.store.transition(record, State.STOPPED)
+        raise _cancelled(record.profile, leftovers=stop.leftovers, log_path=record.log_path)
+
     def _fail(
         self,
         record: InstanceRecord,
         runtime: Runtime,
-        profile: Profile,
+        profile: Profile | None,
         result: MonitorResult,
         preparation: HostPreparation | None,
     ) -> None:
         """Stop the server, undo the host changes, record the failure and raise it."""
-        failure = result.failure or Failure("exited", "the server did not become ready", "")
-        latest = self.store.load_instance() or record
-        if latest.state in ("stopping", "stopped"):
-            failure = Failure(
-                "exited", "the server was stopped by `llm-backend stop` while loading", "",
-            )
-        stop = runtime.stop(record=latest, grace_s=profile.stop_grace_s)
+        latest = self.store.load_instance()
+        if latest is None or not record.same_instance(latest) or latest.state == State.STOPPING:
+            self._finish_cancelled(record, runtime, profile, preparation)
+        failure = result.failure or Failure(
+            FailureClass.EXITED, "the server did not become ready", ""
+        )
+        stop = runtime.stop(record=record, grace_s=_grace(record, profile))
         if preparation:
             preparation.restore()
-        if latest.state not in ("stopped",):
-            with contextlib.suppress(BackendError):
-                self.transition(
-                    latest,
-                    "failed",
-                    failure=failure.to_json(),
-                    exit_code=result.exit_code,
-                )
+        try:
+            self.store.transition(
+                record, State.FAILED, expect=STARTING_STATES, failure=failure.to_json(),
+                exit_code=result.exit_code,
+            )
+        except StateConflict as conflict:
+            if conflict.current is not None and conflict.current.state == State.STOPPING:
+                self._finish_cancelled(record, runtime, profile, None)
         raise StartFailed(
-            f"{profile.name} did not become ready: {failure.message}",
+            f"{record.profile} did not become ready: {failure.message}",
             remedy=failure.remedy or "read `llm-backend logs -n 200`",
             failure_class=failure.failure_class,
             details={
@@ -516,77 +757,192 @@ class Lifecycle:
         self,
         record: InstanceRecord,
         runtime: Runtime,
-        profile: Profile,
+        profile: Profile | None,
         preparation: HostPreparation | None,
         error: BaseException,
-    ) -> None:
-        """Interrupted or errored mid-start: stop what started and undo the host changes."""
-        with contextlib.suppress(Exception):
-            if record.pid is not None or record.runtime_info.get("container"):
-                runtime.stop(record=record, grace_s=min(profile.stop_grace_s, 10))
-        if preparation:
+    ) -> NoReturn:
+        """Interrupted or errored mid-start: stop what started and undo the host changes.
+        When `stop` asked for it (the record on disk is `stopping`), finish that stop and
+        raise StartCancelled; otherwise record the failure and raise `error` again."""
+        with signals_deferred(raise_after=False):
+            latest = self.store.load_instance()
+            cancelled = isinstance(error, StartCancelled) or (
+                latest is not None and record.same_instance(latest)
+                and latest.state == State.STOPPING
+            ) or (latest is None and self._stop_requested())
             with contextlib.suppress(Exception):
-                preparation.restore()
-        reason = (
-            f"interrupted by {error}" if isinstance(error, Interrupted | KeyboardInterrupt)
-            else str(error)
-        )
-        with contextlib.suppress(Exception):
-            self.store.save_instance(
-                record.evolve(
-                    state="failed",
-                    failure=Failure("exited", f"start aborted: {reason}", "").to_json(),
-                )
+                if record.pid is not None or record.runtime_info.get("container"):
+                    grace = _grace(record, profile)
+                    runtime.stop(record=record, grace_s=grace if cancelled else min(grace, 10))
+            if preparation:
+                with contextlib.suppress(Exception):
+                    preparation.restore()
+            if cancelled:
+                with contextlib.suppress(Exception):
+                    self.store.transition(record, State.STOPPED)
+                raise _cancelled(record.profile) from None
+            reason = (
+                f"interrupted by {error}" if isinstance(error, Interrupted | KeyboardInterrupt)
+                else str(error)
             )
+            try:
+                self.store.transition(
+                    record, State.FAILED, expect=STARTING_STATES,
+                    failure=_failure(FailureClass.EXITED, f"start aborted: {reason}", ""),
+                )
+            except StateConflict as conflict:
+                current = conflict.current
+                if current is not None and current.state == State.STOPPING:
+                    with contextlib.suppress(Exception):
+                        self.store.transition(record, State.STOPPED)
+                    # `stop` came in between: it is a cancellation after all
+                    raise _cancelled(record.profile) from None
+            except Exception:
+                pass
+        raise error
 
     # --- status ------------------------------------------------------------------------
 
     def refresh(self) -> InstanceRecord | None:
-        """The record, brought up to date: adopt a server whose `start` died, notice exits."""
+        """The record, reconciled with what runs: a load whose `start` died is adopted
+        (ready once healthy; failed when its server is gone or its limits passed); a server
+        whose `start` died between launch and record is found by its marker; a `stop` that
+        died is finished (server gone) or reported (failed, server still up)."""
         record = self.store.load_instance()
-        if record is None or record.state not in ACTIVE_STATES:
+        if record is None or record.state in (State.STOPPED, State.FAILED):
             return record
+        if _owner_alive(record) and record.state not in UP_STATES:
+            return record  # its start or stop is at work
         runtime = self.runtime(record.runtime)
+        if record.state == State.LAUNCHING and record.pid is None:
+            record = self._find_launched(record)
         alive = runtime.is_alive(record=record)
-        owner_alive = process_matches(record.owner_pid, record.owner_create_time) is not None
-        if record.state in UP_STATES and not alive:
-            return self.transition(
-                record,
-                "failed",
-                failure=Failure(
-                    "exited",
-                    "the server exited after it was ready",
-                    "read `llm-backend logs`, then `llm-backend start`",
-                ).to_json(),
-            )
-        if record.state in ("preparing_host", "launching", "loading") and not owner_alive:
-            # Its `start` is gone (killed): nobody else watches this load, so we adopt it.
+        try:
+            if record.state in UP_STATES:
+                if not alive:
+                    return self.store.transition(
+                        record, State.FAILED,
+                        failure=_failure(FailureClass.EXITED,
+                                         "the server exited after it was ready",
+                                         "read `llm-backend logs`, then `llm-backend start`"),
+                    )
+                return record
+            if record.state == State.STOPPING:
+                if alive or self._unrecorded(record):
+                    return self.store.transition(
+                        record, State.FAILED,
+                        failure=_failure(FailureClass.EXITED,
+                                         "a `stop` was interrupted and the server still runs",
+                                         "llm-backend stop"),
+                    )
+                self.store.transition(record, State.STOPPED)
+                return None
+            # preparing_host, launching or loading, and its start is gone
             if not alive:
-                return self.transition(
-                    record,
-                    "failed",
-                    failure=Failure(
-                        "exited",
-                        "the server is gone and the `start` that launched it was killed",
-                        "llm-backend start",
-                    ).to_json(),
+                return self.store.transition(
+                    record, State.FAILED,
+                    failure=_failure(
+                        FailureClass.EXITED,
+                        f"the `start` was killed while {record.state.replace('_', ' ')} and "
+                        "no server of it runs",
+                        "llm-backend recover (undoes host changes), then llm-backend start",
+                    ),
                 )
-            engine = get_engine(record.engine)
-            if record.state == "loading" and _health(record.client_endpoint, engine)[0] == 200:
-                role = self._role(record, engine)
-                return self.transition(record, role, ready_at=time.time(), phase=role)
+            if record.state == State.LOADING:
+                return self._check_adopted_load(record, runtime)
+        except StateConflict:
+            return self.store.load_instance()
         return record
 
-    def _role(self, record: InstanceRecord, engine: Engine) -> str:
+    def _find_launched(self, record: InstanceRecord) -> InstanceRecord:
+        """A `start` died between launch and record: name its server from the marker."""
+        found = [process for process in marked_processes(self.store.root)
+                 if process.pid == _session_of(process)]
+        if not found:
+            return record
+        leader = min(found, key=lambda process: process.create_time())
         try:
-            return engine.health_role(profile=self.resolve(record.profile).profile)
-        except BackendError:
-            return "ready"
+            return self.store.transition(
+                record, State.LOADING, pid=leader.pid, pid_create_time=leader.create_time(),
+                runtime_info={**record.runtime_info, "pgid": leader.pid},
+                launched_at=record.launched_at or leader.create_time(),
+            )
+        except (StateConflict, psutil.Error):
+            return record
+
+    def _check_adopted_load(self, record: InstanceRecord, runtime: Runtime) -> InstanceRecord:
+        """An orphaned load: ready when healthy; stopped and failed when it stalled (no log
+        output for `stall_timeout_s`) or ran past `load_timeout_s` since launch."""
+        engine = get_engine(record.engine)
+        if health(record.client_endpoint, engine)[0] == 200:
+            role = self._role(record, engine)
+            return self.store.transition(record, role, ready_at=time.time(), phase=str(role))
+        now = time.time()
+        launched_at = record.launched_at or record.created_at
+        try:
+            last_output = Path(record.log_path).stat().st_mtime
+        except OSError:
+            last_output = launched_at
+        last_progress = max(last_output, launched_at)
+        failure: dict[str, Any] | None = None
+        if record.load_timeout_s is not None and now - launched_at > record.load_timeout_s:
+            failure = _failure(
+                FailureClass.TIMEOUT,
+                f"not ready after {record.load_timeout_s:.0f} s (its `start` was gone; "
+                f"last phase: {record.phase or 'none'})",
+                "raise `load_timeout_s` in the profile or pass --timeout S",
+            )
+        elif record.stall_timeout_s is not None and now - last_progress > record.stall_timeout_s:
+            failure = _failure(
+                FailureClass.STALLED,
+                f"no progress for {record.stall_timeout_s:.0f} s (its `start` was gone; "
+                f"last phase: {record.phase or 'none'})",
+                "raise `stall_timeout_s` in the profile if this load is just slow, "
+                "or read `llm-backend logs`",
+            )
+        if failure is None:
+            return record
+        lock = self.store.instance_lock
+        held_here = lock.held  # by this start, restart or stop
+        if not held_here and not lock.acquire(blocking=False, holder="status"):
+            return record  # a start or stop is about to deal with it
+        try:
+            runtime.stop(record=record, grace_s=_grace(record, None))
+            return self.store.transition(record, State.FAILED, failure=failure)
+        finally:
+            if not held_here:
+                lock.release()
+
+    def _unrecorded(self, record: InstanceRecord | None) -> list[psutil.Process]:
+        """Processes launched from this state dir that the record does not name as running."""
+        if record is not None and record.state in ACTIVE_STATES and _owner_alive(record):
+            return []
+        found = marked_processes(self.store.root)
+        if record is not None and record.state in ACTIVE_STATES and record.pid is not None:
+            found = [process for process in found if _session_of(process) != record.pid]
+        return found
 
     def status(self) -> Status:
+        """The backend as seen now (the record reconciled with what runs, `refresh`), with
+        health (HTTP status, ms), models, uptime (s) and speculative figures when it
+        answers. Never raises for a missing or stopped backend: state "stopped". A server
+        recorded ready that does not answer its health probe is "unhealthy"; processes
+        launched from this state dir that no record names make the state "failed"."""
         record = self.refresh()
         if record is None:
-            return Status(state="stopped", host_prep=self._host_prep_status())
+            orphans = self._unrecorded(None)
+            if orphans:
+                return Status(
+                    state=State.FAILED,
+                    failure=_failure(
+                        FailureClass.EXITED,
+                        "processes launched from this state dir run without a record: "
+                        + ", ".join(f"pid {p.pid}" for p in orphans),
+                        "llm-backend stop",
+                    ),
+                    host_prep=self._host_prep_status(),
+                )
+            return Status(state=State.STOPPED, host_prep=self._host_prep_status())
         base = Status(
             state=record.state,
             profile=record.profile,
@@ -606,17 +962,20 @@ class Lifecycle:
         if record.state not in ACTIVE_STATES:
             return base
         engine = get_engine(record.engine)
-        health_status, health_ms = _health(record.client_endpoint, engine)
-        models = _models(record.client_endpoint, engine) if health_status == 200 else []
+        health_status, health_ms = health(record.client_endpoint, engine)
+        healthy = health_status == 200
         uptime = time.time() - record.ready_at if record.ready_at else None
         return Status(
             **{
                 **base.__dict__,
+                "state": UNHEALTHY if record.state in UP_STATES and not healthy
+                else record.state,
                 "uptime_s": round(uptime, 1) if uptime is not None else None,
                 "health_ms": health_ms,
                 "health_status": health_status,
-                "models": models,
-                "spec": _spec(record, engine) if health_status == 200 else None,
+                "models": models(record.client_endpoint, engine) if healthy else [],
+                "spec": spec_figures(record.client_endpoint, record.log_path, engine)
+                if healthy else None,
             }
         )
 
@@ -633,78 +992,209 @@ class Lifecycle:
     # --- stop --------------------------------------------------------------------------
 
     def stop(self, *, force: bool = False, grace_s: float | None = None) -> StopOutcome:
-        record = self.store.load_instance()
-        if record is None or record.state == "stopped":
-            return StopOutcome(was_running=False, profile=None, killed=False, duration_s=0.0)
+        """Stop the backend: SIGTERM (and SIGCONT) to its process tree, group and session
+        (or `docker compose stop`), `grace_s` seconds (default the profile's
+        `stop_grace_s`), then SIGKILL; `force` kills at once. A `start` in progress is
+        cancelled: the record is marked stopping, that start is sent SIGTERM and stops its
+        server and undoes its host changes; this waits for it. Afterwards processes launched
+        from this state dir (found by their marker) are swept too.
+
+        Returns a StopOutcome (`was_running` False when there was nothing). Raises
+        BackendError when processes are left (the record is then `failed`, with the fix
+        `llm-backend stop --force`) or when a cancelled start did not let go in time.
+        """
+        started = time.monotonic()
+        lock = self.store.instance_lock
+        cancelled = False
+        marked: InstanceRecord | None = None
+        if not lock.acquire(blocking=False, holder="stop"):
+            cancelled, marked = self._cancel_holder(force=force, grace_s=grace_s)
+        try:
+            outcome = self._stop_locked(force=force, grace_s=grace_s)
+        finally:
+            lock.release()
+            self.store.clear_stop_request()
+        if cancelled:
+            return StopOutcome(
+                was_running=True,
+                profile=outcome.profile or (marked.profile if marked else None),
+                killed=outcome.killed, duration_s=time.monotonic() - started,
+                unrecorded=outcome.unrecorded, cancelled_start=True, router=outcome.router,
+            )
+        return outcome
+
+    def _cancel_holder(
+        self, *, force: bool, grace_s: float | None
+    ) -> tuple[bool, InstanceRecord | None]:
+        """Another command holds the instance lock: cancel it when it is a start (or
+        restart), then wait for the lock. Returns whether a start was cancelled and the
+        record it marked stopping (None when the start had not recorded one yet)."""
+        lock = self.store.instance_lock
+        holder_pid, command = lock.holder_info()
+        me_pid, me_create = _me()
+        marked: InstanceRecord | None = None
+        cancelling = command in ("start", "restart", "")
+        if cancelling:
+            self.store.request_stop(pid=me_pid, create_time=me_create)
+
+            def mark(current: InstanceRecord | None) -> InstanceRecord | None:
+                if current is None or current.state not in ACTIVE_STATES:
+                    raise StateConflict("nothing to mark", current=current)
+                return current.evolve(state=State.STOPPING)
+
+            with contextlib.suppress(StateConflict):
+                marked = self.store.modify(mark)
+            if force and marked is not None:
+                with contextlib.suppress(BackendError):
+                    self.runtime(marked.runtime).stop(record=marked, grace_s=0, force=True)
+            if holder_pid is not None and holder_pid != me_pid:
+                holder = process_matches(holder_pid, lock.holder_start_time())
+                if holder is not None and _is_our_command(holder):
+                    with contextlib.suppress(psutil.Error):
+                        holder.terminate()
+                        holder.resume()  # a stopped (SIGSTOP) start must see it too
+        grace = grace_s if grace_s is not None else (
+            marked.stop_grace_s if marked is not None and marked.stop_grace_s is not None
+            else DEFAULT_STOP_GRACE_S
+        )
+        wait_s = grace + CANCEL_WAIT_S
+        if not lock.acquire(timeout_s=wait_s, holder="stop"):
+            self.store.clear_stop_request()
+            raise BackendError(
+                f"`llm-backend {command or 'start'}` (pid {holder_pid}) did not let go of "
+                f"{lock.path} within {wait_s:.0f} s",
+                remedy=f"wait for it and run `llm-backend stop` again (or kill {holder_pid})",
+            )
+        return cancelling, marked
+
+    def _stop_locked(self, *, force: bool, grace_s: float | None) -> StopOutcome:
+        record = self.refresh()
+        if record is None or record.state == State.STOPPED:
+            return self._sweep_unrecorded(force=force, grace_s=grace_s, profile=None)
         runtime = self.runtime(record.runtime)
         if grace_s is None:
-            try:
-                grace_s = self.resolve(record.profile).profile.stop_grace_s
-            except BackendError:
-                grace_s = 10.0
+            grace_s = _grace(record, None, resolve=self._resolve_quietly)
         router: dict[str, Any] | None = None
         if record.runtime_info.get("router") and not force:
-            try:
-                drain_s = self.resolve(record.profile).profile.drain_timeout_s
-            except BackendError:
-                drain_s = 30.0
-            router = self._leave_router(record, drain_s)
-        if record.state != "stopping":
-            record = self.transition(record, "stopping")
-        result = runtime.stop(record=record, grace_s=grace_s, force=force)
-        if result.leftovers:
-            self.store.save_instance(
-                record.evolve(
-                    state="failed",
-                    failure=Failure(
-                        "exited",
-                        f"processes left after stop: {', '.join(result.leftovers)}",
-                        "llm-backend stop --force",
-                    ).to_json(),
-                )
+            drained = self._resolve_quietly(record.profile)
+            router = self._leave_router(
+                record, drained.drain_timeout_s if drained is not None else 30.0
             )
+        me_pid, me_create = _me()
+        if record.state != State.STOPPING:
+            record = self.store.transition(
+                record, State.STOPPING, owner_pid=me_pid, owner_create_time=me_create
+            )
+        else:
+            record = self.store.update(record, owner_pid=me_pid,
+                                       owner_create_time=me_create) or record
+        result = runtime.stop(record=record, grace_s=grace_s, force=force)
+        swept = self._sweep_unrecorded(force=force, grace_s=grace_s, profile=record.profile)
+        leftovers = [*result.leftovers, *swept.leftovers]
+        if leftovers:
+            with contextlib.suppress(StateConflict):
+                self.store.transition(
+                    record, State.FAILED,
+                    failure=_failure(FailureClass.EXITED,
+                                     f"processes left after stop: {', '.join(leftovers)}",
+                                     "llm-backend stop --force"),
+                )
             raise BackendError(
-                f"stop left processes running: {', '.join(result.leftovers)}",
+                f"stop left processes running: {', '.join(leftovers)}",
                 remedy="llm-backend stop --force",
             )
-        self.transition(record, "stopped")
-        self.store.clear_instance()
+        with contextlib.suppress(StateConflict):
+            self.store.transition(record, State.STOPPED)
         return StopOutcome(
-            was_running=result.was_running,
+            was_running=result.was_running or swept.was_running,
             profile=record.profile,
-            killed=result.killed,
-            duration_s=result.duration_s,
+            killed=result.killed or swept.killed,
+            duration_s=result.duration_s + swept.duration_s,
+            unrecorded=swept.unrecorded,
             router=router,
         )
+
+    def _sweep_unrecorded(self, *, force: bool, grace_s: float | None,
+                          profile: str | None) -> StopOutcome:
+        """Stop processes launched from this state dir (by their marker) that are left."""
+        found = marked_processes(self.store.root)
+        if not found:
+            return StopOutcome(was_running=False, profile=profile, killed=False, duration_s=0.0)
+        names = [f"pid {process.pid}" for process in found]
+        result = stop_tree(
+            found, grace_s=grace_s if grace_s is not None else DEFAULT_STOP_GRACE_S,
+            force=force, rescan=lambda: marked_processes(self.store.root),
+        )
+        return StopOutcome(
+            was_running=True, profile=profile, killed=result.killed,
+            duration_s=result.duration_s, leftovers=result.leftovers, unrecorded=names,
+        )
+
+    def _resolve_quietly(self, name: str) -> Profile | None:
+        try:
+            return self.resolve(name).profile
+        except BackendError:
+            return None
+
+    # --- restart -----------------------------------------------------------------------
 
     def restart(
         self,
         *,
-        before_start: Callable[[str, dict[str, Any]], None] | None = None,
-        **start_kwargs: Any,
+        on_event: Callable[[MonitorEvent], None] = lambda event: None,
+        on_notice: Callable[[str], None] = lambda text: None,
+        ensure_binary: Callable[[Profile], None] | None = None,
     ) -> StartResult:
-        """Stop, then start the same profile with the same overrides; `before_start` runs in
-        between (the preflight checks, which need the port the old server held)."""
-        record = self.store.load_instance()
-        if record is None:
-            raise NotRunningError(
-                "nothing to restart: no backend is recorded",
-                remedy="llm-backend start",
-            )
-        overrides = record.runtime_info.get("overrides") or {}
-        stopped = self.stop()
-        notice = start_kwargs.get("on_notice")
-        if stopped.router and notice is not None:
-            notice(describe_leave(stopped.router))
-        if before_start is not None:
-            before_start(record.profile, overrides)
-        return self.start(profile_name=record.profile, overrides=overrides, **start_kwargs)
+        """Stop the backend, then start it as it was started: same profile, overrides,
+        host-preparation choice, skipped checks, and the config of the directory that
+        start ran in. Everything is resolved before anything is stopped, so a restart that
+        cannot start leaves the backend running. Raises what `start` raises, and
+        NotRunningError (exit 3) when no backend is recorded."""
+        with self.store.start_lock("restart"), signals_raise():
+            record = self.refresh()
+            if record is None:
+                raise NotRunningError(
+                    "nothing to restart: no backend is recorded", remedy="llm-backend start"
+                )
+            options = StartOptions.from_record(record)
+            try:
+                config = (
+                    load_config(Path(options.config_dir))
+                    if options.config_dir and Path(options.config_dir).is_dir()
+                    else self.config
+                )
+                profile = config.resolve(options.profile, options.overrides).profile
+                self._skip(options)
+                engine = get_engine(profile.engine)
+                runtime = self.runtime(profile.runtime)
+                for_container = runtime.in_container
+                engine.check_profile(profile=profile, for_container=for_container)
+                check_engine_flags(profile, engine, for_container=for_container)
+                runtime.check(profile=profile)
+            except BackendError as error:
+                error.message = (
+                    f"{error.message}; nothing was stopped ({record.profile} is still "
+                    f"{record.state})"
+                )
+                error.args = (error.message,)
+                raise
+            try:
+                stopped = self._stop_locked(force=False, grace_s=None)
+                if stopped.router:
+                    on_notice(describe_leave(stopped.router))
+                return self._start_locked(
+                    options, on_event=on_event, on_notice=on_notice,
+                    ensure_binary=ensure_binary, config=config,
+                )
+            except Interrupted as interrupt:
+                self._raise_if_cancelled(options.profile, interrupt)
+                raise
 
     def running_record(self) -> InstanceRecord:
         """The ready backend, or a NotRunningError with the `start` fix."""
         record = self.refresh()
-        if record is None or record.state != "ready":
-            state = record.state if record else "stopped"
+        if record is None or record.state != State.READY:
+            state = record.state if record else State.STOPPED
             raise NotRunningError(
                 f"the backend is not running (state: {state})",
                 remedy="llm-backend start",
@@ -741,16 +1231,77 @@ def launch_env(profile: Profile, engine: Engine) -> dict[str, str]:
     return {**engine.launch_env(profile=profile, host_ip=host_ip), **profile.env}
 
 
+def _cancelled(profile_name: str, **details: Any) -> StartCancelled:
+    """The one message of a start that `stop` cancelled, whichever step it was at."""
+    return StartCancelled(
+        f"the start of {profile_name} was cancelled by `llm-backend stop`; "
+        "its server (if any) was stopped and its host changes undone",
+        remedy="llm-backend start",
+        details=details,
+    )
+
+
+def _owner_alive(record: InstanceRecord) -> bool:
+    """Whether the command that owns the record (its start, or its stop) still runs."""
+    return process_matches(record.owner_pid, record.owner_create_time) is not None
+
+
+def _session_of(process: psutil.Process) -> int | None:
+    try:
+        return os.getsid(process.pid)
+    except OSError:
+        return None
+
+
+def _is_our_command(process: psutil.Process) -> bool:
+    """An llm-backend command (not an unrelated process that reused a pid)."""
+    try:
+        return any("llm_backend" in part or "llm-backend" in part for part in process.cmdline())
+    except psutil.Error:
+        return False
+
+
+def _grace(record: InstanceRecord, profile: Profile | None,
+           resolve: Callable[[str], Profile | None] | None = None) -> float:
+    if profile is not None:
+        return profile.stop_grace_s
+    if record.stop_grace_s is not None:
+        return record.stop_grace_s
+    resolved = resolve(record.profile) if resolve is not None else None
+    return resolved.stop_grace_s if resolved is not None else DEFAULT_STOP_GRACE_S
+
+
+def _stop_requested_check(
+    store: StateStore, record: InstanceRecord, interval_s: float = 0.25
+) -> Callable[[], Failure | None]:
+    """A monitor check: `stop` marked the record stopping (or it is gone), so the load ends
+    now. Works also when `stop` runs in this process (serve), where no signal comes."""
+    next_check = [0.0]
+
+    def check() -> Failure | None:
+        now = time.monotonic()
+        if now < next_check[0]:
+            return None
+        next_check[0] = now + interval_s
+        current = store.load_instance()
+        if current is None or not record.same_instance(current) or (
+            current.state == State.STOPPING
+        ):
+            return Failure(FailureClass.EXITED,
+                           "stopped by `llm-backend stop` while loading", "llm-backend start")
+        return None
+
+    return check
+
+
 def _phase_recorder(
-    lifecycle: Lifecycle, on_event: Callable[[MonitorEvent], None]
+    store: StateStore, record: InstanceRecord, on_event: Callable[[MonitorEvent], None]
 ) -> Callable[[MonitorEvent], None]:
     """Keep the record's `phase` current for `status` while forwarding events to the display."""
 
     def handle(event: MonitorEvent) -> None:
         if event.kind == "phase" and event.phase:
-            record = lifecycle.store.load_instance()
-            if record is not None and record.state == "loading":
-                lifecycle.store.save_instance(record.evolve(phase=event.phase))
+            store.update(record, states=frozenset({State.LOADING}), phase=event.phase)
         on_event(event)
 
     return handle
@@ -760,89 +1311,6 @@ def check_engine_flags(profile: Profile, engine: Engine, *, for_container: bool)
     """Preflight of the engine's flags (its own parser or table): raises a bad_flag ConfigError
     before anything on the host changes; returns a line that says what checked them."""
     return engine.check_flags(profile=profile, for_container=for_container)
-
-
-def _spec(record: InstanceRecord, engine: Engine) -> dict[str, Any] | None:
-    """Speculative-decoding figures: the info endpoint first, else the latest decode log line."""
-    stats = engine.read_spec_stats(
-        endpoint=record.client_endpoint, log_lines=lambda: log_tail(record.log_path, 400)
-    )
-    return stats.to_json() if stats is not None else None
-
-
-def _health(endpoint: str, engine: Engine) -> tuple[int | None, float | None]:
-    started = time.perf_counter()
-    try:
-        status, _ = _get(endpoint + engine.health_path)
-    except (OSError, http.client.HTTPException):
-        return None, None
-    return status, round((time.perf_counter() - started) * 1000, 1)
-
-
-def _models(endpoint: str, engine: Engine) -> list[str]:
-    try:
-        status, body = _get(endpoint + engine.models_path)
-        data = json.loads(body).get("data", []) if status == 200 else []
-        return [str(item.get("id")) for item in data if isinstance(item, dict)]
-    except (OSError, http.client.HTTPException, ValueError, AttributeError):
-        return []
-
-
-# While a list, signals that `start` turns into exceptions are recorded here instead.
-_pending_signals: list[int] | None = None
-
-
-@contextlib.contextmanager
-def _signals_deferred() -> Iterator[None]:
-    """Hold interrupts back for a critical section; one that came is raised after it.
-
-    Not done with a blocked signal mask: children would inherit it and ignore SIGTERM.
-    """
-    global _pending_signals
-    _pending_signals = []
-    try:
-        yield
-    finally:
-        pending, _pending_signals = _pending_signals, None
-    if pending:
-        raise Interrupted(pending[0])
-
-
-@contextlib.contextmanager
-def _signals_raise() -> Iterator[None]:
-    """Turn SIGTERM, SIGHUP and SIGINT into an exception so `start` can undo what it did."""
-
-    def raise_interrupted(signum: int, frame: FrameType | None) -> None:
-        if _pending_signals is not None:
-            _pending_signals.append(signum)
-            return
-        raise Interrupted(signum)
-
-    previous = {}
-    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
-        with contextlib.suppress(ValueError):  # not the main thread
-            previous[signum] = signal.signal(signum, raise_interrupted)
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-
-def log_tail(path: str | Path, lines: int) -> list[str]:
-    """The last `lines` lines of a log file (none for 0)."""
-    if lines <= 0:
-        return []
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            size = handle.tell()
-            block = min(size, max(4096, lines * 400))
-            handle.seek(size - block)
-            data = handle.read().decode("utf-8", errors="replace")
-    except FileNotFoundError:
-        return []
-    return data.splitlines()[-lines:]
 
 
 def _download_paths(engine: Engine, profile: Profile, runtime: Runtime) -> list[Path]:

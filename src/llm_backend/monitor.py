@@ -7,7 +7,6 @@ output), so only a stalled load times out; `load_timeout_s` caps the whole load.
 from __future__ import annotations
 
 import os
-import re
 import time
 from collections import deque
 from collections.abc import Callable
@@ -16,6 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from llm_backend.engines.base import Engine, Failure, LogReader, PhaseEvent, SpecStats
+from llm_backend.errors import FailureClass
+from llm_backend.logtail import LogFollower
 
 if TYPE_CHECKING:
     import httpx
@@ -49,43 +50,9 @@ class MonitorResult:
     log_tail: list[str]
     exit_code: int | None
     spec: SpecStats | None = None
-    health_first_200_at: float | None = None
 
 
 DOWNLOAD_PHASE = "download"
-LINE_END = re.compile(rb"\r\n|\r|\n")
-
-
-class LogFollower:
-    """Reads whole lines appended to a file since the last call."""
-
-    def __init__(self, path: Path, offset: int = 0) -> None:
-        self.path = path
-        self.offset = offset
-        self._partial = b""
-
-    def read_lines(self) -> list[str]:
-        try:
-            with open(self.path, "rb") as handle:
-                handle.seek(self.offset)
-                data = handle.read()
-        except FileNotFoundError:
-            return []
-        if not data:
-            return []
-        self.offset += len(data)
-        data = self._partial + data
-        # A carriage return ends a line too: progress bars (tqdm, huggingface_hub) redraw
-        # themselves with "\r" and no "\n" for as long as a download runs.
-        *complete, self._partial = LINE_END.split(data)
-        return [line.decode("utf-8", errors="replace") for line in complete if line]
-
-    def flush(self) -> list[str]:
-        lines = self.read_lines()
-        if self._partial:
-            lines.append(self._partial.decode("utf-8", errors="replace"))
-            self._partial = b""
-        return lines
 
 
 @dataclass
@@ -153,7 +120,6 @@ class Monitor:
                 log_tail=list(tail),
                 exit_code=code,
                 spec=reader.reading.spec,
-                health_first_200_at=time.time() if ready else None,
             )
 
         with httpx.Client(timeout=httpx.Timeout(2.0, connect=0.5), trust_env=False) as client:
@@ -224,7 +190,7 @@ class Monitor:
                     return finish(
                         False,
                         Failure(
-                            "stalled",
+                            FailureClass.STALLED,
                             f"no progress for {self.stall_timeout_s:.0f} s "
                             f"(last phase: {current_phase or 'none'})",
                             "raise `stall_timeout_s` in the profile if this load is just slow, "
@@ -239,7 +205,7 @@ class Monitor:
                     return finish(
                         False,
                         Failure(
-                            "timeout",
+                            FailureClass.TIMEOUT,
                             f"not ready after {self.load_timeout_s:.0f} s "
                             f"(last phase: {current_phase or 'none'})",
                             "raise `load_timeout_s` in the profile or pass --timeout S",

@@ -1,28 +1,35 @@
-"""The state dir: the instance record, start history, locks and atomic writes."""
+"""The state dir: the instance record, start history, locks and atomic writes.
+
+Every change of the instance record is one locked read-modify-write (`StateStore.begin`,
+`transition`, `update`), checked against `TRANSITIONS` from the state that is on disk, not
+the one the caller last saw: a `start` that is dying cannot overwrite what `stop` wrote.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import os
 import pwd
 import stat
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from llm_backend.errors import AlreadyStartingError, BackendError
+from llm_backend.locks import FileLock
 from llm_backend.net import connect_url, http_url
 
 INSTANCE_FILE = "instance.json"
 HISTORY_FILE = "history.json"
 START_LOCK = "start.lock"
 STATE_LOCK = "state.lock"
+STOP_REQUEST_FILE = "stop-request.json"
 HOST_JOURNAL_FILE = "host-prep.json"  # written by llm_backend.host.journal
 STATE_ID_FILE = "state-id"
 
@@ -70,6 +77,64 @@ def home_dir() -> Path:
             "HOME is not set and this user has no home directory in the password database",
             remedy="set HOME, or set LLM_BACKEND_STATE_DIR and XDG_CONFIG_HOME",
         ) from None
+class State(StrEnum):
+    """Where one backend is in its life; the value is what `status --json` prints."""
+
+    STOPPED = "stopped"
+    PREPARING_HOST = "preparing_host"
+    LAUNCHING = "launching"
+    LOADING = "loading"
+    READY = "ready"
+    # A member that serves no API of its own and is up (a multi-node follower rank whose
+    # health endpoint answers once its weights are in); it never becomes "ready".
+    ALIVE = "alive"
+    STOPPING = "stopping"
+    FAILED = "failed"
+
+
+TRANSITIONS: Mapping[State, frozenset[State]] = {
+    State.STOPPED: frozenset({State.PREPARING_HOST, State.LAUNCHING}),
+    State.PREPARING_HOST: frozenset({State.LAUNCHING, State.FAILED, State.STOPPING}),
+    State.LAUNCHING: frozenset({State.LOADING, State.FAILED, State.STOPPING}),
+    State.LOADING: frozenset({State.READY, State.ALIVE, State.FAILED, State.STOPPING}),
+    State.READY: frozenset({State.STOPPING, State.FAILED}),
+    State.ALIVE: frozenset({State.STOPPING, State.FAILED}),
+    State.STOPPING: frozenset({State.STOPPED, State.FAILED}),
+    State.FAILED: frozenset({State.STOPPING, State.STOPPED, State.PREPARING_HOST,
+                             State.LAUNCHING}),
+}
+"""The allowed moves: stopped -> preparing_host -> launching -> loading -> ready -> stopping
+-> stopped, and failed from any step (DESIGN.md, "Lifecycle")."""
+
+ACTIVE_STATES = frozenset(
+    {State.PREPARING_HOST, State.LAUNCHING, State.LOADING, State.READY, State.ALIVE}
+)
+"""States in which a backend is (being) run: `start` reports it instead of starting another."""
+
+UP_STATES = frozenset({State.READY, State.ALIVE})
+"""States in which the load is over and the server is up."""
+
+STARTING_STATES = frozenset({State.PREPARING_HOST, State.LAUNCHING, State.LOADING})
+"""States in which a `start` owns the record and watches the load."""
+
+
+class StateConflict(BackendError):
+    """The record on disk is not in a state from which the requested change is allowed.
+
+    `current` is the record on disk (None when there is none).
+    """
+
+    def __init__(self, message: str, *, current: InstanceRecord | None) -> None:
+        super().__init__(
+            message,
+            remedy="run `llm-backend status`: another llm-backend command changed the backend",
+        )
+        self.current = current
+
+
+def allowed(source: State | str, target: State | str) -> bool:
+    """Whether the table allows `source -> target`."""
+    return State(target) in TRANSITIONS.get(State(source), frozenset())
 
 
 def state_dir() -> Path:
@@ -355,7 +420,7 @@ class InstanceRecord:
     profile: str
     engine: str
     runtime: str
-    state: str
+    state: State
     host: str
     port: int
     served_model_name: str
@@ -364,6 +429,7 @@ class InstanceRecord:
     created_at: float
     pid: int | None = None
     pid_create_time: float | None = None
+    # The command acting on the record now: the `start` watching the load, or the `stop`.
     owner_pid: int | None = None
     owner_create_time: float | None = None
     ready_at: float | None = None
@@ -372,6 +438,15 @@ class InstanceRecord:
     failure: dict[str, Any] | None = None
     runtime_info: dict[str, Any] = field(default_factory=dict)
     exit_code: int | None = None
+    # How the start was asked for (profile, overrides, host_prep, skip_checks, config_dir),
+    # so that `restart` repeats it.
+    options: dict[str, Any] = field(default_factory=dict)
+    # The limits the load runs under, kept so that a load adopted after its `start` died
+    # still stalls or times out: seconds, and the wall-clock time of the launch.
+    launched_at: float | None = None
+    load_timeout_s: float | None = None
+    stall_timeout_s: float | None = None
+    stop_grace_s: float | None = None
 
     @property
     def endpoint(self) -> str:
@@ -386,6 +461,10 @@ class InstanceRecord:
     def evolve(self, **changes: Any) -> InstanceRecord:
         return replace(self, **changes)
 
+    def same_instance(self, other: InstanceRecord | None) -> bool:
+        """True when `other` records the same start (not a later one)."""
+        return other is not None and other.created_at == self.created_at
+
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -393,7 +472,9 @@ class InstanceRecord:
     def from_json(cls, data: dict[str, Any]) -> InstanceRecord:
         """Raises TypeError/ValueError for a missing field or a value of the wrong type."""
         known = set(cls.__dataclass_fields__)
-        record = cls(**{key: value for key, value in data.items() if key in known})
+        values = {key: value for key, value in data.items() if key in known}
+        values["state"] = State(values.get("state", State.FAILED))
+        record = cls(**values)
         _check_types(record)
         return record
 
@@ -406,6 +487,9 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "owner_create_time": (int, float, type(None)), "ready_at": (int, float, type(None)),
     "start_duration_s": (int, float, type(None)), "phase": (str, type(None)),
     "failure": (dict, type(None)), "runtime_info": (dict,), "exit_code": (int, type(None)),
+    "options": (dict,), "launched_at": (int, float, type(None)),
+    "load_timeout_s": (int, float, type(None)), "stall_timeout_s": (int, float, type(None)),
+    "stop_grace_s": (int, float, type(None)),
 }
 
 
@@ -425,6 +509,10 @@ class StateStore:
         self.root = make_state_dir(root) if root is not None else state_dir()
         # State files found damaged (moved aside) by this store; commands report them.
         self.damaged: list[DamagedFile] = []
+        self.instance_lock = FileLock(
+            self.root / START_LOCK, open_fd=lambda: self._lock_file(START_LOCK)
+        )
+        """Held by the one command (start, restart, stop) that acts on the backend."""
 
     @property
     def instance_path(self) -> Path:
@@ -482,13 +570,119 @@ class StateStore:
             ))
             return None
 
-    def save_instance(self, record: InstanceRecord) -> None:
-        with self.locked(STATE_LOCK):
-            atomic_write_json(self.instance_path, record.to_json())
+    # --- the one read-modify-write ------------------------------------------------------
 
-    def clear_instance(self) -> None:
-        with self.locked(STATE_LOCK), contextlib.suppress(FileNotFoundError):
-            self.instance_path.unlink()
+    def modify(
+        self, change: Callable[[InstanceRecord | None], InstanceRecord | None]
+    ) -> InstanceRecord | None:
+        """Read the record, apply `change`, write the result (None removes the file), all
+        under the state lock. `change` raises StateConflict to leave the record alone."""
+        with self.locked(STATE_LOCK):
+            current = self.load_instance()
+            updated = change(current)
+            if updated is None:
+                with contextlib.suppress(FileNotFoundError):
+                    self.instance_path.unlink()
+            elif updated != current:
+                atomic_write_json(self.instance_path, updated.to_json())
+            return updated
+
+    def begin(self, record: InstanceRecord) -> InstanceRecord:
+        """Record a new start; refused while another backend is recorded as active."""
+
+        def change(current: InstanceRecord | None) -> InstanceRecord:
+            source = current.state if current is not None else State.STOPPED
+            if current is not None and source not in (State.STOPPED, State.FAILED):
+                raise StateConflict(
+                    f"cannot start {record.profile}: {current.profile} is {source}",
+                    current=current,
+                )
+            if not allowed(source, record.state):
+                raise StateConflict(
+                    f"internal: transition {source} -> {record.state} is not allowed",
+                    current=current,
+                )
+            return record
+
+        self.modify(change)
+        return record
+
+    def transition(
+        self,
+        record: InstanceRecord,
+        state: State,
+        *,
+        expect: Collection[State] | None = None,
+        **changes: Any,
+    ) -> InstanceRecord:
+        """Move the instance `record` names to `state` (with `changes`), checked against the
+        table from the state on disk, which must also be one of `expect` when given (a
+        `start` moves only its own load on: never a record that `stop` marked stopping).
+        StateConflict when the record on disk is another start or the move is refused."""
+        target = State(state)
+
+        def change(current: InstanceRecord | None) -> InstanceRecord | None:
+            if current is None or not record.same_instance(current):
+                raise StateConflict(
+                    f"the record of {record.profile} is gone or was replaced "
+                    f"(wanted {record.state} -> {target})",
+                    current=current,
+                )
+            if expect is not None and current.state not in expect:
+                raise StateConflict(
+                    f"{record.profile} is {current.state} on disk, not "
+                    f"{' or '.join(sorted(expect))} (wanted -> {target})",
+                    current=current,
+                )
+            if not allowed(current.state, target):
+                raise StateConflict(
+                    f"transition {current.state} -> {target} is not allowed "
+                    f"({record.profile})",
+                    current=current,
+                )
+            if target == State.STOPPED:
+                return None
+            return current.evolve(state=target, **changes)
+
+        updated = self.modify(change)
+        return updated if updated is not None else record.evolve(state=target, **changes)
+
+    def update(self, record: InstanceRecord, *, states: frozenset[State] | None = None,
+               **changes: Any) -> InstanceRecord | None:
+        """Change fields (not the state) of the instance `record` names, if it is still in
+        one of `states`; None (and nothing written) when it is not."""
+
+        def change(current: InstanceRecord | None) -> InstanceRecord | None:
+            if current is None or not record.same_instance(current) or (
+                states is not None and current.state not in states
+            ):
+                raise StateConflict("skipped", current=current)
+            return current.evolve(**changes)
+
+        try:
+            return self.modify(change)
+        except StateConflict:
+            return None
+
+    # --- a `stop` asking the running `start` to give up ---------------------------------
+
+    def request_stop(self, *, pid: int, create_time: float) -> None:
+        """Say that `stop` (process `pid`) cancels the start in progress."""
+        atomic_write_json(self.root / STOP_REQUEST_FILE, {"pid": pid, "create_time": create_time})
+
+    def stop_request(self) -> tuple[int, float] | None:
+        """(pid, create time) of the `stop` that asked, if one did."""
+        data = read_json(self.root / STOP_REQUEST_FILE)
+        if not isinstance(data, dict):
+            return None
+        pid, create_time = data.get("pid"), data.get("create_time")
+        if isinstance(pid, int) and isinstance(create_time, int | float):
+            return pid, float(create_time)
+        return None
+
+    def clear_stop_request(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self.root / STOP_REQUEST_FILE).unlink()
 
     def _history(self) -> dict[str, Any]:
         data, damage = load_state_json(self.root / HISTORY_FILE)
@@ -502,13 +696,6 @@ class StateStore:
         if isinstance(entry, dict) and isinstance(entry.get("start_duration_s"), int | float):
             return float(entry["start_duration_s"])
         return None
-
-    def phase_offsets(self, profile: str) -> dict[str, float]:
-        """Seconds from launch to each phase in the last successful start (for the ETA)."""
-        history = self._history()
-        entry = history.get(profile) if isinstance(history, dict) else None
-        offsets = entry.get("phase_offsets") if isinstance(entry, dict) else None
-        return dict(offsets) if isinstance(offsets, dict) else {}
 
     def record_start(
         self, profile: str, duration_s: float, phase_offsets: dict[str, float]
@@ -539,36 +726,22 @@ class StateStore:
     @contextlib.contextmanager
     def locked(self, name: str) -> Iterator[None]:
         """A blocking flock on a file in the state dir."""
-        with os.fdopen(self._lock_file(name), "r+b") as handle:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        with FileLock(self.root / name, open_fd=lambda: self._lock_file(name)):
+            yield
 
     @contextlib.contextmanager
-    def start_lock(self) -> Iterator[None]:
-        """Exactly one `start` at a time; a second one fails at once instead of waiting."""
-        with os.fdopen(self._lock_file(START_LOCK), "r+b") as handle:
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise AlreadyStartingError(
-                    "the backend is already starting (another `llm-backend start` holds "
-                    f"{self.root / START_LOCK})",
-                    remedy="wait for it, or follow it with `llm-backend status --watch`",
-                ) from None
-            try:
-                yield
-            finally:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-    def start_lock_held(self) -> bool:
-        """True while some process holds the start lock."""
-        with os.fdopen(self._lock_file(START_LOCK), "r+b") as handle:
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-            return False
+    def start_lock(self, command: str = "start") -> Iterator[None]:
+        """Exactly one `start` (or restart, or stop) at a time; another fails at once."""
+        if not self.instance_lock.acquire(blocking=False, holder=command):
+            pid, holder = self.instance_lock.holder_info()
+            who = f"`llm-backend {holder or 'start'}` (pid {pid})" if pid else "another command"
+            raise AlreadyStartingError(
+                f"the backend is already starting: {who} holds {self.instance_lock.path}"
+                if holder in ("", "start", "restart")
+                else f"the backend is busy: {who} holds {self.instance_lock.path}",
+                remedy="wait for it, or follow it with `llm-backend status --watch`",
+            )
+        try:
+            yield
+        finally:
+            self.instance_lock.release()

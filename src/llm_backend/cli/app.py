@@ -16,7 +16,8 @@ from typer.core import TyperGroup
 
 from llm_backend.cli import render, render_reports
 from llm_backend.errors import BackendError
-from llm_backend.lifecycle import HostPreparation, Interrupted, Lifecycle
+from llm_backend.lifecycle import HostPreparation, Lifecycle
+from llm_backend.signals import Interrupted
 from llm_backend.state import HOST_JOURNAL_FILE, StateStore
 
 if TYPE_CHECKING:

@@ -436,7 +436,14 @@ def render_stopped(outcome: StopOutcome) -> None:
         console.print("nothing was running")
         return
     how = "killed" if outcome.killed else "stopped"
-    console.print(f"{how} {outcome.profile} in {outcome.duration_s:.1f}s; no process left")
+    what = outcome.profile or (
+        "the start in progress" if outcome.cancelled_start
+        else "processes launched from this state dir without a record "
+        f"({', '.join(outcome.unrecorded)})"
+    )
+    if outcome.cancelled_start and outcome.profile:
+        how = f"cancelled the start in progress and {how}"
+    console.print(f"{how} {what} in {outcome.duration_s:.1f}s; no process left")
     if outcome.router:
         from llm_backend.lifecycle import describe_leave
 

@@ -77,24 +77,24 @@ def start(
     if replicas_wanted(lifecycle, name, overrides):
         start_replicas(lifecycle, name, overrides, skip_checks or [], dry_run=dry_run)
         return
-    run_preflight(
-        lifecycle, name, overrides, skip_checks or [],
-        host_prep=not no_host_prep, dry_run=dry_run,
-    )
     if dry_run:
         result = lifecycle.start(
-            profile_name=name, overrides=overrides, dry_run=True, host_prep=not no_host_prep
+            profile_name=name, overrides=overrides, dry_run=True,
+            host_prep=not no_host_prep, skip_checks=skip_checks or [],
         )
+        render_reports.render_preflight_dry_run(result.checks)
         render.render_dry_run(result)
         return
     render.render_starting(name)
     with render.StartDisplay(name) as display:
+        # The doctor preflight runs inside Lifecycle.start; its warnings come as notices.
         result = lifecycle.start(
             profile_name=name,
             overrides=overrides,
             host_prep=not no_host_prep,
+            skip_checks=skip_checks or [],
             on_event=display,
-            on_notice=render.notice,
+            on_notice=render.notice_plain,
             ensure_binary=ensure_llama_server,
         )
     render.render_started(result)
@@ -114,13 +114,9 @@ def restart() -> None:
         render.render_serve_restarted(done)
         return
 
-    def checks(name: str, overrides: dict[str, object]) -> None:
-        run_preflight(lifecycle, name, overrides, [], host_prep=True, dry_run=False)
-
     with render.StartDisplay("restart") as display:
         result = lifecycle.restart(
-            before_start=checks, on_event=display, ensure_binary=ensure_llama_server,
-            on_notice=render.notice_plain,
+            on_event=display, ensure_binary=ensure_llama_server, on_notice=render.notice_plain,
         )
     render.render_started(result)
 
@@ -153,7 +149,8 @@ def run_preflight(
     host_prep: bool,
     dry_run: bool,
 ) -> None:
-    """The `doctor` checks for the profile `start` is about to run; a failure stops it here.
+    """The `doctor` checks for each copy of a replica group (`Lifecycle.start` runs them
+    for a single backend itself); a failure stops it here.
 
     Skipped when the backend is already running (start then just reports it). In a dry run
     the checks are shown, not enforced.

@@ -12,7 +12,8 @@ from llm_backend.cli import render
 from llm_backend.cli.app import make_lifecycle
 from llm_backend.cli.options import check_number
 from llm_backend.errors import BackendError, NotRunningError
-from llm_backend.lifecycle import Lifecycle, Status, log_tail
+from llm_backend.lifecycle import Lifecycle, Status
+from llm_backend.logtail import log_tail
 from llm_backend.serve import control as serve_control
 from llm_backend.state import StateStore
 
@@ -138,7 +139,7 @@ def logs(
         raise NotRunningError("no log yet: nothing was started", remedy="llm-backend start")
     render.render_log_lines(log_tail(path, lines))
     if follow:
-        from llm_backend.monitor import LogFollower
+        from llm_backend.logtail import LogFollower
 
         follower = LogFollower(path, path.stat().st_size)
         while True:

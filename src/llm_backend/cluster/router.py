@@ -22,9 +22,11 @@ from typing import Any
 from llm_backend.cluster.router_api import RouterClient, Worker
 from llm_backend.config import RouterConfig
 from llm_backend.errors import BackendError
-from llm_backend.lifecycle import check_port_free, log_tail
+from llm_backend.logtail import log_tail
 from llm_backend.net import url_host
-from llm_backend.runtimes.native import process_matches, spawn_group, stop_group
+from llm_backend.probes import check_port_free
+from llm_backend.processes import process_matches
+from llm_backend.runtimes.native import spawn_group, stop_group
 from llm_backend.state import StateStore, atomic_write_json, read_json
 
 ROUTER_FILE = "router.json"

@@ -17,11 +17,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llm_backend.config import Profile
-from llm_backend.errors import BackendError
+from llm_backend.errors import BackendError, FailureClass
 from llm_backend.runtimes.compose_logs import compose_exit, strip_compose_prefix
 
 if TYPE_CHECKING:
@@ -30,34 +31,20 @@ if TYPE_CHECKING:
     from llm_backend.pull import Source
     from llm_backend.runtimes.base import Runtime
 
-PHASES = (
-    "init",
-    "download",
-    "load_weights",
-    "moe_shuffle",
-    "kv_cache",
-    "draft_model",
-    "cuda_graph",
-    "server_up",
-    "warmup",
-    "ready",
-)
 
-FAILURE_CLASSES = (
-    "out_of_memory",
-    "port_in_use",
-    "gated_model",
-    "model_not_found",
-    "offline_encoding",
-    "bad_flag",
-    "kernel_compile",
-    "nccl",
-    "child_crash",
-    "rank_not_loaded",
-    "stalled",
-    "timeout",
-    "exited",
-)
+class Phase(StrEnum):
+    """The load phases engines map their own log lines onto (DESIGN.md, "Lifecycle")."""
+
+    INIT = "init"
+    DOWNLOAD = "download"
+    LOAD_WEIGHTS = "load_weights"
+    MOE_SHUFFLE = "moe_shuffle"
+    KV_CACHE = "kv_cache"
+    DRAFT_MODEL = "draft_model"
+    CUDA_GRAPH = "cuda_graph"
+    SERVER_UP = "server_up"
+    WARMUP = "warmup"
+    READY = "ready"
 
 
 # A huggingface_hub / tqdm byte bar: "model-00001-of-00015.safetensors:  45%|####5 | 2.25G/4.99G
@@ -98,10 +85,13 @@ class PhaseEvent:
 class Failure:
     """Why a start failed, with the line that showed it and what to do."""
 
-    failure_class: str
+    failure_class: str  # a FailureClass value; checked (and made one) on construction
     message: str
     remedy: str
     line: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "failure_class", FailureClass(self.failure_class))
 
     def to_json(self) -> dict[str, Any]:
         """The shape of `failure` in `status --json` and `diagnose --json`."""

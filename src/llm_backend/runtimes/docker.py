@@ -26,6 +26,7 @@ import psutil
 from llm_backend.checks import Check
 from llm_backend.config import Profile
 from llm_backend.errors import BackendError, CommandFailed
+from llm_backend.processes import process_matches
 from llm_backend.pull import Source
 from llm_backend.runtimes.base import Launched, LaunchSpec, Runtime, StopResult
 from llm_backend.runtimes.compose import (
@@ -46,7 +47,6 @@ from llm_backend.runtimes.docker_facts import (
     docker_cli,
 )
 from llm_backend.runtimes.docker_image import DockerImage
-from llm_backend.runtimes.native import process_matches
 from llm_backend.state import InstanceRecord, open_log
 
 if TYPE_CHECKING:

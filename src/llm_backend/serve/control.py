@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 
 from llm_backend.errors import BackendError
-from llm_backend.runtimes.native import process_matches
+from llm_backend.processes import process_matches
 from llm_backend.serve import record as serve_record
 from llm_backend.state import StateStore
 

@@ -24,12 +24,14 @@ import psutil
 
 from llm_backend.config import Profile
 from llm_backend.errors import BackendError, ConfigError
-from llm_backend.lifecycle import ACTIVE_STATES, Lifecycle, check_port_free
+from llm_backend.lifecycle import Lifecycle
 from llm_backend.net import connect_url
+from llm_backend.probes import check_port_free
 from llm_backend.serve import record as serve_record
 from llm_backend.serve.door import Door
 from llm_backend.serve.metrics import DoorMetrics
 from llm_backend.serve.supervisor import Supervisor
+from llm_backend.state import ACTIVE_STATES
 
 API_KEYS_ENV = "LLM_BACKEND_API_KEYS"  # comma-separated keys, instead of serve.api_keys_file
 RECORD_FLUSH_S = 1.0

@@ -10,7 +10,7 @@ import contextlib
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from llm_backend.runtimes.native import process_matches
+from llm_backend.processes import process_matches
 from llm_backend.state import StateStore, atomic_write_json, read_json
 
 SERVE_FILE = "serve.json"

@@ -21,7 +21,8 @@ from llm_backend.engines import get_engine
 from llm_backend.engines.base import Failure
 from llm_backend.errors import BackendError
 from llm_backend.host.meminfo import read_meminfo
-from llm_backend.lifecycle import Lifecycle, log_tail
+from llm_backend.lifecycle import Lifecycle
+from llm_backend.logtail import log_tail
 from llm_backend.monitor import MonitorEvent
 from llm_backend.serve.metrics import DoorMetrics
 

@@ -1,0 +1,142 @@
+"""The one file-lock helper: an exclusive `flock` on a file in the state dir.
+
+The kernel drops a `flock` when its holder dies, so a lock never outlives a killed command;
+the holder writes its pid and command into the file so that others can say who holds it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+
+def _start_time() -> str:
+    """This process's start time, as psutil reports it (written with the pid)."""
+    import psutil
+
+    return f"{psutil.Process().create_time():.3f}"
+
+
+def _open_no_follow(path: Path) -> int:
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+
+
+class FileLock:
+    """An exclusive lock on `path`, taken blocking, without waiting, or with a deadline.
+
+    `open_fd` opens the lock file (read-write) and returns its descriptor; by default it is
+    created 0600 and a symlink in its place is refused (ELOOP).
+    """
+
+    def __init__(self, path: Path, *, open_fd: Callable[[], int] | None = None) -> None:
+        self.path = path
+        self._open_fd = open_fd or (lambda: _open_no_follow(path))
+        self._handle: IO[str] | None = None
+        self._owner: int | None = None  # the thread that holds it
+        self._guard = threading.Lock()
+
+    @property
+    def held(self) -> bool:
+        """True while the calling thread holds the lock through this object."""
+        return self._handle is not None and self._owner == threading.get_ident()
+
+    def _held_by_another_thread(self) -> bool:
+        return self._handle is not None and self._owner != threading.get_ident()
+
+    def acquire(self, *, blocking: bool = True, timeout_s: float | None = None,
+                holder: str = "") -> bool:
+        """Take the lock; False when it is held elsewhere and we may not (or no longer) wait.
+
+        `timeout_s` bounds a blocking wait (polled, at most every 50 ms); `holder` is written
+        into the file after the pid (for example the command name) for `holder_info`.
+        """
+        if self.held:
+            return True
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        pause = 0.001  # doubles up to 50 ms: short waits stay short
+        while True:
+            # Another thread of this process (serve's loader, say) counts as another holder.
+            with self._guard:
+                if self._handle is None:
+                    handle = os.fdopen(self._open_fd(), "r+", encoding="utf-8")
+                    try:
+                        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        handle.close()
+                    else:
+                        self._handle = handle
+                        self._owner = threading.get_ident()
+                        break
+            if not blocking or (deadline is not None and time.monotonic() >= deadline):
+                return False
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+        with contextlib.suppress(OSError):
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{os.getpid()} {_start_time()} {holder}".rstrip() + "\n")
+            handle.flush()
+        return True
+
+    def release(self) -> None:
+        """Let go (only the holding thread can)."""
+        with self._guard:
+            if self._handle is not None and self._owner == threading.get_ident():
+                with contextlib.suppress(OSError):
+                    fcntl.flock(self._handle.fileno(), fcntl.LOCK_UN)
+                self._handle.close()
+                self._handle = None
+                self._owner = None
+
+    def held_by_other(self) -> bool:
+        """True while another process, FileLock object or thread holds the lock."""
+        if self._handle is not None:
+            return self._held_by_another_thread()
+        if self.acquire(blocking=False):
+            self.release()
+            return False
+        return True
+
+    def holder_info(self) -> tuple[int | None, str]:
+        """(pid, command) that the current or last holder wrote; (None, "") if unknown."""
+        pid, _, command = self._holder_line()
+        return pid, command
+
+    def holder_start_time(self) -> float | None:
+        """The start time (s since the epoch) of the process that wrote `holder_info`, so
+        that a pid reused since is never taken for the holder."""
+        return self._holder_line()[1]
+
+    def _holder_line(self) -> tuple[int | None, float | None, str]:
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            with os.fdopen(fd, "r", encoding="utf-8") as handle:
+                text = handle.read(300).strip()
+        except (OSError, ValueError):
+            return None, None, ""
+        parts = text.split(" ", 2)
+        pid = int(parts[0]) if parts and parts[0].isdigit() else None
+        try:
+            started = float(parts[1]) if len(parts) > 1 else None
+        except ValueError:
+            started = None
+        return pid, started, parts[2] if len(parts) > 2 else ""
+
+    def __enter__(self) -> FileLock:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.release()

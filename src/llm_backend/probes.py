@@ -1,0 +1,76 @@
+"""Probes of a running server and of its port: health, models, speculative figures, who
+holds a port. Standard library HTTP only, so that `status` stays fast."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import time
+from typing import Any
+
+import psutil
+
+from llm_backend.engines.base import Engine, http_get
+from llm_backend.errors import BackendError, FailureClass
+from llm_backend.logtail import log_tail
+from llm_backend.net import can_bind
+
+
+def health(endpoint: str, engine: Engine) -> tuple[int | None, float | None]:
+    """(HTTP status, milliseconds) of the engine's health path; (None, None) when nothing
+    answered within 2 s (a frozen or dead server)."""
+    started = time.perf_counter()
+    try:
+        status, _ = http_get(endpoint + engine.health_path)
+    except (OSError, http.client.HTTPException):
+        return None, None
+    return status, round((time.perf_counter() - started) * 1000, 1)
+
+
+def models(endpoint: str, engine: Engine) -> list[str]:
+    """The model ids the OpenAI-compatible models path lists ([] when it does not answer)."""
+    try:
+        status, body = http_get(endpoint + engine.models_path)
+        data = json.loads(body).get("data", []) if status == 200 else []
+        return [str(item.get("id")) for item in data if isinstance(item, dict)]
+    except (OSError, http.client.HTTPException, ValueError, AttributeError):
+        return []
+
+
+def spec_figures(endpoint: str, log_path: str, engine: Engine) -> dict[str, Any] | None:
+    """Speculative-decoding figures (the engine's reader: info endpoint, else its log)."""
+    stats = engine.read_spec_stats(endpoint=endpoint, log_lines=lambda: log_tail(log_path, 400))
+    return stats.to_json() if stats is not None else None
+
+
+def port_holder(host: str, port: int) -> str | None:
+    """Who listens on host:port (pid and name when the OS tells us), or None if it is free."""
+    if can_bind(host, port):
+        return None
+    with contextlib.suppress(psutil.AccessDenied, OSError):
+        for connection in psutil.net_connections(kind="inet"):
+            if (
+                connection.status == psutil.CONN_LISTEN
+                and connection.laddr
+                and connection.laddr.port == port
+            ):
+                if connection.pid:
+                    try:
+                        name = psutil.Process(connection.pid).name()
+                    except psutil.NoSuchProcess:
+                        name = "?"
+                    return f"pid {connection.pid} ({name})"
+                return "another process"
+    return "another process"
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise a port_in_use BackendError naming the holder when host:port is taken."""
+    holder = port_holder(host, port)
+    if holder is not None:
+        raise BackendError(
+            f"port {port} on {host} is already in use by {holder}",
+            remedy=f"stop {holder}, or start on another port: llm-backend start --port {port + 1}",
+            failure_class=FailureClass.PORT_IN_USE,
+        )
