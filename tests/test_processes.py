@@ -43,9 +43,13 @@ def spawn(spawned: list[subprocess.Popen[str]], argv: list[str],
 
 
 def test_a_tree_that_ignores_sigterm_is_killed(spawned: list[subprocess.Popen[str]]) -> None:
-    shell = spawn(spawned, ["sh", "-c", "trap '' TERM; echo up; sleep 60 & wait; sleep 60"])
-    members = tree(leader=psutil.Process(shell.pid), group=shell.pid)
-    assert {p.name() for p in members} == {"sh", "sleep"}
+    shell = spawn(spawned, ["sh", "-c", "trap '' TERM; sleep 60 & echo up; wait; sleep 60"])
+
+    def members_now() -> list[psutil.Process]:
+        return tree(leader=psutil.Process(shell.pid), group=shell.pid)
+
+    assert wait_for(lambda: sorted(p.name() for p in members_now()) == ["sh", "sleep"], 5)
+    members = members_now()
     result = stop_tree(members, grace_s=0.5, group=shell.pid,
                        rescan=lambda: tree(leader=None, group=shell.pid))
     assert result.killed and result.leftovers == []

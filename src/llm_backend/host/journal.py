@@ -10,14 +10,14 @@ commands tell an orphaned journal from one whose `start` is still running.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
+from llm_backend.locks import FileLock
 from llm_backend.state import (
     HOST_JOURNAL_FILE,
     DamagedFile,
@@ -149,7 +149,7 @@ class Journal:
         self.root = root
         self.path = root / JOURNAL_FILE
         self.lock_path = root / JOURNAL_LOCK
-        self._lock_handle: IO[bytes] | None = None
+        self._lock = FileLock(self.lock_path, open_fd=self._open_lock)
         # Set when `read` found the journal damaged (and moved it aside).
         self.damage: DamagedFile | None = None
 
@@ -187,20 +187,11 @@ class Journal:
 
     @property
     def holding_lock(self) -> bool:
-        return self._lock_handle is not None
+        return self._lock.held
 
     def try_lock(self) -> bool:
         """Take the transaction lock without waiting; False if another process holds it."""
-        if self._lock_handle is not None:
-            return True
-        handle = os.fdopen(self._open_lock(), "r+b")
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            return False
-        self._lock_handle = handle
-        return True
+        return self._lock.acquire(blocking=False, holder="host-prep")
 
     def _open_lock(self) -> int:
         flags = os.O_RDWR | os.O_CREAT
@@ -213,17 +204,8 @@ class Journal:
             return open_state_file(self.lock_path, flags)
 
     def unlock(self) -> None:
-        if self._lock_handle is not None:
-            with contextlib.suppress(OSError):
-                fcntl.flock(self._lock_handle.fileno(), fcntl.LOCK_UN)
-            self._lock_handle.close()
-            self._lock_handle = None
+        self._lock.release()
 
     def locked_by_other(self) -> bool:
         """True while another live process owns a transaction here."""
-        if self._lock_handle is not None:
-            return False
-        if self.try_lock():
-            self.unlock()
-            return False
-        return True
+        return self._lock.held_by_other()
