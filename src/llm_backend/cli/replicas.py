@@ -40,8 +40,10 @@ def start_replicas(
 
 def stop_replicas(lifecycle: Lifecycle, *, force: bool, grace_s: float | None) -> bool:
     """Stop the replica group if there is one; False when there is none."""
-    from llm_backend.cluster.replicas import ReplicaGroup
+    from llm_backend.cluster.replicas import ReplicaGroup, group_path
 
+    if not group_path(lifecycle.store).is_dir():
+        return False  # no group: and no need to read the config (it may be broken)
     group = ReplicaGroup(store=lifecycle.store, config=lifecycle.config)
     if not group.exists():
         return False
@@ -50,6 +52,8 @@ def stop_replicas(lifecycle: Lifecycle, *, force: bool, grace_s: float | None) -
 
 
 def replica_statuses(lifecycle: Lifecycle) -> list[Status]:
-    from llm_backend.cluster.replicas import ReplicaGroup
+    from llm_backend.cluster.replicas import ReplicaGroup, group_path
 
+    if not group_path(lifecycle.store).is_dir():
+        return []  # no group: and no need to read the config (it may be broken)
     return ReplicaGroup(store=lifecycle.store, config=lifecycle.config).status()
