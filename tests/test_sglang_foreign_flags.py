@@ -27,9 +27,12 @@ FOREIGN = load_foreign()
 
 
 def test_every_equivalence_names_a_real_sglang_flag_or_a_reason() -> None:
-    assert len(FOREIGN.flags) > 150
+    assert len(FOREIGN.flags) > 200
     for foreign in FOREIGN.flags.values():
         assert foreign.flag not in TABLE.by_flag, foreign.flag
+        # A unique prefix of an SGLang flag is accepted by SGLang (an abbreviation), not foreign.
+        prefixed = {TABLE.by_flag[f].dest for f in TABLE.by_flag if f.startswith(foreign.flag)}
+        assert len(prefixed) != 1, foreign.flag
         assert foreign.why
         if foreign.sglang is not None:
             assert foreign.sglang in TABLE.by_flag, foreign
@@ -140,3 +143,11 @@ def test_sglangs_own_parser_refuses_every_foreign_flag() -> None:
     assert result["exit_code"] == 2
     refused = set(UNRECOGNIZED.search(result["stderr"]).group(1).split())  # type: ignore[union-attr]
     assert set(plain) <= refused, sorted(set(plain) - refused)
+
+
+def test_a_unique_prefix_is_an_abbreviation_not_a_foreign_flag() -> None:
+    check = check_with_table(["--model-path", "m", "--tensor-parallel", "2"], TABLE)
+    assert check.ok
+    assert check.notes == (
+        "--tensor-parallel is an abbreviation of --tp-size; write the full name",
+    )

@@ -351,9 +351,15 @@ def check_with_table(flags: list[str], table: FlagTable) -> FlagCheck:
             continue
         name, has_inline, inline_value = token.partition("=")
         option = table.by_flag.get(name)
-        if option is None and (name in load_foreign().flags or not name.startswith("--")):
-            # Another server's flag (even when it is a prefix of SGLang ones), or a short
-            # flag: argparse matches no prefix of SGLang's long options for `-x`.
+        unique_prefix = option is None and name.startswith("--") and len(
+            {table.by_flag[flag].dest for flag in table.by_flag if flag.startswith(name)}
+        ) == 1
+        if option is None and not unique_prefix and (
+            name in load_foreign().flags or not name.startswith("--")
+        ):
+            # Another server's flag (even when it is an ambiguous prefix of SGLang ones), or
+            # a short flag: argparse matches no prefix of SGLang's long options for `-x`. A
+            # unique prefix (`--tensor-parallel`) SGLang accepts; it is noted below.
             problems.append(_unknown(name, table))
             index = _skip_values(flags, index)
             continue
