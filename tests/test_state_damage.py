@@ -199,6 +199,7 @@ def fill(mount: Path) -> None:
         os.close(descriptor)
 
 
+@pytest.mark.hostprep  # mounts a small tmpfs for its state dir
 def test_start_in_a_read_only_state_dir_is_an_error_with_a_fix(
     world: Env, small_state: Path
 ) -> None:
@@ -210,6 +211,7 @@ def test_start_in_a_read_only_state_dir_is_an_error_with_a_fix(
         no_crash(world.run(*command), " ".join(command))
 
 
+@pytest.mark.hostprep  # mounts a small tmpfs for its state dir
 def test_a_full_state_dir_is_an_error_with_a_fix_and_leaves_no_temporary_files(
     world: Env, small_state: Path
 ) -> None:

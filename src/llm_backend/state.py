@@ -197,7 +197,8 @@ def trusted_dir(path: Path) -> None:
         raise StateDirError(
             f"the state dir {path} is owned by uid {info.st_uid}, not by {_user()} (uid {uid}) "
             "who runs llm-backend; its records could make this user act on what another wrote",
-            remedy=f"sudo chown -R {_user()} {path}  (or use another LLM_BACKEND_STATE_DIR)",
+            remedy=f"give {_user()} a state dir of its own (set LLM_BACKEND_STATE_DIR, or unset "
+            f"it and XDG_STATE_HOME), or take this one over: sudo chown -R {_user()} {path}",
         )
     mode = stat.S_IMODE(info.st_mode)
     if mode & 0o022:
