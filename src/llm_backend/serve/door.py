@@ -245,6 +245,8 @@ class Door:
                             self.metrics.ttfb.labels(route=route).observe(
                                 time.perf_counter() - arrived)
                             first = False
+                        if not fallback:
+                            self.supervisor.backend_progress = time.monotonic()
                         await send({"type": "http.response.body", "body": chunk,
                                     "more_body": True})
                         tail = (tail + chunk)[-TOKEN_TAIL_BYTES:]

@@ -77,6 +77,8 @@ class Supervisor:
         self.changed = asyncio.Event()
         self.inflight = 0
         self.last_activity = time.monotonic()
+        # When the backend last sent response bytes (set by the door on every chunk).
+        self.backend_progress = 0.0
         self.loads = 0
         self.restarts = 0
         self.last_restart: dict[str, Any] | None = None
@@ -179,7 +181,7 @@ class Supervisor:
                 self.on_line(f"backend: {died.failure_class}: {died.message}")
                 await self._restart(reason="crash", failure=died, drain=False)
                 return
-            ok = await self._probe()
+            ok = await self._probe() or self._busy_not_hung()
             failures = 0 if ok else failures + 1
             if ok and self._suspect:
                 self._suspect = False
@@ -202,6 +204,18 @@ class Supervisor:
             if failures or self._suspect:
                 interval = min(interval, 0.2)
             await self._sleep(interval)
+
+    def _busy_not_hung(self) -> bool:
+        """A failed probe while responses still flow is load, not a hang.
+
+        llama-server serves each request on one of its HTTP threads until the generation
+        ends, so with many requests queued its /health waits too (seen here at 64 concurrent
+        requests on 2 cores: three 30 s probes timed out while completions kept arriving).
+        """
+        return (
+            self.inflight > 0
+            and time.monotonic() - self.backend_progress < self.settings.probe_timeout_s
+        )
 
     def _idle_due(self) -> bool:
         idle = self.settings.idle_stop_s
