@@ -196,15 +196,22 @@ async def stream_timing(url: str, body: dict[str, Any], repeats: int) -> dict[st
     first: list[float] = []
     gaps: list[float] = []
     events: list[int] = []
-    async with aiohttp.ClientSession() as session:
+    # A new connection per stream: llama-server may close an idle kept-alive one under us.
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
         for _ in range(repeats):
-            begin = time.perf_counter()
-            arrivals: list[float] = []
-            count = 0
-            async with session.post(url + "/v1/chat/completions", json=body) as answer:
-                async for chunk in answer.content.iter_any():
-                    arrivals.append(time.perf_counter())
-                    count += chunk.count(b"data: ")
+            for attempt in range(3):
+                begin = time.perf_counter()
+                arrivals: list[float] = []
+                count = 0
+                try:
+                    async with session.post(url + "/v1/chat/completions", json=body) as answer:
+                        async for chunk in answer.content.iter_any():
+                            arrivals.append(time.perf_counter())
+                            count += chunk.count(b"data: ")
+                    break
+                except aiohttp.ClientError:
+                    if attempt == 2:
+                        raise
             first.append((arrivals[0] - begin) * 1000)
             gaps.extend((b - a) * 1000 for a, b in itertools.pairwise(arrivals))
             events.append(count)
@@ -345,11 +352,11 @@ def render(report: dict[str, Any]) -> str:
                 row = figures[label][arm]
                 added50 = f"{row['added_p50_ms']:+.2f}" if "added_p50_ms" in row else ""
                 added99 = f"{row['added_p99_ms']:+.2f}" if "added_p99_ms" in row else ""
-                loss = (f"{row['throughput_loss_pct']:.0f}%" if "throughput_loss_pct" in row
-                        else "")
+                loss = (f"{row['throughput_loss_pct']:.0f}%"
+                        if "throughput_loss_pct" in row and label != "c1" else "")
                 lines.append(
                     f"| {arm} | {label[1:]} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | "
-                    f"{added50} | {added99} | {row['throughput_rps']:.0f} | {loss} | "
+                    f"{added50} | {added99} | {row['throughput_rps']:.3g} | {loss} | "
                     f"{row['errors']} |")
         stream = figures["stream"]
         lines += ["", "| arm | streaming: first chunk p50 ms | chunk gap p50 ms | "
@@ -364,8 +371,46 @@ def render(report: dict[str, Any]) -> str:
         memory = figures["memory_mib"]
         lines += ["", f"Resident memory after the run: serve {memory['serve']:.0f} MiB, "
                   f"sglang-router {memory['router']:.0f} MiB.", ""]
+        if name == "llama-server":
+            lines += ["A 4-token reply takes seconds here because the CPU is shared; the "
+                      "spread between rounds is larger than any proxy's cost, so these rows "
+                      "(negative \"added\" included) show only that neither proxy changes "
+                      "the picture in front of a real model on this machine.", ""]
+    lines += goals(report["instant"])
     lines.append(END)
     return "\n".join(lines) + "\n"
+
+
+def goals(instant: dict[str, Any]) -> list[str]:
+    """The issue's goals, checked against the instant backend's figures of this run."""
+    added = instant["c1"]["serve"]["added_p50_ms"]
+    loss = instant["c64"]["serve"]["throughput_loss_pct"]
+    router_loss = instant["c64"]["router"]["throughput_loss_pct"]
+    direct_gap = instant["stream"]["direct"]["gap_ms_p50"]
+    serve_gap = instant["stream"]["serve"]["gap_ms_p50"]
+    events_kept = (instant["stream"]["serve"]["events_per_stream"]
+                   == instant["stream"]["direct"]["events_per_stream"])
+    serve_reads = instant["stream"]["serve"]["reads_per_stream"]
+    direct_reads = instant["stream"]["direct"]["reads_per_stream"]
+    kept = abs(serve_gap - direct_gap) <= 2 and events_kept and serve_reads >= direct_reads - 1
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "**not met**"
+
+    return [
+        "Goals, on the instant backend:",
+        "",
+        f"- at most 1 ms added at p50 (c=1): {added:+.2f} ms, {verdict(added <= 1)};",
+        f"- chunk timing preserved: median gap {serve_gap:.1f} ms through serve vs "
+        f"{direct_gap:.1f} ms direct, {serve_reads:.1f} reads per stream of 21 events "
+        f"({direct_reads:.1f} direct: nothing buffered), {verdict(kept)};",
+        f"- at most 10% throughput loss at c=64: {loss:.0f}% (sglang-router: "
+        f"{router_loss:.0f}%), {verdict(loss <= 10)}. The door is one Python process "
+        "(uvicorn + aiohttp, about 0.3 ms of CPU per request) and the instant backend costs "
+        "far less per request; on two shared cores the door, the backend and the load "
+        "generator compete, so the door's CPU is what limits c=64 here.",
+        "",
+    ]
 
 
 def write_doc(section: str) -> None:
@@ -383,7 +428,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
     parser.add_argument("--json", type=Path, help="write every figure here")
+    parser.add_argument("--from-json", type=Path, help="render a saved run instead of running")
     arguments = parser.parse_args()
+    if arguments.from_json:
+        section = render(json.loads(arguments.from_json.read_text()))
+        print(section)
+        if arguments.write:
+            write_doc(section)
+        return
     try:
         import uvloop
 
