@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -11,9 +10,9 @@ import typer
 from llm_backend.cli import render
 from llm_backend.cli.app import make_lifecycle
 from llm_backend.cli.options import check_number
-from llm_backend.errors import BackendError, NotRunningError
+from llm_backend.errors import BackendError
 from llm_backend.lifecycle import Lifecycle, Status
-from llm_backend.logtail import log_tail
+from llm_backend.logtail import find_log, log_tail
 from llm_backend.serve import control as serve_control
 from llm_backend.state import StateStore
 
@@ -129,19 +128,16 @@ def logs(
     """Print the backend's log (the last one, even after it stopped)."""
     check_number("-n", lines, low=0, high=1_000_000, command="logs")
     store = StateStore()
-    record = store.load_instance()
-    render.render_damaged(store.damaged)
-    path: Path | None = Path(record.log_path) if record else None
-    if path is None:
-        candidates = sorted(store.logs_dir().glob("*.log"), key=lambda p: p.stat().st_mtime)
-        path = candidates[-1] if candidates else None
-    if path is None or not path.exists():
-        raise NotRunningError("no log yet: nothing was started", remedy="llm-backend start")
-    render.render_log_lines(log_tail(path, lines))
+    try:
+        path = find_log(store)
+    finally:
+        render.render_damaged(store.damaged)
+    end = path.stat().st_size  # the tail ends here and the follower starts here: no gap
+    render.render_log_lines(log_tail(path, lines, end=end))
     if follow:
         from llm_backend.logtail import LogFollower
 
-        follower = LogFollower(path, path.stat().st_size)
+        follower = LogFollower(path, end)
         while True:
             render.render_log_lines(follower.read_lines())
             time.sleep(0.2)
