@@ -23,6 +23,7 @@ import pytest
 
 from llm_backend.engines.llamacpp import cached_binary_path
 from llm_backend.processes import marked_processes
+from tests.pull_data import encoding_server, hub  # noqa: F401 - fixtures for the pull tests
 
 REPO = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "llm_backend"]

@@ -30,9 +30,10 @@ from llm_backend.engines.sglang_flags import _PARSER_PRELUDE
 from llm_backend.errors import ConfigError
 from llm_backend.lifecycle import launch_env
 from tests.conftest import Env, free_port, llama_server_binary, wait_for
+from tests.pull_data import seed_flagship
 
 STANDIN = Path(__file__).resolve().parent / "sglang_standin.py"
-NO_GPU_CHECKS = "gpu,memory,sglang,tiktoken"
+NO_GPU_CHECKS = "gpu,memory,sglang"
 
 
 def profile_for(rank: int, *, interface: str | None = "lo", addr: str = "127.0.0.1:20000",
@@ -121,10 +122,12 @@ def make_world(root: Path) -> Env:
         "COLUMNS": "200",
     }
     env.pop("LLM_BACKEND_PORT", None)
+    seed_flagship(root, env)  # weights in a hub cache of its own, and the encoding
     return Env(root, state, config, cwd, free_port(), env)
 
 
-def rank_config(rank: int, port: int, dist_port: int, grace_s: float) -> str:
+def rank_config(rank: int, port: int, dist_port: int, grace_s: float,
+                encodings: Path) -> str:
     return f"""
 [profiles.rank]
 extends = "gpt-oss-120b-eagle3"
@@ -134,7 +137,8 @@ port = {port}
 load_timeout_s = 60
 stall_timeout_s = 20
 stop_grace_s = {grace_s}
-env = {{ SGLANG_STANDIN_LINE_DELAY_S = "0.02", SGLANG_STANDIN_VERSION = "0.5.22" }}
+env = {{ SGLANG_STANDIN_LINE_DELAY_S = "0.02", SGLANG_STANDIN_VERSION = "0.5.22", \
+TIKTOKEN_ENCODINGS_BASE = "{encodings}" }}
 
 [profiles.rank.distributed]
 nnodes = 2
@@ -153,7 +157,8 @@ def ranks(tmp_path: Path) -> Iterator[tuple[Env, Env]]:
     worlds = []
     for rank in (0, 1):
         world = make_world(tmp_path / f"rank{rank}")
-        world.write_config(rank_config(rank, world.port, dist_port, grace_s=2))
+        world.write_config(rank_config(rank, world.port, dist_port, grace_s=2,
+                                       encodings=world.root / "tiktoken_encodings"))
         worlds.append(world)
     yield worlds[0], worlds[1]
     for world in reversed(worlds):
@@ -233,14 +238,16 @@ def test_follower_ignores_sigterm_and_is_killed_after_grace(ranks: tuple[Env, En
 def test_doctor_checks_the_fast_link_and_node_zero(tmp_path: Path) -> None:
     dist_port = free_port()
     world = make_world(tmp_path / "doc")
-    world.write_config(rank_config(1, world.port, dist_port, grace_s=2))
+    world.write_config(rank_config(1, world.port, dist_port, grace_s=2,
+                                   encodings=world.root / "tiktoken_encodings"))
     report = json.loads(world.run("doctor", "--profile", "rank", "--json").stdout)
     checks = {check["name"]: check for check in report["checks"]}
     assert checks["fast_link"]["status"] == "pass", checks["fast_link"]
     assert checks["fast_link"]["details"]["ipv4"] == ["127.0.0.1"]
     assert checks["rank0"]["status"] == "warn" and "nothing listens" in checks["rank0"]["summary"]
     world.write_config(
-        rank_config(1, world.port, dist_port, grace_s=2).replace('"lo"', '"lbc-none0"')
+        rank_config(1, world.port, dist_port, grace_s=2,
+                    encodings=world.root / "tiktoken_encodings").replace('"lo"', '"lbc-none0"')
     )
     report = json.loads(world.run("doctor", "--profile", "rank", "--json").stdout)
     checks = {check["name"]: check for check in report["checks"]}
@@ -258,7 +265,8 @@ def test_doctor_on_a_follower_compares_versions_with_node_zero(
     dist_port = int(table["distributed"]["dist_init_addr"].rpartition(":")[2])
     follower = make_world(tmp_path / "follower")
     # The same profile as the ranks (same API port), in Docker: its version is the image tag.
-    config = rank_config(1, rank0.port, dist_port, grace_s=2).replace(
+    config = rank_config(1, rank0.port, dist_port, grace_s=2,
+                         encodings=follower.root / "tiktoken_encodings").replace(
         'runtime = "native"', 'runtime = "docker"'
     )
     follower.write_config(

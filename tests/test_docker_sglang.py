@@ -16,6 +16,7 @@ import yaml
 from tests.conftest import REPO, Env, port_is_free
 from tests.docker_env import DockerNames, containers_named, networks_named, require_docker
 from tests.docker_env import unique_names as make_names
+from tests.pull_data import seed_flagship
 
 pytestmark = pytest.mark.docker
 
@@ -23,8 +24,11 @@ PYTHON_IMAGE = "llm-backend/python:local"
 READY_LOG = "/standin/fixtures/sglang/startup-old-format-ready.log"
 
 
-def standin_profile(names: DockerNames, stall_timeout_s: int = 60, **env: str) -> str:
-    """The flagship profile, run by the stand-in in the python image, on this test's names."""
+def standin_profile(world: Env, names: DockerNames, stall_timeout_s: int = 60,
+                    **env: str) -> str:
+    """The flagship profile, run by the stand-in in the python image, on this test's names,
+    with this test's hub cache and encodings folder mounted where the flagship mounts them."""
+    encodings = seed_flagship(world.root, world.env)
     variables = {"SGLANG_STANDIN_LOG": READY_LOG, "SGLANG_STANDIN_LINE_DELAY_S": "0.02", **env}
     env_table = ", ".join(f"{key} = {json.dumps(value)}" for key, value in variables.items())
     return f"""
@@ -48,7 +52,8 @@ network = "{names.network}"
 gpus = ""
 shm_size = "1g"
 healthcheck_interval_s = 1
-volumes = ["{REPO / 'tests'}:/standin:ro"]
+volumes = ["{REPO / 'tests'}:/standin:ro", "{world.root / 'hf'}:/root/.cache/huggingface",
+           "{encodings}:/tiktoken_encodings"]
 """
 
 
@@ -69,7 +74,7 @@ def assert_nothing_left(world: Env, names: DockerNames) -> None:
 def test_sglang_standin_in_docker_progress_ready_chat_stop(
     world: Env, names: DockerNames
 ) -> None:
-    world.write_config(standin_profile(names))
+    world.write_config(standin_profile(world, names))
     started = world.run("start", "--profile", "standin", check=True)
     assert "(sglang, docker)" in started.stdout
     # Progress from the replayed log, read through `docker logs -f` into the monitor.
@@ -110,7 +115,9 @@ def test_sglang_standin_in_docker_progress_ready_chat_stop(
 def test_sglang_standin_in_docker_stall_fails_and_cleans_up(
     world: Env, names: DockerNames
 ) -> None:
-    world.write_config(standin_profile(names, stall_timeout_s=3, SGLANG_STANDIN_STALL_AFTER="8"))
+    world.write_config(
+        standin_profile(world, names, stall_timeout_s=3, SGLANG_STANDIN_STALL_AFTER="8")
+    )
     failed = world.run("start", "--profile", "standin", timeout=120)
     assert failed.returncode == 5, failed.stderr
     assert "failure: stalled" in failed.stderr

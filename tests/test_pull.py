@@ -10,69 +10,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import signal
 import sys
-import threading
 import time
-from collections.abc import Iterator
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import Env, wait_for
-from tests.hub_standin import HubStandin, Repo
-
-ENCODING_NAME = "o200k_base.tiktoken"
-ENCODING_SHA256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"
-TEST_DATA = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / \
-    "llm-backend" / "test-data"
-
-MODEL = "acme/tiny-moe"
-DRAFT = "acme/tiny-eagle3"
-
-
-def _bytes(seed: str, size: int) -> bytes:
-    block = hashlib.sha256(seed.encode()).digest()
-    return (block * (size // len(block) + 1))[:size]
-
-
-def model_files() -> dict[str, bytes]:
-    """A gpt-oss-shaped repository: top-level shards + `original/` and `metal/` copies."""
-    return {
-        "config.json": b'{"architectures": ["GptOssForCausalLM"], "num_hidden_layers": 2}',
-        "generation_config.json": b"{}",
-        "tokenizer.json": b'{"model": {}}',
-        "tokenizer_config.json": b"{}",
-        "chat_template.jinja": b"{{ messages }}",
-        "model-00001-of-00002.safetensors": _bytes("shard-1", 1_500_000),
-        "model-00002-of-00002.safetensors": _bytes("shard-2", 1_200_000),
-        "model.safetensors.index.json": b'{"weight_map": {}}',
-        "original/model--00001-of-00001.safetensors": _bytes("original", 400_000),
-        "metal/model.bin": _bytes("metal", 300_000),
-        "README.md": b"# tiny",
-        ".gitattributes": b"*.safetensors filter=lfs",
-    }
-
-
-SGLANG_LOADS = {
-    "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-    "chat_template.jinja", "model-00001-of-00002.safetensors",
-    "model-00002-of-00002.safetensors", "model.safetensors.index.json",
-}
-
-
-@pytest.fixture
-def hub() -> Iterator[HubStandin]:
-    standin = HubStandin({
-        MODEL: Repo(model_files()),
-        DRAFT: Repo({"config.json": b"{}", "model.safetensors": _bytes("draft", 600_000)},
-                    commit="fedcba9876543210fedcba9876543210fedcba98"),
-    }).start()
-    yield standin
-    standin.stop()
+from tests.hub_standin import HubStandin
+from tests.pull_data import (
+    DRAFT,
+    ENCODING_NAME,
+    ENCODING_SHA256,
+    MODEL,
+    SGLANG_LOADS,
+    model_files,
+    seeded_bytes,
+    snapshot,
+)
 
 
 def hub_world(world: Env, hub: HubStandin, *, extra: str = "", env: str = "") -> Path:
@@ -96,13 +50,6 @@ algorithm = "EAGLE3"
 draft_model = "{DRAFT}"
 """)
     return hf_home / "hub"
-
-
-def snapshot(cache: Path, repo: str) -> Path:
-    folder = cache / ("models--" + repo.replace("/", "--")) / "snapshots"
-    found = list(folder.iterdir()) if folder.is_dir() else []
-    assert len(found) == 1, f"expected one snapshot in {folder}, found {found}"
-    return found[0]
 
 
 def artifacts_of(stdout: str) -> dict[str, dict[str, object]]:
@@ -135,7 +82,7 @@ def test_pull_fetches_only_what_sglang_loads_and_dry_run_changes_nothing(
     for name in SGLANG_LOADS:
         assert (folder / name).read_bytes() == model_files()[name], name
     draft = snapshot(cache, DRAFT)
-    assert (draft / "model.safetensors").read_bytes() == _bytes("draft", 600_000)
+    assert (draft / "model.safetensors").read_bytes() == seeded_bytes("draft", 600_000)
 
     again = world.run("pull", "--profile", "hubtest", "--json", check=True)
     assert json.loads(again.stdout)["fetched"] == []
@@ -235,24 +182,6 @@ def test_no_disk_space_for_the_download_changes_nothing(world: Env, hub: HubStan
 
 
 # --- gpt-oss's encoding ------------------------------------------------------------------
-
-
-@pytest.fixture
-def encoding_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """A real HTTP server over a folder; the real encoding file in it unless a test swaps it."""
-    source = TEST_DATA / ENCODING_NAME
-    if not source.is_file():
-        pytest.fail(f"no {source}\nfix: scripts/setup.sh --test (it rebuilds the file)",
-                    pytrace=False)
-    served = tmp_path / "served"
-    served.mkdir()
-    (served / ENCODING_NAME).write_bytes(source.read_bytes())
-    handler = partial(SimpleHTTPRequestHandler, directory=str(served))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/", served
-    server.shutdown()
-    server.server_close()
 
 
 def encoding_world(world: Env, hub: HubStandin, url: str) -> Path:

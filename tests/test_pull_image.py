@@ -168,3 +168,18 @@ def test_no_docker_engine(world: Env) -> None:
     assert f"error: no Docker engine answers at unix://{world.root}/no-docker.sock" \
         in refused.stderr
     assert "fix: start the Docker engine" in refused.stderr
+
+
+def test_start_pulls_the_missing_image_then_runs_it(world: Env, pushed_image: str) -> None:
+    image_world(world, pushed_image)
+    started = world.run("start", "--profile", "imagetest", timeout=400)
+    try:
+        assert started.returncode == 0, started.stderr
+        assert f"pulling what imagetest needs first: image {pushed_image}" in started.stderr
+        assert f"pull: {pushed_image}: done" in started.stderr
+        assert started.stderr.index(f"pull: {pushed_image}: done") < \
+            started.stderr.index("ready")
+        assert json.loads(world.run("status", "--json").stdout)["state"] == "ready"
+    finally:
+        world.run("stop", timeout=120)
+    assert docker("image", "inspect", pushed_image, check=False).returncode == 0

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,11 +18,10 @@ import psutil
 import pytest
 
 from tests.conftest import port_is_free, wait_for
+from tests.pull_data import seed_flagship
 
 STANDIN = Path(__file__).resolve().parent / "sglang_standin.py"
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "sglang"
-TEST_DATA = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / \
-    "llm-backend" / "test-data"
 # `doctor`'s GPU and installed-sglang checks cannot pass on a CPU machine; the stand-in
 # needs neither.
 NO_GPU_CHECKS = "gpu,memory,sglang"
@@ -32,14 +30,9 @@ NO_GPU_CHECKS = "gpu,memory,sglang"
 def use_standin(world: Any, **env: str) -> None:
     """A profile like the flagship, natively, with the stand-in as its launcher."""
     world.env["LLM_BACKEND_SKIP_CHECKS"] = NO_GPU_CHECKS
-    # gpt-oss's encoding, where the profile's TIKTOKEN_ENCODINGS_BASE says (doctor checks it).
-    encodings = world.root / "tiktoken_encodings"
-    encodings.mkdir(exist_ok=True)
-    source = TEST_DATA / "o200k_base.tiktoken"
-    if not source.is_file():
-        pytest.fail(f"no {source}\nfix: scripts/setup.sh --test (it rebuilds the file)",
-                    pytrace=False)
-    shutil.copyfile(source, encodings / "o200k_base.tiktoken")
+    # What start would otherwise pull: the weights (in this test's own hub cache) and the
+    # encoding where TIKTOKEN_ENCODINGS_BASE points (doctor checks it).
+    encodings = seed_flagship(world.root, world.env)
     env = {"SGLANG_STANDIN_LINE_DELAY_S": "0.05", "TIKTOKEN_ENCODINGS_BASE": str(encodings),
            **env}
     env_lines = "\n".join(f'{key} = "{value}"' for key, value in env.items())
@@ -166,7 +159,6 @@ def test_a_failing_replay_is_classified(
 def test_standin_health_is_503_until_warmup_and_while_draining(tmp_path: Path) -> None:
     """The stand-in's own contract, since the lifecycle tests above rely on it."""
     import http.client
-    import os
     import signal
     import subprocess
 

@@ -58,6 +58,7 @@ from llm_backend.state import (
 
 if TYPE_CHECKING:
     from llm_backend.doctor import CheckResult
+    from llm_backend.pull import ProgressEvent
 
 __all__ = [
     "ACTIVE_STATES",
@@ -76,6 +77,9 @@ __all__ = [
     "describe_leave",
     "launch_env",
 ]
+
+PULLED_CHECKS = frozenset({"image", "model_cache", "tiktoken", "llama_server", "model_file"})
+"""Doctor checks of what `pull` brings in: `start` runs them after its pull, not before."""
 
 CANCEL_WAIT_S = 120.0
 """How long `stop` waits, beyond the grace period, for a cancelled `start` to let go (it
@@ -142,6 +146,7 @@ class StartOptions:
     host_prep: bool = True
     skip_checks: tuple[str, ...] = ()
     config_dir: str | None = None  # the directory whose llm-backend.toml was read
+    pull: bool = True  # bring in missing artifacts first; False refuses to start without them
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -150,6 +155,7 @@ class StartOptions:
             "host_prep": self.host_prep,
             "skip_checks": list(self.skip_checks),
             "config_dir": self.config_dir,
+            "pull": self.pull,
         }
 
     @classmethod
@@ -162,6 +168,7 @@ class StartOptions:
             host_prep=bool(data.get("host_prep", True)),
             skip_checks=tuple(str(name) for name in data.get("skip_checks") or ()),
             config_dir=data.get("config_dir"),
+            pull=bool(data.get("pull", True)),
         )
 
 
@@ -313,8 +320,15 @@ class Lifecycle:
         on_event: Callable[[MonitorEvent], None] = lambda event: None,
         on_notice: Callable[[str], None] = lambda text: None,
         ensure_binary: Callable[[Profile], None] | None = None,
+        pull: bool = True,
+        on_pull: Callable[[ProgressEvent], None] | None = None,
     ) -> StartResult:
         """Start profile `profile_name` (with `overrides`) and wait until it is ready.
+
+        After the preflight checks and before host preparation, whatever the profile needs
+        and is missing (image, weights, draft model, encoding; `llm_backend.pull`) is pulled,
+        with `on_pull` getting the progress, so no load timer and no host change waits on a
+        download; with `pull=False` a missing artifact is a PullError (exit 7) instead.
 
         Order: resolve the profile; take the instance lock; if this backend already runs,
         say so (outcome "already_running"; a load whose `start` died is watched to its end
@@ -341,6 +355,7 @@ class Lifecycle:
             host_prep=host_prep,
             skip_checks=tuple(skip_checks),
             config_dir=str(self.config_dir),
+            pull=pull,
         )
         if dry_run:
             return self._dry_run(options)
@@ -348,7 +363,8 @@ class Lifecycle:
         with self.store.start_lock("start"), signals_raise():
             try:
                 return self._start_locked(
-                    options, on_event=on_event, on_notice=on_notice, ensure_binary=ensure_binary
+                    options, on_event=on_event, on_notice=on_notice, ensure_binary=ensure_binary,
+                    on_pull=on_pull,
                 )
             except Interrupted as interrupt:
                 self._raise_if_cancelled(options.profile, interrupt)
@@ -393,11 +409,19 @@ class Lifecycle:
         )
 
     def _preflight(self, profile: Profile, options: StartOptions,
-                   on_notice: Callable[[str], None]) -> None:
-        """The `doctor` checks for this profile; a failure raises before the host changes."""
-        from llm_backend.doctor import preflight
+                   on_notice: Callable[[str], None], *,
+                   deferred: frozenset[str] = frozenset(),
+                   only: frozenset[str] | None = None) -> None:
+        """The `doctor` checks for this profile; a failure raises before the host changes.
 
-        report = preflight(profile, host_prep=options.host_prep, skip=self._skip(options))
+        `deferred` checks are left for later (what a pull brings in); `only` runs just those.
+        """
+        from llm_backend.doctor import check_names, preflight
+
+        skip = set(self._skip(options)) | set(deferred)
+        if only is not None:
+            skip |= set(check_names()) - set(only)
+        report = preflight(profile, host_prep=options.host_prep, skip=frozenset(skip))
         needs_gpu = get_engine(profile.engine).profile_needs_gpu(profile=profile)
         for check in report.warnings:
             if check.name == "gpu" and not needs_gpu:
@@ -407,6 +431,27 @@ class Lifecycle:
                 on_notice(f"  fix: {check.fix}")
         if any(check.name == "port" and check.status == "skipped" for check in report.checks):
             self._port_guard(profile)
+
+    def _pull(self, profile: Profile, options: StartOptions, on_notice: Callable[[str], None],
+              on_pull: Callable[[ProgressEvent], None] | None) -> None:
+        """Bring in what the profile needs and lacks (or refuse, with `pull=False`)."""
+        from llm_backend import pull as pulling
+
+        sources = pulling.sources_for(profile)
+        if not sources:
+            return
+        missing = pulling.plan(profile.name, sources).missing
+        if not missing:
+            return
+        names = ", ".join(f"{artifact.kind} {artifact.name}" for artifact in missing)
+        if not options.pull:
+            raise pulling.PullError(
+                f"{profile.name} needs what is not on this machine yet: {names}; nothing on "
+                "the host was changed",
+                remedy=f"llm-backend pull --profile {profile.name} (or start without --no-pull)",
+            )
+        on_notice(f"pulling what {profile.name} needs first: {names}")
+        pulling.pull(profile.name, sources, progress=on_pull or (lambda event: None))
 
     @staticmethod
     def _port_guard(profile: Profile) -> None:
@@ -429,6 +474,7 @@ class Lifecycle:
         on_notice: Callable[[str], None],
         ensure_binary: Callable[[Profile], None] | None,
         config: ConfigSet | None = None,
+        on_pull: Callable[[ProgressEvent], None] | None = None,
     ) -> StartResult:
         profile = (config or self.config).resolve(options.profile, options.overrides).profile
         current = self.refresh()
@@ -437,12 +483,17 @@ class Lifecycle:
             if current.state in STARTING_STATES and not _owner_alive(current):
                 current = self._adopt_and_watch(current, on_event=on_event)
             return StartResult.of("already_running", current, state=current.state)
-        self._preflight(profile, options, on_notice)
+        # What a pull brings in is checked after the pull, not refused before it.
+        deferred = PULLED_CHECKS if options.pull else frozenset()
+        self._preflight(profile, options, on_notice, deferred=deferred)
         engine = get_engine(profile.engine)
         runtime = self.runtime(profile.runtime)
         for_container = runtime.in_container
         if ensure_binary is not None and not for_container:
             ensure_binary(profile)
+        self._pull(profile, options, on_notice, on_pull)
+        if deferred:
+            self._preflight(profile, options, on_notice, only=deferred)
         engine.check_profile(profile=profile, for_container=for_container)
         flag_note = check_engine_flags(profile, engine, for_container=for_container)
         if flag_note:

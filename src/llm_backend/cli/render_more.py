@@ -31,8 +31,9 @@ if TYPE_CHECKING:
 class PullDisplay:
     """One progress bar per artifact on a terminal (bytes, rate, ETA); plain lines otherwise."""
 
-    def __init__(self) -> None:
-        self.terminal = err_console.is_terminal
+    def __init__(self, *, terminal: bool | None = None) -> None:
+        # `start` passes terminal=False: its own load display owns the terminal.
+        self.terminal = err_console.is_terminal if terminal is None else terminal
         self.progress = Progress(
             TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
             TransferSpeedColumn(), TimeRemainingColumn(), console=err_console,
@@ -40,6 +41,7 @@ class PullDisplay:
         )
         self.tasks: dict[str, TaskID] = {}
         self.last_line: dict[str, float] = {}
+        self.first_seen: dict[str, tuple[float, int]] = {}
 
     def __enter__(self) -> PullDisplay:
         self.progress.__enter__()
@@ -59,6 +61,7 @@ class PullDisplay:
         if self.terminal:
             return
         now = time.monotonic()
+        started, done_then = self.first_seen.setdefault(event.artifact, (now, event.done))
         if event.finished or now - self.last_line.get(event.artifact, 0.0) >= 5.0:
             self.last_line[event.artifact] = now
             if event.unit == "%":
@@ -66,6 +69,12 @@ class PullDisplay:
             else:
                 total = format_bytes(event.total, unknown="unknown size")
                 amount = f"{format_bytes(event.done)} of {total}"
+                elapsed = now - started
+                rate = (event.done - done_then) / elapsed if elapsed > 1.0 else 0.0
+                if rate > 0:
+                    amount += f", {format_bytes(int(rate))}/s"
+                    if event.total:
+                        amount += f", {max(event.total - event.done, 0) / rate:.0f} s left"
             note = f" ({event.message})" if event.message else ""
             state = "done" if event.finished else amount
             err_console.print(f"pull: {event.artifact}: {state}{note}", soft_wrap=True,

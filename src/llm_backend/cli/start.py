@@ -9,6 +9,7 @@ import typer
 
 from llm_backend.cli import render, render_reports
 from llm_backend.cli.app import make_lifecycle
+from llm_backend.cli.render_more import PullDisplay
 from llm_backend.config import Profile
 from llm_backend.engines import get_engine
 from llm_backend.errors import BackendError
@@ -52,6 +53,11 @@ def start(
             help="Go on although this preflight check fails (repeatable; see `doctor`).",
         ),
     ] = None,
+    no_pull: Annotated[
+        bool,
+        typer.Option("--no-pull", help="Refuse to start when the image, weights or encoding "
+                     "are missing, instead of pulling them first."),
+    ] = False,
 ) -> None:
     """Start the backend and wait until it answers; prints the endpoint and a curl line."""
     lifecycle = make_lifecycle()
@@ -96,6 +102,8 @@ def start(
             on_event=display,
             on_notice=render.notice_plain,
             ensure_binary=ensure_llama_server,
+            pull=not no_pull,
+            on_pull=PullDisplay(terminal=False),
         )
     render.render_started(result)
 
