@@ -126,3 +126,45 @@ def test_secret_flags_are_whole_words_not_substrings() -> None:
     for flag in ("--skip-tokenizer-init", "--tokenizer-path", "--max-total-tokens",
                  "--speculative-num-draft-tokens", "--api-key-file"):
         assert not SECRET_FLAG.match(flag), flag
+
+
+def test_api_key_reaches_llama_server_through_a_file_and_our_clients_send_it(
+    world: Env,
+) -> None:
+    import httpx
+    import psutil
+
+    key = "sk-local-test-key-771"
+    key_file = world.root / "api-key"
+    key_file.write_text(key + "\n")
+    key_file.chmod(0o600)
+    world.write_config(f"""
+[profiles.keyed]
+extends = "smollm2-cpu"
+api_key_file = "{key_file}"
+""")
+    world.run("start", "--profile", "keyed", check=True, timeout=180)
+    try:
+        record = json.loads((world.state_dir / "instance.json").read_text())
+        cmdline = " ".join(psutil.Process(record["pid"]).cmdline())
+        assert "--api-key-file" in cmdline and key not in cmdline
+        assert key not in (world.state_dir / "instance.json").read_text()
+        endpoint = f"http://127.0.0.1:{world.port}"
+        assert httpx.get(endpoint + "/v1/models", timeout=10).status_code == 401
+        authorized = httpx.get(endpoint + "/v1/models", timeout=10,
+                               headers={"Authorization": f"Bearer {key}"})
+        assert authorized.status_code == 200
+        secrets = world.state_dir / "secrets"
+        assert stat.S_IMODE(secrets.stat().st_mode) == 0o700
+        for path in secrets.iterdir():
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+        status = json.loads(world.run("status", "--json").stdout)
+        assert status["state"] == "ready"
+        assert status["models"], "status could not list the models: no key sent"
+        chat = world.run("chat", "Say hi.", "--max-tokens", "8", timeout=120)
+        assert chat.returncode == 0, chat.stderr
+        for output in (status, chat.stdout, chat.stderr,
+                       world.run("logs", "-n", "200").stdout):
+            assert key not in str(output)
+    finally:
+        world.run("stop", timeout=60)

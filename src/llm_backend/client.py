@@ -55,6 +55,7 @@ def chat(
     temperature: float = 0.0,
     on_text: Callable[[str], None] = lambda text: None,
     timeout_s: float = 300.0,
+    headers: dict[str, str] | None = None,
 ) -> ChatResult:
     """Stream one chat completion, calling `on_text` for each piece as it arrives."""
     payload = {
@@ -70,7 +71,7 @@ def chat(
     model_name: str | None = None
     first: float | None = None
     started = time.perf_counter()
-    with httpx.Client(timeout=timeout_s, trust_env=False) as client:
+    with httpx.Client(timeout=timeout_s, trust_env=False, headers=headers) as client:
         for chunk in stream_chunks(client, f"{endpoint}/v1/chat/completions", payload):
             model_name = chunk.get("model", model_name)
             for choice in chunk.get("choices") or []:

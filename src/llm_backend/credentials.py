@@ -123,6 +123,27 @@ def read_api_key(profile: Profile) -> str | None:
                       remedy=f"write the key as the first line of {path}")
 
 
+SECRETS_DIR = "secrets"  # in the state dir, 0700: the files that carry the key to the server
+CLIENT_KEY_FILE = "api-key"  # the key itself, for llm-backend's own requests
+
+
+def client_headers(state_root: Path | None = None) -> dict[str, str]:
+    """`Authorization: Bearer KEY` for requests to the server this state dir started, when it
+    was started with a key (the 0600 copy `start` keeps next to the server's key files)."""
+    if state_root is None:
+        from llm_backend.state import state_dir
+
+        state_root = state_dir()
+    path = state_root / SECRETS_DIR / CLIENT_KEY_FILE
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return {}
+    with os.fdopen(descriptor, encoding="utf-8") as handle:
+        key = handle.read().strip()
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
 def auth_headers(profile: Profile) -> dict[str, str]:
     """`Authorization: Bearer KEY` when the profile's server has a key, else nothing."""
     key = read_api_key(profile)

@@ -26,10 +26,12 @@ from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 import psutil
 
 from llm_backend.config import ConfigSet, Profile, ResolvedProfile, load_config
+from llm_backend.credentials import client_headers
 from llm_backend.engines import get_engine
 from llm_backend.engines.base import Engine, Failure
 from llm_backend.errors import (
     BackendError,
+    ConfigError,
     FailureClass,
     NotRunningError,
     StartFailed,
@@ -58,7 +60,7 @@ from llm_backend.state import (
 
 if TYPE_CHECKING:
     from llm_backend.doctor import CheckResult
-    from llm_backend.pull import ProgressEvent
+    from llm_backend.pull import ProgressEvent, Source
 
 __all__ = [
     "ACTIVE_STATES",
@@ -77,9 +79,6 @@ __all__ = [
     "describe_leave",
     "launch_env",
 ]
-
-PULLED_CHECKS = frozenset({"image", "model_cache", "tiktoken", "llama_server", "model_file"})
-"""Doctor checks of what `pull` brings in: `start` runs them after its pull, not before."""
 
 CANCEL_WAIT_S = 120.0
 """How long `stop` waits, beyond the grace period, for a cancelled `start` to let go (it
@@ -432,6 +431,16 @@ class Lifecycle:
         if any(check.name == "port" and check.status == "skipped" for check in report.checks):
             self._port_guard(profile)
 
+    @staticmethod
+    def _pending_pull(profile: Profile) -> list[Source]:
+        """The sources a pull would fetch now: missing and fetchable."""
+        from llm_backend import pull as pulling
+
+        sources = pulling.sources_for(profile)
+        planned = pulling.plan(profile.name, sources)
+        return [source for source, artifact in zip(sources, planned.artifacts, strict=True)
+                if not artifact.present and source.fetchable()]
+
     def _pull(self, profile: Profile, options: StartOptions, on_notice: Callable[[str], None],
               on_pull: Callable[[ProgressEvent], None] | None) -> None:
         """Bring in what the profile needs and lacks (or refuse, with `pull=False`)."""
@@ -483,8 +492,9 @@ class Lifecycle:
             if current.state in STARTING_STATES and not _owner_alive(current):
                 current = self._adopt_and_watch(current, on_event=on_event)
             return StartResult.of("already_running", current, state=current.state)
-        # What a pull brings in is checked after the pull, not refused before it.
-        deferred = PULLED_CHECKS if options.pull else frozenset()
+        # What a pull will bring in is checked after the pull, not refused before it.
+        pending = self._pending_pull(profile) if options.pull else []
+        deferred = frozenset(source.check for source in pending if source.check)
         self._preflight(profile, options, on_notice, deferred=deferred)
         engine = get_engine(profile.engine)
         runtime = self.runtime(profile.runtime)
@@ -503,6 +513,8 @@ class Lifecycle:
         if preparation:
             preparation.check()
         argv = engine.build_argv(profile=profile, for_container=for_container)
+        secret_dir, key_args = self._api_key(profile, engine, runtime)
+        argv = [*argv, *key_args]
         env = launch_env(profile, engine)  # a missing fast interface fails here
         return self._launch_and_watch(
             profile=profile,
@@ -514,7 +526,40 @@ class Lifecycle:
             preparation=preparation,
             on_event=on_event,
             on_notice=on_notice,
+            secret_dir=secret_dir,
         )
+
+    def _api_key(self, profile: Profile, engine: Engine,
+                 runtime: Runtime) -> tuple[Path | None, list[str]]:
+        """Hand the profile's API key to the server through 0600 files of ours (never its
+        command line), and keep a copy for our own requests; (folder, the engine's flags).
+
+        Without a key, the files of an earlier keyed start are removed. Raises ConfigError
+        when the key file is unsafe or the engine cannot take a key.
+        """
+        from llm_backend import credentials
+
+        folder = self.store.root / credentials.SECRETS_DIR
+        key = credentials.read_api_key(profile)
+        if key is None:
+            if folder.is_dir() and not folder.is_symlink():
+                for stale in folder.iterdir():
+                    if stale.is_file() and not stale.is_symlink():
+                        stale.unlink()
+            return None, []
+        files = engine.api_key_files(profile=profile, api_key=key)
+        if not files:
+            raise ConfigError(
+                f"profile {profile.name!r} has an API key, but engine {engine.name!r} cannot "
+                "take one",
+                remedy="remove api_key_file from the profile (and unset "
+                f"{credentials.API_KEY_ENV})",
+            )
+        for name, content in {**files, credentials.CLIENT_KEY_FILE: key + "\n"}.items():
+            credentials.write_secret_file(folder / name, content)
+        seen_at = runtime.secret_path(profile=profile, host_dir=folder)
+        paths = {name: f"{seen_at.rstrip('/')}/{name}" for name in files}
+        return folder, engine.api_key_args(profile=profile, paths=paths)
 
     @staticmethod
     def _check_same_backend(current: InstanceRecord, profile: Profile) -> None:
@@ -541,6 +586,7 @@ class Lifecycle:
         preparation: HostPreparation | None,
         on_event: Callable[[MonitorEvent], None],
         on_notice: Callable[[str], None],
+        secret_dir: Path | None = None,
     ) -> StartResult:
         from llm_backend.host.journal import fault_point
 
@@ -585,6 +631,7 @@ class Lifecycle:
                         log_path=log_path,
                         health_path=engine.health_path,
                         state_dir=self.store.root,
+                        secret_dir=secret_dir,
                     )
                 )
                 record = record.evolve(
@@ -1024,8 +1071,10 @@ class Lifecycle:
                 "uptime_s": round(uptime, 1) if uptime is not None else None,
                 "health_ms": health_ms,
                 "health_status": health_status,
-                "models": models(record.client_endpoint, engine) if healthy else [],
-                "spec": spec_figures(record.client_endpoint, record.log_path, engine)
+                "models": models(record.client_endpoint, engine,
+                                 client_headers(self.store.root)) if healthy else [],
+                "spec": spec_figures(record.client_endpoint, record.log_path, engine,
+                                     client_headers(self.store.root))
                 if healthy else None,
             }
         )

@@ -28,19 +28,22 @@ def health(endpoint: str, engine: Engine) -> tuple[int | None, float | None]:
     return status, round((time.perf_counter() - started) * 1000, 1)
 
 
-def models(endpoint: str, engine: Engine) -> list[str]:
+def models(endpoint: str, engine: Engine,
+           headers: dict[str, str] | None = None) -> list[str]:
     """The model ids the OpenAI-compatible models path lists ([] when it does not answer)."""
     try:
-        status, body = http_get(endpoint + engine.models_path)
+        status, body = http_get(endpoint + engine.models_path, headers=headers)
         data = json.loads(body).get("data", []) if status == 200 else []
         return [str(item.get("id")) for item in data if isinstance(item, dict)]
     except (OSError, http.client.HTTPException, ValueError, AttributeError):
         return []
 
 
-def spec_figures(endpoint: str, log_path: str, engine: Engine) -> dict[str, Any] | None:
+def spec_figures(endpoint: str, log_path: str, engine: Engine,
+                 headers: dict[str, str] | None = None) -> dict[str, Any] | None:
     """Speculative-decoding figures (the engine's reader: info endpoint, else its log)."""
-    stats = engine.read_spec_stats(endpoint=endpoint, log_lines=lambda: log_tail(log_path, 400))
+    stats = engine.read_spec_stats(endpoint=endpoint, log_lines=lambda: log_tail(log_path, 400),
+                                   headers=headers)
     return stats.to_json() if stats is not None else None
 
 

@@ -90,6 +90,12 @@ class Source(ABC):
 
     kind: ArtifactKind
     name: str
+    # The doctor check that reports this artifact: `start` runs it after its pull.
+    check: str = ""
+
+    def fetchable(self) -> bool:
+        """Whether `fetch` can bring it in (False: only the user can, e.g. a path of theirs)."""
+        return True
 
     @abstractmethod
     def probe(self) -> Artifact:
@@ -241,8 +247,10 @@ class VerifiedFile(Source):
         url: str,
         sha256: str,
         size: int | None = None,
+        check: str = "",
     ) -> None:
         self.kind = kind
+        self.check = check
         self.name = name
         self.folder = folder
         self.filename = filename

@@ -261,7 +261,10 @@ def ab_warnings(comparisons: Sequence[LevelComparison], on: BenchReport) -> tupl
 def _accept_length(profile: Profile) -> float | None:
     """The accept length the engine's info endpoint reports (SGLang does; llama.cpp: None)."""
     engine = get_engine(profile.engine)
-    stats = engine.read_spec_stats(endpoint=profile.client_endpoint, timeout_s=5.0)
+    from llm_backend.credentials import client_headers
+
+    stats = engine.read_spec_stats(endpoint=profile.client_endpoint, timeout_s=5.0,
+                                   headers=client_headers())
     return stats.accept_length if stats is not None else None
 
 

@@ -20,6 +20,7 @@ import httpx
 
 from llm_backend.bench.workloads import BenchRequest
 from llm_backend.client import stream_chunks
+from llm_backend.credentials import client_headers
 
 ProgressCallback = Callable[[int], None]
 
@@ -207,7 +208,8 @@ def run_level(
         return BenchRequest(position, base.kind, base.messages, base.max_tokens, base.seed)
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    with httpx.Client(timeout=timeout_s, limits=limits, trust_env=False) as client:
+    with httpx.Client(timeout=timeout_s, limits=limits, trust_env=False,
+                      headers=client_headers()) as client:
 
         def worker() -> None:
             while (request := next_request()) is not None:

@@ -21,6 +21,7 @@ def chat(
     import httpx
 
     from llm_backend.client import chat as run_chat
+    from llm_backend.credentials import client_headers
 
     check_number("--max-tokens", max_tokens, low=1, high=1 << 20, command="chat")
     check_number("--temperature", temperature, low=0, high=2, command="chat")
@@ -33,6 +34,7 @@ def chat(
             max_tokens=max_tokens,
             temperature=temperature,
             on_text=render.stream_text,
+            headers=client_headers(),
         )
     except httpx.HTTPError as error:
         raise BackendError(

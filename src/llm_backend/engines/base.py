@@ -319,7 +319,9 @@ class LogReader(ABC):
         """Map one log line onto phases, failures and spec stats."""
 
 
-def http_get(url: str, timeout_s: float = 2.0) -> tuple[int, bytes]:
+def http_get(
+    url: str, timeout_s: float = 2.0, headers: dict[str, str] | None = None
+) -> tuple[int, bytes]:
     """One GET with the standard library (no httpx import): (HTTP status, body).
 
     Raises OSError or http.client.HTTPException when the server does not answer.
@@ -329,7 +331,7 @@ def http_get(url: str, timeout_s: float = 2.0) -> tuple[int, bytes]:
         parts.hostname or "127.0.0.1", parts.port, timeout=timeout_s
     )
     try:
-        connection.request("GET", parts.path or "/")
+        connection.request("GET", parts.path or "/", headers=headers or {})
         response = connection.getresponse()
         return response.status, response.read()
     finally:
@@ -518,6 +520,7 @@ class Engine(ABC):
         endpoint: str,
         log_lines: Callable[[], Iterable[str]] | None = None,
         timeout_s: float = 2.0,
+        headers: dict[str, str] | None = None,
     ) -> SpecStats | None:
         """Speculative-decoding figures of a running server: info endpoint first, else its log.
 
@@ -527,7 +530,7 @@ class Engine(ABC):
         """
         for path in self.info_paths:
             try:
-                status, body = http_get(endpoint + path, timeout_s)
+                status, body = http_get(endpoint + path, timeout_s, headers)
             except (OSError, http.client.HTTPException):
                 break
             if status == 404:

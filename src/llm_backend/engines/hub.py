@@ -298,6 +298,8 @@ class HubRepository(Source):
         self._listing: list[RepoEntry] | None = None
         self._commit: str | None = None
 
+    check = "model_cache"
+
     def disk_path(self) -> Path:
         return self.cache_dir
 

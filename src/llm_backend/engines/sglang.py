@@ -470,7 +470,7 @@ def harmony_encoding(folder: Path) -> VerifiedFile:
     """The encoding file gpt-oss needs in `folder`, fetched from ENCODINGS_URL_ENV or OpenAI."""
     base = os.environ.get(ENCODINGS_URL_ENV) or HARMONY_ENCODINGS_URL
     return VerifiedFile(
-        kind="encoding", name=HARMONY_ENCODING_FILE, folder=folder,
+        kind="encoding", check="tiktoken", name=HARMONY_ENCODING_FILE, folder=folder,
         filename=HARMONY_ENCODING_FILE, url=base.rstrip("/") + "/" + HARMONY_ENCODING_FILE,
         sha256=HARMONY_ENCODING_SHA256, size=HARMONY_ENCODING_BYTES,
     )

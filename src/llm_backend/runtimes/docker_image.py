@@ -51,6 +51,7 @@ class DockerImage(Source):
     """One image reference the profile's runtime runs; present when the engine has it."""
 
     kind = "image"
+    check = "image"
 
     def __init__(self, image: str, *, data_root: Path | None = None) -> None:
         self.image = image
