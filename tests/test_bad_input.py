@@ -247,3 +247,21 @@ def test_absurd_command_line_value_is_refused(
     completed = world.run(*args)
     assert_refused(world, completed, shown)
     assert fix in completed.stderr.split("fix: ")[1]
+
+
+@pytest.mark.parametrize(
+    ("args", "shown", "fix"),
+    [
+        (("start", "--port", "abc"), "Invalid value for '--port'", "llm-backend start --help"),
+        (("stop", "--bogus"), "No such option: --bogus", "llm-backend stop --help"),
+        (("bogus",), "No such command 'bogus'", "llm-backend --help"),
+        (("logs", "-n", "x"), "Invalid value for '-n'", "llm-backend logs --help"),
+        (("profiles", "show"), "Missing argument 'name'", "llm-backend profiles show --help"),
+    ],
+)
+def test_unparsable_command_line_is_error_and_fix(
+    world: Env, args: tuple[str, ...], shown: str, fix: str
+) -> None:
+    completed = world.run(*args)
+    assert_refused(world, completed, shown)
+    assert fix in completed.stderr.split("fix: ")[1]

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import typer
 from typer._click.core import Context as ClickContext  # typer vendors click
+from typer._click.exceptions import UsageError
 from typer.core import TyperGroup
 
 from llm_backend.cli import render, render_reports
@@ -31,6 +32,13 @@ def error_boundary() -> Iterator[None]:
         yield
     except BackendError as error:
         render.render_error(error)
+        raise typer.Exit(error.exit_code) from None
+    except UsageError as error:  # a value typer could not parse: `--port abc`, a typo'd option
+        command = "llm-backend"
+        if error.ctx is not None:  # the root's name is "python -m llm_backend" under -m
+            root = error.ctx.find_root().command_path
+            command += error.ctx.command_path.removeprefix(root)
+        render.render_usage_error(error.format_message(), command)
         raise typer.Exit(error.exit_code) from None
     except (KeyboardInterrupt, Interrupted) as error:
         name = "SIGINT" if isinstance(error, KeyboardInterrupt) else str(error)

@@ -106,6 +106,13 @@ def render_error(error: BackendError) -> None:
     err_console.print(Text("fix: ", style="green") + Text(error.remedy), soft_wrap=True)
 
 
+def render_usage_error(message: str, command: str) -> None:
+    """A command line typer could not parse: the same `error:` + `fix:` shape as the rest."""
+    err_console.print(Text("error: ", style="red") + Text(message), soft_wrap=True)
+    err_console.print(Text("fix: ", style="green") + Text(f"see `{command} --help`"),
+                      soft_wrap=True)
+
+
 def render_interrupted(name: str) -> None:
     err_console.print(
         f"error: interrupted by {name}; anything this command had started was stopped "
