@@ -17,10 +17,11 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from llm_backend.state import StateStore, atomic_write_json, load_state_json
-from tests.conftest import Env
+from tests.conftest import Env, port_is_free
 
 DAMAGE: dict[str, bytes | None] = {
     "binary": b"\x00\xff\xfe\x80garbage\x00",
@@ -216,14 +217,20 @@ def test_a_full_state_dir_is_an_error_with_a_fix_and_leaves_no_temporary_files(
     world: Env, small_state: Path
 ) -> None:
     world.run("start", "-p", "smollm2-cpu", check=True)
+    pid = json.loads((small_state / "instance.json").read_text())["pid"]
     fill(small_state)
-    for command in (("status",), ("stop",), ("logs", "-n", "3"), ("recover",)):
-        result = world.run(*command)
-        no_crash(result, " ".join(command))
-        if result.returncode != 0 and command[0] == "stop":
-            assert "no space left" in result.stderr and "fix:" in result.stderr, result.stderr
-    assert not list(small_state.glob(".*.tmp")), "temporary files were left behind"
-    (small_state / "filler").unlink()
-    stopped = world.run("stop", "--force")
+    for command in (("status",), ("logs", "-n", "3"), ("recover",)):
+        no_crash(world.run(*command), " ".join(command))
+    # The record cannot be written, yet `stop` stops the server (and removes the record).
+    stopped = world.run("stop")
     assert stopped.returncode == 0, stopped.stderr
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert not (small_state / "instance.json").exists()
+    assert not list(small_state.glob(".*.tmp")), "temporary files were left behind"
+    # Starting in a full state dir: an error with a fix, nothing left behind.
+    started = world.run("start", "-p", "smollm2-cpu")
+    assert started.returncode != 0 and "Traceback" not in started.stderr, started.stderr
+    assert "no space left" in started.stderr and "fix:" in started.stderr, started.stderr
+    assert port_is_free(world.port), "a server was left running by the failed start"
     assert not list(small_state.glob(".*.tmp"))
+    (small_state / "filler").unlink()

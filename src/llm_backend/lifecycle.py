@@ -54,6 +54,7 @@ from llm_backend.state import (
     InstanceRecord,
     State,
     StateConflict,
+    StateDirError,
     StateStore,
     open_log,
 )
@@ -1181,13 +1182,19 @@ class Lifecycle:
                 record, drained.drain_timeout_s if drained is not None else 30.0
             )
         me_pid, me_create = _me()
-        if record.state != State.STOPPING:
-            record = self.store.transition(
-                record, State.STOPPING, owner_pid=me_pid, owner_create_time=me_create
-            )
-        else:
-            record = self.store.update(record, owner_pid=me_pid,
-                                       owner_create_time=me_create) or record
+        unwritten = False
+        try:
+            if record.state != State.STOPPING:
+                record = self.store.transition(
+                    record, State.STOPPING, owner_pid=me_pid, owner_create_time=me_create
+                )
+            else:
+                record = self.store.update(record, owner_pid=me_pid,
+                                           owner_create_time=me_create) or record
+        except StateDirError:
+            # A full or read-only state dir: stop the server anyway (a stale record is
+            # better than a server out of reach); the record is removed afterwards.
+            unwritten = True
         result = runtime.stop(record=record, grace_s=grace_s, force=force)
         swept = self._sweep_unrecorded(force=force, grace_s=grace_s, profile=record.profile)
         leftovers = [*result.leftovers, *swept.leftovers]
@@ -1204,7 +1211,11 @@ class Lifecycle:
                 remedy="llm-backend stop --force",
             )
         with contextlib.suppress(StateConflict):
-            self.store.transition(record, State.STOPPED)
+            if unwritten:  # removing the file needs no free space
+                self.store.modify(lambda current: None if record.same_instance(current)
+                                  else current)
+            else:
+                self.store.transition(record, State.STOPPED)
         return StopOutcome(
             was_running=result.was_running or swept.was_running,
             profile=record.profile,
