@@ -168,3 +168,31 @@ api_key_file = "{key_file}"
             assert key not in str(output)
     finally:
         world.run("stop", timeout=60)
+
+
+def test_docker_port_published_beyond_loopback_without_key_is_warned(world: Env) -> None:
+    world.write_config("""
+[profiles.published]
+extends = "smollm2-cpu"
+runtime = "docker"
+[profiles.published.docker]
+publish_host = "0.0.0.0"
+""")
+    world.env.pop("LLM_BACKEND_API_KEY", None)
+    report = json.loads(world.run("doctor", "--profile", "published", "--json").stdout)
+    access = {check["name"]: check for check in report["checks"]}["access"]
+    assert access["status"] == "warn"
+    assert "published listens on 0.0.0.0" in access["summary"]
+
+
+@pytest.mark.parametrize("flag", ["--api", "--api-ke", "--admin-api"])
+def test_abbreviated_secret_flags_are_refused(world: Env, flag: str) -> None:
+    world.write_config(f"""
+[profiles.leaky]
+extends = "smollm2-cpu"
+extra_args = ["{flag}", "sk-abbrev-secret"]
+""")
+    refused = world.run("start", "--profile", "leaky", "--dry-run")
+    assert refused.returncode == 2, refused.stderr
+    assert f"extra_args has {flag}, which would put a secret" in refused.stderr
+    assert "sk-abbrev-secret" not in refused.stderr + refused.stdout

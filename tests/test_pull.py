@@ -308,3 +308,35 @@ def test_pull_is_interruptible_by_sigint(world: Env, hub: HubStandin) -> None:
     assert "error: interrupted by SIGINT" in stderr
     blobs = cache / "models--acme--tiny-moe" / "blobs"
     assert not list(blobs.glob("*.incomplete")), "an interrupted pull left a partial file"
+
+
+def test_a_planted_partial_symlink_is_not_written_through(
+    world: Env, hub: HubStandin, encoding_server: tuple[str, Path]
+) -> None:
+    url, _ = encoding_server
+    folder = encoding_world(world, hub, url)
+    folder.mkdir(parents=True)
+    victim = world.root / "victim"
+    victim.write_text("keep me\n")
+    (folder / (ENCODING_NAME + ".partial")).symlink_to(victim)
+    refused = world.run("pull", "--profile", "hubtest")
+    assert refused.returncode == 7, refused.stderr
+    assert "error: cannot write" in refused.stderr and "fix: make" in refused.stderr
+    assert victim.read_text() == "keep me\n"
+    assert not (folder / ENCODING_NAME).exists()
+
+
+def test_a_second_pull_waits_its_turn(world: Env, hub: HubStandin) -> None:
+    hub_world(world, hub)
+    hub.delay_per_chunk_s = 0.2
+    first = world.popen("pull", "--profile", "hubtest")
+    try:
+        assert wait_for(lambda: any(path.endswith(".safetensors")
+                                    for _, path in hub.requests), 60)
+        second = world.run("pull", "--profile", "hubtest")
+        assert second.returncode == 7, second.stderr
+        assert f"error: another pull is running (pid {first.pid})" in second.stderr
+        assert "fix: wait for it to finish" in second.stderr
+    finally:
+        first.kill()
+        first.wait(timeout=30)

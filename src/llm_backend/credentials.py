@@ -29,8 +29,13 @@ MASK = "********"
 # Whole words of the name only: TIKTOKEN_ENCODINGS_BASE (a folder) and TOKENIZERS_PARALLELISM
 # are not secrets; HF_TOKEN, OPENAI_API_KEY and AWS_SECRET_ACCESS_KEY are.
 SECRET_NAME = re.compile(
-    r"(?:^|_)(?:TOKEN|KEY|SECRET|PASSWORD|PASSWD|CREDENTIALS?|AUTH)(?:_|$)", re.IGNORECASE
+    r"(?:^|_)(?:TOKEN|KEY|APIKEY|SECRET|PASSWORD|PASSWD|PASS|PAT|CREDENTIALS?|AUTH)(?:_|$)",
+    re.IGNORECASE,
 )
+# The secret-bearing flags SGLang, llama.cpp and vLLM know; argparse (SGLang, vLLM) also takes
+# any unique prefix of a long flag (`--api` for `--api-key`), so a prefix of one is refused too.
+SECRET_FLAG_NAMES = ("--api-key", "--admin-api-key", "--hf-token", "--ssl-keyfile-password")
+SECRET_PREFIX_MIN = 5  # `--api` and longer; `--a` alone names nothing
 # Flags that carry a secret on the command line, where every local user can read it
 # (`ps`, /proc/PID/cmdline): SGLang's `--api-key`/`--admin-api-key`, llama.cpp's `--api-key`,
 # vLLM's `--api-key`, and any `--hf-token`-style flag.
@@ -68,7 +73,10 @@ def mask_flat(values: dict[str, Any]) -> dict[str, Any]:
 def check_extra_args(profile_name: str, extra_args: list[str]) -> None:
     """Refuse secrets in `extra_args`: the command line is readable by every local user."""
     for argument in extra_args:
-        if SECRET_FLAG.match(argument):
+        flag_name = argument.split("=", 1)[0].lower()
+        abbreviated = len(flag_name) >= SECRET_PREFIX_MIN and flag_name.startswith("--") and any(
+            name.startswith(flag_name) for name in SECRET_FLAG_NAMES)
+        if SECRET_FLAG.match(argument) or abbreviated:
             flag = argument.split("=", 1)[0]
             raise ConfigError(
                 f"profile {profile_name!r}: extra_args has {flag}, which would put a secret on "
@@ -150,18 +158,20 @@ def auth_headers(profile: Profile) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"} if key else {}
 
 
-def exposed_without_key(profile: Profile) -> bool:
-    """True when the server listens beyond loopback and has no API key."""
-    host = profile.host.strip("[]")
+def exposed_without_key(profile: Profile, listen_host: str | None = None) -> bool:
+    """True when the server listens beyond loopback (`listen_host`: where clients reach it,
+    the profile's host by default) and has no API key."""
+    host = (listen_host or profile.host).strip("[]")
     if host in LOOPBACK_HOSTS or host.startswith("127."):
         return False
     return read_api_key(profile) is None
 
 
-def exposure_warning(profile: Profile) -> str:
+def exposure_warning(profile: Profile, listen_host: str | None = None) -> str:
     """What to tell the user about a server open to the network without a key."""
+    host = listen_host or profile.host
     return (
-        f"{profile.name} listens on {url_host(profile.host)}:{profile.port} without an API key: "
+        f"{profile.name} listens on {url_host(host)}:{profile.port} without an API key: "
         "anyone "
         "who can reach this machine can use the model (llama.cpp also allows every CORS "
         f"origin then); set api_key_file = \"PATH\" in [profiles.{profile.name}] or export "

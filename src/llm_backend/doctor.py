@@ -303,12 +303,13 @@ def check_access(ctx: Context) -> CheckResult:
     if key:
         return _result("access", "pass", "the server takes an API key (never shown); "
                        "llm-backend's own requests send it")
-    if credentials.exposed_without_key(ctx.profile):
-        return _result("access", "warn", credentials.exposure_warning(ctx.profile),
+    listen_host = ctx.runtime.listen_host(profile=ctx.profile)
+    if credentials.exposed_without_key(ctx.profile, listen_host):
+        return _result("access", "warn", credentials.exposure_warning(ctx.profile, listen_host),
                        f"set api_key_file = \"PATH\" in [profiles.{ctx.profile.name}] "
                        f"(a file with mode 0600), or export {credentials.API_KEY_ENV}")
     return _result("access", "pass",
-                   f"the server listens on {ctx.profile.host} only, without an API key")
+                   f"the server listens on {listen_host} only, without an API key")
 
 
 def _runtime_will_adopt(ctx: Context) -> bool:

@@ -461,7 +461,8 @@ class Lifecycle:
                 remedy=f"llm-backend pull --profile {profile.name} (or start without --no-pull)",
             )
         on_notice(f"pulling what {profile.name} needs first: {names}")
-        pulling.pull(profile.name, sources, progress=on_pull or (lambda event: None))
+        pulling.pull(profile.name, sources, progress=on_pull or (lambda event: None),
+                     lock=self.store.root / pulling.PULL_LOCK)
 
     @staticmethod
     def _port_guard(profile: Profile) -> None:

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 ArtifactKind = Literal["image", "model", "draft_model", "encoding", "binary", "model_file"]
 
 PULL_REMEDY = "llm-backend pull"
+PULL_LOCK = "pull.lock"  # in the state dir: one pull at a time
+DOWNLOAD_DEADLINE_S = 600.0  # a small file (the encoding) that takes longer is not coming
 
 
 class PullError(BackendError):
@@ -182,11 +184,29 @@ def pull(
     sources: Sequence[Source],
     *,
     progress: ProgressCallback = _no_progress,
+    lock: Path | None = None,
 ) -> PullResult:
     """Fetch every missing artifact in order; the first failure raises PullError.
 
-    Free disk is checked against all missing bytes before anything is downloaded.
+    Free disk is checked against all missing bytes before anything is downloaded. `lock` (a
+    file in the state dir) keeps two pulls from writing the same files at once: the second
+    is refused while the first runs.
     """
+    if lock is not None:
+        from llm_backend.locks import FileLock
+
+        guard = FileLock(lock)
+        if not guard.acquire(blocking=False, holder="pull"):
+            pid, _ = guard.holder_info()
+            raise PullError(
+                f"another pull is running{f' (pid {pid})' if pid else ''}: it holds {lock}",
+                remedy="wait for it to finish (its progress is on its own terminal), then run "
+                "the command again",
+            )
+        try:
+            return pull(profile_name, sources, progress=progress)
+        finally:
+            guard.release()
     before = plan(profile_name, sources)
     check_disk(sources, before.artifacts)
     fetched: list[str] = []
@@ -282,8 +302,6 @@ class VerifiedFile(Source):
                         0 if present else self.size, detail=why or None)
 
     def fetch(self, *, progress: ProgressCallback) -> None:
-        import httpx
-
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as error:
@@ -291,49 +309,83 @@ class VerifiedFile(Source):
                             remedy=f"sudo mkdir -p {self.folder} && sudo chown $USER "
                             f"{self.folder}") from error
         partial = self.folder / (self.filename + ".partial")
-        offset = partial.stat().st_size if partial.is_file() else 0
-        headers = {"Range": f"bytes={offset}-"} if offset else {}
         try:
-            with httpx.stream("GET", self.url, headers=headers, timeout=30.0,
-                              follow_redirects=True) as response:
-                if response.status_code == 416:  # the partial file is already whole
-                    response.read()
-                elif response.status_code not in (200, 206):
-                    raise PullError(
-                        f"GET {self.url} answered {response.status_code}",
-                        remedy="check the address (LLM_BACKEND_ENCODINGS_URL) and the network, "
-                        "then run `llm-backend pull` again",
-                    )
-                else:
-                    if response.status_code == 200:
+            self._download(partial, progress)
+            digest = sha256_of(partial)
+            if digest != self.sha256:
+                partial.unlink(missing_ok=True)
+                raise PullError(
+                    f"{self.url} gave a file with SHA-256 {digest}, expected {self.sha256}",
+                    remedy="check LLM_BACKEND_ENCODINGS_URL points at an unmodified copy, then "
+                    "run `llm-backend pull` again",
+                )
+            os.chmod(partial, 0o644, follow_symlinks=False)
+            os.replace(partial, self.path)  # replaces a link in its place, never its target
+        except OSError as error:
+            raise PullError(
+                f"cannot write {error.filename or partial}: {error.strerror}",
+                remedy=f"make {self.folder} a folder you can write (not a file or a link to "
+                "one), with space left, then run `llm-backend pull` again",
+            ) from error
+        size = self.path.stat().st_size
+        progress(ProgressEvent(self.name, size, size, finished=True))
+
+    def _download(self, partial: Path, progress: ProgressCallback) -> None:
+        """GET the file into `partial`, resuming from its size; never through a symlink, never
+        past the known size, never longer than DOWNLOAD_DEADLINE_S."""
+        import httpx
+
+        descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW,
+                             0o600)
+        with os.fdopen(descriptor, "ab") as handle:
+            offset = os.fstat(descriptor).st_size
+            headers = {"Range": f"bytes={offset}-"} if offset else {}
+            deadline = time.monotonic() + DOWNLOAD_DEADLINE_S
+            limit = (self.size or 0) * 2 or None
+            try:
+                with httpx.stream("GET", self.url, headers=headers, timeout=30.0,
+                                  follow_redirects=True) as response:
+                    if response.status_code == 416:  # the partial file is already whole
+                        response.read()
+                        return
+                    if response.status_code not in (200, 206):
+                        raise PullError(
+                            f"GET {self.url} answered {response.status_code}",
+                            remedy="check the address (LLM_BACKEND_ENCODINGS_URL) and the "
+                            "network, then run `llm-backend pull` again",
+                        )
+                    if response.status_code == 200 and offset:
+                        handle.truncate(0)  # the server sent the whole file again
                         offset = 0
                     length = response.headers.get("Content-Length")
                     total = offset + int(length) if length and length.isdigit() else self.size
-                    mode = "ab" if offset else "wb"
-                    with partial.open(mode) as handle:
-                        done = offset
-                        for chunk in response.iter_bytes(1 << 16):
-                            handle.write(chunk)
-                            done += len(chunk)
-                            progress(ProgressEvent(self.name, done, total))
-        except httpx.HTTPError as error:
-            raise PullError(
-                f"could not download {self.url}: {type(error).__name__}: {error}",
-                remedy="check the network (or LLM_BACKEND_ENCODINGS_URL), then run "
-                "`llm-backend pull` again; the part already downloaded is kept",
-            ) from error
-        digest = sha256_of(partial)
-        if digest != self.sha256:
-            partial.unlink(missing_ok=True)
-            raise PullError(
-                f"{self.url} gave a file with SHA-256 {digest}, expected {self.sha256}",
-                remedy="check LLM_BACKEND_ENCODINGS_URL points at an unmodified copy, then run "
-                "`llm-backend pull` again",
-            )
-        os.chmod(partial, 0o644)
-        os.replace(partial, self.path)
-        progress(ProgressEvent(self.name, self.path.stat().st_size,
-                               self.path.stat().st_size, finished=True))
+                    done = offset
+                    for chunk in response.iter_bytes(1 << 16):
+                        handle.write(chunk)
+                        done += len(chunk)
+                        progress(ProgressEvent(self.name, done, total))
+                        if limit is not None and done > limit:
+                            raise PullError(
+                                f"{self.url} sent more than {format_bytes(limit)} for a file "
+                                f"of {format_bytes(self.size)}",
+                                remedy="check LLM_BACKEND_ENCODINGS_URL, then run "
+                                "`llm-backend pull` again",
+                            )
+                        if time.monotonic() > deadline:
+                            raise PullError(
+                                f"{self.url} took longer than {DOWNLOAD_DEADLINE_S:.0f} s",
+                                remedy="check the network (or LLM_BACKEND_ENCODINGS_URL), then "
+                                "run `llm-backend pull` again; the part downloaded is kept",
+                            )
+            except httpx.HTTPError as error:
+                raise PullError(
+                    f"could not download {self.url}: {type(error).__name__}: {error}",
+                    remedy="check the network (or LLM_BACKEND_ENCODINGS_URL), then run "
+                    "`llm-backend pull` again; the part already downloaded is kept",
+                ) from error
+            except ValueError as error:  # a malformed URL
+                raise PullError(f"cannot download {self.url!r}: {error}",
+                                remedy="set LLM_BACKEND_ENCODINGS_URL to an http(s) URL") from error
 
 
 def sources_in_order(groups: Iterable[Iterable[Source]]) -> list[Source]:

@@ -41,7 +41,8 @@ def pull(
             render_pull_plan(resolved.name, resolved.runtime, planned)
         raise typer.Exit(0)
     with PullDisplay() as display:
-        result = pulling.pull(resolved.name, sources, progress=display)
+        result = pulling.pull(resolved.name, sources, progress=display,
+                              lock=lifecycle.store.root / pulling.PULL_LOCK)
     if as_json:
         render.print_json(result.to_json())
         return

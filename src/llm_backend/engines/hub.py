@@ -405,7 +405,7 @@ class HubRepository(Source):
 
     def _remove_stale_partials(self) -> None:
         blobs = self.storage_folder / "blobs"
-        if blobs.is_dir():
+        if blobs.is_dir() and not blobs.is_symlink():  # never delete through a planted link
             for partial in blobs.glob("*.incomplete"):
                 partial.unlink(missing_ok=True)
 
@@ -434,6 +434,12 @@ class HubRepository(Source):
                     self.repo_id, entry.path, revision=commit, cache_dir=str(self.cache_dir),
                     tqdm_class=counter.tqdm_class(),
                 )
+            except OSError as error:  # disk full, a folder we cannot write: not the network
+                raise PullError(
+                    f"cannot write {error.filename or self.cache_dir}: {error.strerror}",
+                    remedy=f"free space in {self.cache_dir} (or make it writable), then run "
+                    "`llm-backend pull` again; complete files are kept",
+                ) from error
             except Exception as error:
                 raise self._translate(error) from error
             counter.file_done(entry.size)

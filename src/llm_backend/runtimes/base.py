@@ -118,6 +118,10 @@ class Runtime(ABC):
         """What this runtime needs before it can run the profile (a container image)."""
         return []
 
+    def listen_host(self, *, profile: Profile) -> str:
+        """The address clients reach the server on: the profile's host by default."""
+        return profile.host
+
     def secret_path(self, *, profile: Profile, host_dir: Path) -> str:
         """Where the server sees `host_dir`, the folder of our 0600 files for it."""
         return str(host_dir)

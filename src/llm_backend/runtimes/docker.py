@@ -350,6 +350,13 @@ class DockerRuntime(Runtime):
         """The profile's image for this machine, fetched through the Docker engine."""
         return [DockerImage(image_for(profile))]
 
+    def listen_host(self, *, profile: Profile) -> str:
+        """Where the port is published on this machine (`docker.publish_host`); the whole
+        machine's addresses with host networking."""
+        if profile.docker.network == "host":
+            return profile.host
+        return profile.docker.publish_host or "0.0.0.0"
+
     def secret_path(self, *, profile: Profile, host_dir: Path) -> str:
         """Our key files are mounted read-only at one fixed place in the container."""
         return CONTAINER_SECRET_DIR
