@@ -374,3 +374,26 @@ def test_engine_install_of_an_unknown_engine_is_refused(world: Env) -> None:
     assert result.returncode == 1
     assert "cannot install engine 'no-such-engine'" in result.stderr
     assert "fix:" in result.stderr
+
+
+def test_native_server_gets_env_values_with_home_expanded(world: Env) -> None:
+    """`~/...` in a profile's env reaches a native server expanded, as pull and doctor read it;
+    other values (`~user/x`, a `~` inside) are passed as written."""
+    world.write_config("""
+[profiles.tilde]
+extends = "smollm2-cpu"
+[profiles.tilde.env]
+TIKTOKEN_ENCODINGS_BASE = "~/tiktoken_encodings"
+LB_TEST_OTHER_USER = "~nobody-here/x"
+LB_TEST_INSIDE = "a~/b"
+""")
+    world.run("start", "--profile", "tilde", check=True)
+    try:
+        pid = json.loads((world.state_dir / "instance.json").read_text())["pid"]
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        home = os.path.expanduser("~")
+        assert f"TIKTOKEN_ENCODINGS_BASE={home}/tiktoken_encodings".encode() in environ
+        assert b"LB_TEST_OTHER_USER=~nobody-here/x" in environ
+        assert b"LB_TEST_INSIDE=a~/b" in environ
+    finally:
+        world.run("stop", check=True)

@@ -35,7 +35,7 @@ class NativeRuntime(Runtime):
         self._children: dict[int, subprocess.Popen[bytes]] = {}
 
     def launch(self, *, spec: LaunchSpec) -> Launched:
-        env = {**os.environ, **spec.env}
+        env = {**os.environ, **home_expanded(spec.env)}
         if spec.state_dir is not None:
             env.update(marker_env(spec.state_dir))
         spec.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -106,6 +106,18 @@ class NativeRuntime(Runtime):
             with contextlib.suppress(subprocess.TimeoutExpired):
                 child.wait(timeout=0.1)
 
+
+def home_expanded(env: dict[str, str]) -> dict[str, str]:
+    """`env` with a leading `~` or `~/` of each value expanded to the running user's home.
+
+    A shell would expand `TIKTOKEN_ENCODINGS_BASE=~/enc`; `Popen(env=...)` does not, and the
+    server would read `~/enc` relative to its working directory while `pull` and `doctor`
+    (through `Runtime.host_path`) use the expanded folder. `~user` forms are left as written.
+    """
+    return {
+        name: os.path.expanduser(value) if value == "~" or value.startswith("~/") else value
+        for name, value in env.items()
+    }
 
 
 def spawn_group(*, argv: list[str], env: dict[str, str], log_path: Path) -> Launched:
