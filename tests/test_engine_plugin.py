@@ -159,6 +159,19 @@ def test_a_broken_plugin_setting_is_an_error_with_a_fix(world: Env) -> None:
     assert completed.returncode == 2
     assert "$LLM_BACKEND_ENGINES names engine 'no_such_module:Engine'" in completed.stderr
     assert "fix:" in completed.stderr
+    # A relative module cannot be imported without a package: error + fix, not a traceback.
+    world.write_config('[profiles.other]\nextends = "smollm2-cpu"\nengine = "other"\n'
+                       '[profiles.otherrt]\nextends = "smollm2-cpu"\nruntime = "otherrt"\n')
+    for variable, target, profile in (("LLM_BACKEND_ENGINES", "..x:Y", "other"),
+                                      ("LLM_BACKEND_RUNTIMES", ".x:Y", "otherrt")):
+        world.env.pop("LLM_BACKEND_ENGINES", None)
+        world.env[variable] = target
+        relative = world.run("doctor", "--profile", profile)
+        del world.env[variable]
+        assert relative.returncode == 2, relative.stderr
+        assert "Traceback" not in relative.stderr
+        assert f"${variable} names" in relative.stderr and f"'{target}', a relative module" \
+            in relative.stderr and "fix: give the module's full dotted name" in relative.stderr
     # A plugin may not take a built-in engine's name.
     world.env["LLM_BACKEND_ENGINES"] = "tests.test_engine_plugin:Sglang"
     world.env["PYTHONPATH"] = str(REPO)

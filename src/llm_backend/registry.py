@@ -53,6 +53,13 @@ class Registry(Generic[T]):
 
     def _load_target(self, target: str, *, origin: str) -> type[T]:
         module_name, _, attribute = target.partition(":")
+        if module_name.startswith("."):
+            # importlib.import_module raises TypeError for a relative name without a package.
+            raise ConfigError(
+                f"{origin} names {self.kind} {target!r}, a relative module, which cannot be "
+                "imported without a package",
+                remedy=f"give the module's full dotted name (module:Class); {self.remedy}",
+            )
         try:
             loaded = getattr(importlib.import_module(module_name), attribute)
         except (ImportError, AttributeError, ValueError) as error:
