@@ -158,6 +158,22 @@ def test_unknown_repository_and_unreachable_hub(world: Env, hub: HubStandin) -> 
     assert "fix: check the network (or HF_ENDPOINT)" in down.stderr
 
 
+def test_a_malformed_hf_endpoint_is_named_with_a_fix(world: Env, hub: HubStandin) -> None:
+    """huggingface_hub parses HF_ENDPOINT when imported: a bad one was a ValueError traceback
+    (`http://[::1`, a port out of range) or blamed on the network (`ftp://`, no scheme)."""
+    cache = hub_world(world, hub)
+    for endpoint in ("http://[::1", "http://127.0.0.1:99999", "ftp://mirror", "not a url"):
+        world.env["HF_ENDPOINT"] = endpoint
+        refused = world.run("pull", "--profile", "hubtest")
+        assert refused.returncode == 7, refused.stderr
+        assert "Traceback" not in refused.stderr
+        assert f"error: HF_ENDPOINT={endpoint!r} is not a valid http(s) URL" in refused.stderr
+        assert "fix: export HF_ENDPOINT=https://HOST[:PORT]" in refused.stderr
+        assert "check the network" not in refused.stderr
+    assert not cache.exists() or not any(cache.rglob("*"))
+    assert hub.requests == []
+
+
 def test_offline_with_nothing_cached(world: Env, hub: HubStandin) -> None:
     cache = hub_world(world, hub)
     world.env["HF_HUB_OFFLINE"] = "1"

@@ -270,6 +270,33 @@ def select_files(*patterns: str) -> FileSelector:
     return selector
 
 
+def check_hub_endpoint() -> None:
+    """Raise PullError (error + fix) when HF_ENDPOINT is set but is not an http(s) URL with a
+    host and a valid port.
+
+    huggingface_hub (1.x, `constants.py`) parses HF_ENDPOINT with `urlsplit` when it is
+    imported, so a malformed value would end in a ValueError traceback; a value with another
+    scheme fails later in httpx as `UnsupportedProtocol`, which is no network problem.
+    """
+    from urllib.parse import urlsplit
+
+    endpoint = os.environ.get("HF_ENDPOINT")
+    if not endpoint:
+        return
+    try:
+        parts = urlsplit(endpoint)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not 0-65535
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        valid = False
+    if not valid:
+        raise PullError(
+            f"HF_ENDPOINT={endpoint!r} is not a valid http(s) URL",
+            remedy="export HF_ENDPOINT=https://HOST[:PORT] (a Hub mirror), or `unset HF_ENDPOINT` "
+            "to use https://huggingface.co",
+        )
+
+
 class HubRepository(Source):
     """A model repository on the Hugging Face Hub, pulled into the hub cache with huggingface_hub.
 
@@ -318,6 +345,7 @@ class HubRepository(Source):
         """The revision's commit and its top-level files, asked of the Hub (cached per run)."""
         if self._listing is not None and self._commit is not None:
             return self._commit, self._listing
+        check_hub_endpoint()  # before huggingface_hub is imported: its constants parse it
         from huggingface_hub import HfApi
         from huggingface_hub.hf_api import RepoFile
 
@@ -410,6 +438,7 @@ class HubRepository(Source):
                 partial.unlink(missing_ok=True)
 
     def fetch(self, *, progress: ProgressCallback) -> None:
+        check_hub_endpoint()
         from huggingface_hub import hf_hub_download
 
         if hub_offline():
