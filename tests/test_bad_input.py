@@ -153,6 +153,46 @@ def test_empty_model_is_refused_as_a_value(world: Env) -> None:
     assert "./llm-backend.toml" in completed.stderr.split("fix: ")[1]
 
 
+@pytest.mark.parametrize("value", ["org/model ", " org/model", "   "])
+def test_model_with_white_space_at_an_end_is_refused(world: Env, value: str) -> None:
+    world.write_config(f'[profiles.a]\nextends = "smollm2-cpu"\nmodel = "{value}"\n'
+                       f'[profiles.a.speculative]\ndraft_model = "{value}"\n')
+    for command in (("start", "--profile", "a"), ("pull", "--profile", "a", "--dry-run")):
+        completed = world.run(*command)
+        assert_refused(world, completed, f"'model' = {value!r}")
+        assert f"'speculative.draft_model' = {value!r}" in completed.stderr
+        if value.strip():
+            assert "begins or ends with white space; write 'org/model'" in completed.stderr
+
+
+@pytest.mark.parametrize("key", ["model", "draft_model"])
+def test_sglang_model_neither_hub_id_nor_path_is_refused(world: Env, key: str) -> None:
+    """`a/b/c` is no Hub id (huggingface_hub takes one `org/name`) and no folder here: pull
+    said "everything is present" and start passed `--model-path a/b/c` to SGLang."""
+    model = "a/b/c" if key == "model" else "org/model"
+    draft = "org/draft" if key == "model" else "a/b/c"
+    world.write_config(f"""
+[profiles.s]
+engine = "sglang"
+runtime = "native"
+model = "{model}"
+python = "{sys.executable}"
+[profiles.s.speculative]
+enabled = true
+algorithm = "EAGLE3"
+draft_model = "{draft}"
+""")
+    name = "model" if key == "model" else "speculative.draft_model"
+    for command in (("pull", "--profile", "s"), ("start", "--profile", "s", "--dry-run")):
+        completed = world.run(*command)
+        assert_refused(world, completed,
+                       f"{name} = 'a/b/c' is neither a Hub id (org/name) nor an existing "
+                       "local path")
+        assert "absolute path of a local model folder" in completed.stderr
+    (world.cwd / "a" / "b" / "c").mkdir(parents=True)  # an existing relative folder is a path
+    assert "neither a Hub id" not in world.run("start", "--profile", "s", "--dry-run").stderr
+
+
 def test_model_that_is_a_directory_is_named_a_directory(world: Env) -> None:
     folder = world.root / "models"
     folder.mkdir()

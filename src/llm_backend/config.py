@@ -98,6 +98,20 @@ class StrictModel(BaseModel):
         return value
 
 
+def _trimmed(value: str | None) -> str | None:
+    """`value` when it is not empty, has no control character and no white space at either
+    end (a Hub id `"org/model "` names no repository; a path with one is never meant)."""
+    if value is None:
+        return None
+    if not value.strip():
+        raise ValueError("must not be empty")
+    if any(ord(char) < 32 for char in value):
+        raise ValueError(f"{value!r} contains a control character")
+    if value != value.strip():
+        raise ValueError(f"{value!r} begins or ends with white space; write {value.strip()!r}")
+    return value
+
+
 class SpeculativeConfig(StrictModel):
     """Speculative decoding: EAGLE3 on SGLang, ngram-mod or a draft model on llama.cpp."""
 
@@ -112,6 +126,11 @@ class SpeculativeConfig(StrictModel):
     # llama.cpp ngram-mod: how many past tokens must match before it drafts (its default, 24,
     # rarely matches in short replies).
     ngram_match_length: int | None = Field(default=None, ge=1, le=1024)
+
+    @field_validator("draft_model")
+    @classmethod
+    def _not_blank(cls, value: str | None) -> str | None:
+        return _trimmed(value)
 
 
 class DockerConfig(StrictModel):
@@ -442,11 +461,7 @@ class Profile(StrictModel):
     def _not_blank(cls, value: str | None) -> str | None:
         # An empty `model` would name the package folder (or the working directory) and be
         # reported as a missing file; an empty host or binary is never meant.
-        if value is not None and not value.strip():
-            raise ValueError("must not be empty")
-        if value is not None and any(ord(char) < 32 for char in value):
-            raise ValueError(f"{value!r} contains a control character")
-        return value
+        return _trimmed(value)
 
     @field_validator("router_url", "router_worker_url")
     @classmethod

@@ -813,6 +813,32 @@ def check_flags(ctx: Context) -> CheckResult | None:
     return result("flags", "pass", flags.summary + notes)
 
 
+def check_model_names(profile: Profile, *, in_container: bool) -> None:
+    """Raise ConfigError for a `model` / `speculative.draft_model` that SGLang can neither
+    download nor load: a relative value with a `/` that is not a Hub id (`org/name`) and,
+    natively, not an existing path (`a/b/c`, `org/my model`).
+
+    SGLang downloads a value that is not a local folder from the Hub (0.5.23
+    `weight_utils.py` `download_weights_from_hf`), and huggingface_hub's `validate_repo_id`
+    (`utils/_validators.py`) takes only `name` or `namespace/name`; absolute, `~` and `./`
+    paths are left to the loader.
+    """
+    named = [("model", profile.model)]
+    if profile.speculative.enabled and profile.speculative.draft_model:
+        named.append(("speculative.draft_model", profile.speculative.draft_model))
+    for key, value in named:
+        if "/" not in value or value.startswith(("/", "~", ".")) or hub.is_hub_id(value):
+            continue
+        if not in_container and Path(value).exists():
+            continue
+        raise ConfigError(
+            f"profile {profile.name!r}: {key} = {value!r} is neither a Hub id (org/name) "
+            "nor an existing local path",
+            remedy=f'set {key} to a Hub id such as "Qwen/Qwen3-8B", or to the absolute path '
+            "of a local model folder",
+        )
+
+
 class SGLangEngine(Engine):
     """SGLang's `launch_server`: /health is 503 until warmup is done, then 200."""
 
@@ -955,6 +981,7 @@ class SGLangEngine(Engine):
         )
 
     def check_profile(self, *, profile: Profile, for_container: bool = False) -> None:
+        check_model_names(profile, in_container=for_container)
         failing = [problem for problem in setting_problems(profile) if problem.status == "fail"]
         if failing:
             raise ConfigError(
@@ -1006,8 +1033,10 @@ class SGLangEngine(Engine):
     def artifacts(self, *, profile: Profile, runtime: Runtime) -> list[Source]:
         """The model and draft model from the Hub (only what SGLang loads) and gpt-oss's encoding.
 
-        Local model paths are the user's: nothing is pulled for them.
+        Local model paths are the user's: nothing is pulled for them. Raises ConfigError for
+        a model that is neither (`check_model_names`).
         """
+        check_model_names(profile, in_container=runtime.in_container)
         sources: list[Source] = [
             HubRepository(repo, kind="model" if repo == profile.model else "draft_model",
                           cache_dir=hub_cache_for(profile, runtime))
