@@ -28,6 +28,9 @@ def _open_no_follow(path: Path) -> int:
     return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
 
 
+HOLDER_READ_TRIES = 10  # 0.2 s at most for a holder to write its line
+
+
 class FileLock:
     """An exclusive lock on `path`, taken blocking, without waiting, or with a deadline.
 
@@ -79,10 +82,11 @@ class FileLock:
             time.sleep(pause)
             pause = min(pause * 2, 0.05)
         with contextlib.suppress(OSError):
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"{os.getpid()} {_start_time()} {holder}".rstrip() + "\n")
-            handle.flush()
+            # Write first, then cut what an older, longer line left: a reader never finds the
+            # file empty while the lock is held.
+            line = (f"{os.getpid()} {_start_time()} {holder}".rstrip() + "\n").encode()
+            os.pwrite(handle.fileno(), line, 0)
+            os.ftruncate(handle.fileno(), len(line))
         return True
 
     def release(self) -> None:
@@ -115,12 +119,17 @@ class FileLock:
         return self._holder_line()[1]
 
     def _holder_line(self) -> tuple[int | None, float | None, str]:
-        try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            with os.fdopen(fd, "r", encoding="utf-8") as handle:
-                text = handle.read(300).strip()
-        except (OSError, ValueError):
-            return None, None, ""
+        text = ""
+        for _ in range(HOLDER_READ_TRIES):  # a new holder writes its line just after flock
+            try:
+                fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                with os.fdopen(fd, "r", encoding="utf-8") as handle:
+                    text = handle.read(300).strip()
+            except (OSError, ValueError):
+                return None, None, ""
+            if text:
+                break
+            time.sleep(0.02)
         parts = text.split(" ", 2)
         pid = int(parts[0]) if parts and parts[0].isdigit() else None
         try:
