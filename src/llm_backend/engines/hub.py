@@ -464,6 +464,10 @@ class HubRepository(Source):
                     tqdm_class=counter.tqdm_class(),
                 )
             except OSError as error:  # disk full, a folder we cannot write: not the network
+                # huggingface_hub's HfHubHTTPError (gated, 404) is an OSError without an
+                # errno, and a refused or timed-out connection is one too: those are the Hub's.
+                if error.errno is None or isinstance(error, (ConnectionError, TimeoutError)):
+                    raise self._translate(error) from error
                 raise PullError(
                     f"cannot write {error.filename or self.cache_dir}: {error.strerror}",
                     remedy=f"free space in {self.cache_dir} (or make it writable), then run "
