@@ -16,7 +16,7 @@ import pytest
 
 from llm_backend.gpu import OwnedProcess, end_processes, process_tree
 from llm_backend.processes import marked_processes, marker_env, running, stop_tree, tree
-from tests.conftest import wait_for
+from tests.conftest import Env, wait_for
 
 # Exits at once on SIGTERM (Python's default), prints when it is up.
 EXITS_ON_TERM = [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)"]
@@ -105,3 +105,14 @@ def test_gpu_leftovers_are_ended_by_pid_and_start_time(
     assert running(psutil.Process(child.pid))
     ended, left = end_processes(owned, grace_s=5)
     assert [item.pid for item in ended] == [child.pid] and left == []
+
+
+def test_stop_sends_llama_server_one_sigterm_so_it_cleans_up(world: Env) -> None:
+    """A second SIGTERM makes llama-server skip its clean-up (tools/server/server.cpp:
+    "Received second interrupt, terminating immediately"); the group and the pid must not
+    both be signalled."""
+    world.run("start", "--profile", "smollm2-cpu", check=True, timeout=180)
+    world.run("stop", check=True, timeout=60)
+    log = (world.state_dir / "logs" / "smollm2-cpu.log").read_text(errors="replace")
+    assert "Received second interrupt" not in log, log[-1500:]
+    assert "cleaning up before exit" in log, log[-1500:]

@@ -153,10 +153,17 @@ def signal_all(processes: Iterable[psutil.Process], signum: int, *, group: int |
     """Send `signum` to each process by pid, and to the process group when one of them is
     still in it (a group id alone could have been reused)."""
     processes = list(processes)
+    reached: set[int] = set()
     if group is not None and group > 1 and any(_in_group(p, group) for p in processes):
+        members = {p.pid for p in processes if _in_group(p, group)}
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(group, signum)
+            reached = members
+    # Each process gets the signal once: llama-server takes a second SIGTERM as "terminate
+    # immediately" (tools/server: "Received second interrupt") and would skip its clean-up.
     for process in processes:
+        if process.pid in reached:
+            continue
         with contextlib.suppress(psutil.Error):
             process.send_signal(signum)
 
