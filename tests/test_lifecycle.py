@@ -397,3 +397,35 @@ LB_TEST_INSIDE = "a~/b"
         assert b"LB_TEST_INSIDE=a~/b" in environ
     finally:
         world.run("stop", check=True)
+
+
+@pytest.mark.parametrize(("script", "says_killed"), [
+    # a shell waits for the server: it prints `...: line 4: PID Killed ...` and exits 137
+    ("sleep 60 &\nchild=$!\n(sleep 0.5; kill -KILL $child) &\nwait $child\n", True),
+    # the server itself dies of SIGKILL (exit -9), nothing in its log says so
+    ("(sleep 0.5; kill -KILL $$) &\nexec sleep 60\n", False),
+], ids=["shell-says-killed", "exit-minus-9"])
+def test_a_load_killed_by_sigkill_is_reported_as_out_of_memory(
+    world: Env, script: str, says_killed: bool
+) -> None:
+    """The kernel's OOM killer sends SIGKILL. The launcher here is a real bash whose server
+    process really dies of SIGKILL (the OOM killer itself cannot be provoked safely on a
+    shared test box)."""
+    launcher = world.root / "launcher.sh"
+    launcher.write_text("#!/bin/bash\n" + script)
+    launcher.chmod(0o755)
+    world.write_config(f'[profiles.killed]\nextends = "smollm2-cpu"\nbinary = "{launcher}"\n')
+    result = world.run("start", "--profile", "killed", "--no-host-prep")
+    assert result.returncode == 5, result.stderr
+    assert "failure: out_of_memory" in result.stderr
+    assert "killed with SIGKILL" in result.stderr and "OOM killer" in result.stderr
+    assert "fix: check `dmesg" in result.stderr and "swap" in result.stderr
+    log = world.state_dir / "logs" / "killed.log"
+    assert ("Killed" in log.read_text()) is says_killed
+    assert port_is_free(world.port)
+    data = json.loads(world.run("status", "--json").stdout)
+    assert data["failure"]["class"] == "out_of_memory"
+    # The log alone tells it when a shell said `Killed`; without that line it cannot.
+    diagnosed = json.loads(world.run("diagnose", str(log), "--json").stdout)
+    assert (diagnosed["failure"] or {}).get("class") == ("out_of_memory" if says_killed else
+                                                          None)

@@ -212,6 +212,26 @@ def failure_rank(failure_class: str) -> int:
     return FAILURE_RANK.get(failure_class, SPECIFIC_RANK)
 
 
+# What a POSIX shell prints when the child it waits for dies of SIGKILL (bash, dash: the
+# signal's description, `strsignal(SIGKILL)`), alone on its line.
+# `Killed` (the child's own stderr redirected) or `run.sh: line 3:  4242 Killed   python3 ...`.
+KILLED_LINE = re.compile(r"^\s*(?:Killed|\S+: line \d+:\s+\d+\s+Killed\s.*)\s*$")
+SIGKILL_EXIT_CODES = (-9, 137)  # Popen's -SIGKILL; 128 + 9 from a shell or a container
+
+
+def sigkill_failure(message: str, *, line: str | None) -> Failure:
+    """A load ended by SIGKILL: on a box nobody killed it on, the kernel's OOM killer (host
+    RAM and swap ran out: the loader stages weights in RAM)."""
+    return Failure(
+        "out_of_memory",
+        message + "; most often the kernel's OOM killer, when host memory and swap ran out",
+        "check `dmesg | grep -i -e oom -e 'killed process'`; then free host memory, add swap "
+        "while the model loads (`host_prep.swap_size` in the profile) or lower the context "
+        "length, and start again",
+        line=line,
+    )
+
+
 class LogReader(ABC):
     """Reads one engine's log lines, one at a time, into phases, failures and stats.
 
@@ -234,6 +254,8 @@ class LogReader(ABC):
             return self._compose_exit(text, *exited)
         if self._is_source_line(text):
             return []
+        if KILLED_LINE.match(self.message_of(text)) and self._nothing_explains_it():
+            return self._killed(text)
         events = self.read_line(text)
         bare = self.message_of(text).strip()
         if EXCEPTION_LINE.match(bare):
@@ -292,6 +314,19 @@ class LogReader(ABC):
         )
         if self.reading.failure is None:
             self.reading.failure = failure
+        return [failure]
+
+    def _nothing_explains_it(self) -> bool:
+        # After an error of its own an engine may kill its own tree with SIGKILL (SGLang
+        # `kill_process_tree` after a failed warmup, `srt/server.py` `_wait_and_warmup`):
+        # then `Killed` is no OOM sign.
+        reading = self.reading
+        return not reading.ready and reading.failure is None and reading.last_exception is None
+
+    def _killed(self, line: str) -> list[PhaseEvent | Failure | SpecStats]:
+        failure = sigkill_failure("the server was killed with SIGKILL before it was ready "
+                                  "(the shell that ran it printed `Killed`)", line=line)
+        self.reading.failure = failure
         return [failure]
 
     def message_of(self, line: str) -> str:
@@ -462,6 +497,9 @@ class Engine(ABC):
     def exit_failure(self, *, exit_code: int | None, log_tail: list[str]) -> Failure:
         """What an exit during load means when no log line said more."""
         code = "unknown" if exit_code is None else str(exit_code)
+        if exit_code in SIGKILL_EXIT_CODES:
+            return sigkill_failure(f"the server was killed with SIGKILL (exit code {code}) "
+                                   "before it was ready", line=log_tail[-1] if log_tail else None)
         return Failure(
             failure_class="exited",
             message=f"the server exited with code {code} before it was ready",
