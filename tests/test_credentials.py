@@ -196,3 +196,38 @@ extra_args = ["{flag}", "sk-abbrev-secret"]
     assert refused.returncode == 2, refused.stderr
     assert f"extra_args has {flag}, which would put a secret" in refused.stderr
     assert "sk-abbrev-secret" not in refused.stderr + refused.stdout
+
+
+@pytest.mark.parametrize("table", [
+    'HF_TOKEN = ["hf_LISTSECRET_2"]',  # a type error under a secret name
+    'HF_TOKEN = "hf_LISTSECRET_2\\u0000"',  # a NUL byte: the whole env table is named
+])
+def test_a_bad_secret_value_is_not_echoed_in_the_error(world: Env, table: str) -> None:
+    world.write_config(f'[profiles.f]\nextends = "smollm2-cpu"\n[profiles.f.env]\n{table}\n'
+                       'PLAIN = "visible-value"\n')
+    for command in (("start", "--dry-run", "--profile", "f"), ("doctor", "--profile", "f"),
+                    ("profiles", "show", "f")):
+        refused = world.run(*command)
+        assert refused.returncode == 2, refused.stderr
+        assert "error: profile 'f': key 'env" in refused.stderr and "********" in refused.stderr
+        assert "LISTSECRET" not in refused.stdout + refused.stderr
+        assert "fix: correct that key in ./llm-backend.toml" in refused.stderr
+
+
+def test_a_key_pasted_as_api_key_file_is_never_shown(world: Env) -> None:
+    world.write_config('[profiles.g]\nextends = "smollm2-cpu"\n'
+                       'api_key_file = "sk-LITERAL-KEY-3"\n')
+    for command in (("doctor", "--profile", "g"), ("doctor", "--profile", "g", "--json"),
+                    ("start", "--profile", "g"), ("profiles", "show", "g"),
+                    ("profiles", "show", "g", "--json")):
+        completed = world.run(*command)
+        assert "sk-LITERAL" not in completed.stdout + completed.stderr, command
+        assert "Traceback" not in completed.stderr
+    doctor = world.run("doctor", "--profile", "g")
+    assert "api_key_file (********, not shown) is no readable file; it must be the path of " \
+        "a file that holds the key" in doctor.stdout
+    assert 'api_key_file = "~/.config/llm-backend/api-key"' in doctor.stdout
+    started = world.run("start", "--profile", "g")
+    assert started.returncode != 0 and "profile 'g': api_key_file (********" in started.stderr
+    assert "fix: umask 077" in started.stderr
+    assert not (world.state_dir / "instance.json").exists()

@@ -27,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from llm_backend.credentials import MASK, hides_value, redact, secret_texts
 from llm_backend.errors import ConfigError
 from llm_backend.net import connect_url, http_url
 from llm_backend.units import parse_size
@@ -731,7 +732,10 @@ def _config_error(name: str, error: ValidationError, sources: dict[str, str]) ->
             )
         else:
             message = str(item["msg"]).removeprefix("Value error, ")
-            lines.append(f"key {key!r} = {value!r}{where} is invalid: {message}")
+            secrets = secret_texts(key, value)  # never echo a secret, even a malformed one
+            shown = MASK if hides_value(key, value) else redact(repr(value), secrets)
+            message = redact(message, secrets)
+            lines.append(f"key {key!r} = {shown}{where} is invalid: {message}")
     fix_place = first_source or f"./{LOCAL_CONFIG_NAME}"
     if fix_place == "command line":
         remedy = (f"pass a value in the allowed range on the command line (see "

@@ -61,13 +61,52 @@ def masked_env(env: dict[str, str]) -> dict[str, str]:
 
 
 def mask_flat(values: dict[str, Any]) -> dict[str, Any]:
-    """`profiles show`'s dotted keys with the values of secret `env.NAME` keys masked."""
+    """`profiles show`'s dotted keys with the values of secret `env.NAME` keys masked, and an
+    `api_key_file` that is no path (a key pasted in its place)."""
     masked: dict[str, Any] = {}
     for key, value in values.items():
         parts = key.split(".")
         secret = len(parts) >= 2 and parts[-2] == "env" and is_secret_name(parts[-1])
-        masked[key] = MASK if secret and value else value
+        pasted_key = key == "api_key_file" and isinstance(value, str) and not looks_like_path(
+            value)
+        masked[key] = MASK if (secret or pasted_key) and value else value
     return masked
+
+
+def looks_like_path(value: str) -> bool:
+    """Whether an `api_key_file` value names a file (`/`, `~`) rather than being the key."""
+    return "/" in value or value.startswith("~")
+
+
+def hides_value(key: str, value: Any) -> bool:
+    """Whether the value of the dotted config key `key` must not be shown (in an error, for
+    instance): under a secret name (`env.HF_TOKEN`), or an `api_key_file` that is no path
+    (a key pasted in its place)."""
+    parts = key.split(".")
+    if parts[-1] == "api_key_file":
+        return not (isinstance(value, str) and looks_like_path(value))
+    return any(is_secret_name(part) for part in parts)
+
+
+def secret_texts(key: str, value: Any) -> list[str]:
+    """The strings in config key `key`'s `value` that must not be shown: all of them for a
+    hidden key (`hides_value`), those under secret names for a table (`env`)."""
+    if hides_value(key, value):
+        items = value if isinstance(value, list | tuple) else [value]
+        return [str(item) for item in items if item not in (None, "")]
+    if isinstance(value, dict):
+        return [text for name, item in value.items()
+                for text in secret_texts(f"{key}.{name}", item)]
+    return []
+
+
+def redact(text: str, secrets: list[str]) -> str:
+    """`text` with every secret (as written and as its repr) replaced by MASK."""
+    for secret in secrets:
+        for form in sorted({repr(secret), secret}, key=len, reverse=True):
+            if len(form) >= 4:
+                text = text.replace(form, MASK)
+    return text
 
 
 def check_extra_args(profile_name: str, extra_args: list[str]) -> None:
@@ -103,6 +142,13 @@ def read_api_key(profile: Profile) -> str | None:
     try:
         info = path.stat()
     except OSError as error:
+        if not looks_like_path(profile.api_key_file):  # perhaps the key itself: never echoed
+            raise ConfigError(
+                f"profile {profile.name!r}: api_key_file ({MASK}, not shown) is no readable "
+                "file; it must be the path of a file that holds the key, not the key",
+                remedy="umask 077; echo KEY > ~/.config/llm-backend/api-key, then set "
+                f'api_key_file = "~/.config/llm-backend/api-key" in [profiles.{profile.name}]',
+            ) from None
         raise ConfigError(
             f"profile {profile.name!r}: api_key_file {path} cannot be read: {error.strerror}",
             remedy=f"write the key into {path} (umask 077; echo KEY > {path}), or fix "
