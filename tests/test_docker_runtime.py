@@ -326,3 +326,27 @@ def test_failed_compose_up_leaves_no_container_or_network(
     assert raised.value.remedy.startswith("read the error above; the compose file is")
     assert containers_named(names.container) == []
     assert networks_named(names.network) == []
+
+
+def test_ipv6_wildcard_host_is_polled_where_the_port_is_published(
+    world: Env, names: DockerNames
+) -> None:
+    """`host = "::"` binds every address in the container, but Docker publishes the port on
+    `docker.publish_host` (127.0.0.1): health, status and chat go there, not to [::1]."""
+    world.write_config('[profiles.smollm2-cpu]\nhost = "::"\n' + names.config())
+    dry = world.run("start", "--profile", "smollm2-cpu", "--runtime", "docker", "--dry-run",
+                    check=True)
+    assert f"health polled at http://127.0.0.1:{world.port}/health" in dry.stdout
+    assert "the port is published on 127.0.0.1" in dry.stdout
+    started = world.run("start", "--profile", "smollm2-cpu", "--runtime", "docker",
+                        "--timeout", "120", timeout=240)
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        status = status_json(world)
+        assert status["state"] == "ready"
+        assert status["models"] == ["smollm2-135m-instruct"]
+        assert f"endpoint: http://127.0.0.1:{world.port}/v1" in world.run("status").stdout
+    finally:
+        stopped = world.run("stop", timeout=120)
+    assert stopped.returncode == 0, stopped.stderr
+    assert_nothing_left(world, names, None)

@@ -37,6 +37,7 @@ from llm_backend.errors import (
     StartFailed,
 )
 from llm_backend.monitor import Monitor, MonitorEvent, MonitorResult
+from llm_backend.net import connect_url
 from llm_backend.probes import health, models, spec_figures
 from llm_backend.processes import (
     marked_processes,
@@ -396,10 +397,14 @@ class Lifecycle:
                 for line in runtime.describe(profile=profile, argv=argv)]
         if flag_note:
             plan.insert(0, flag_note)
-        if profile.client_endpoint != profile.endpoint:
+        reached_at = connect_url(runtime.listen_host(profile=profile), profile.port)
+        if reached_at != profile.endpoint:
             plan.append(
-                f"health polled at {profile.client_endpoint}{engine.health_path} "
-                f"(the server binds {profile.host})"
+                f"health polled at {reached_at}{engine.health_path} "
+                f"(the server binds {profile.host}"
+                + (f"; the port is published on {runtime.listen_host(profile=profile)}"
+                   if runtime.listen_host(profile=profile) != profile.host else "")
+                + ")"
             )
         preparation = self._preparation(profile, options)
         host_plan = preparation.plan() if preparation else []
@@ -565,7 +570,8 @@ class Lifecycle:
 
     @staticmethod
     def _check_same_backend(current: InstanceRecord, profile: Profile) -> None:
-        wanted = (profile.name, profile.runtime, profile.host, profile.port)
+        listen = get_runtime(profile.runtime).listen_host(profile=profile)
+        wanted = (profile.name, profile.runtime, listen, profile.port)
         running = (current.profile, current.runtime, current.host, current.port)
         if wanted != running:
             raise OtherBackendRunning(
@@ -600,7 +606,9 @@ class Lifecycle:
             engine=profile.engine,
             runtime=profile.runtime,
             state=State.PREPARING_HOST if preparation else State.LAUNCHING,
-            host=profile.host,
+            # Where clients reach it (Docker: the published address), which status, chat and
+            # the health polls use; the bind address is in the argv.
+            host=runtime.listen_host(profile=profile),
             port=profile.port,
             served_model_name=profile.model_name,
             argv=argv,
