@@ -231,3 +231,31 @@ def test_a_key_pasted_as_api_key_file_is_never_shown(world: Env) -> None:
     assert started.returncode != 0 and "profile 'g': api_key_file (********" in started.stderr
     assert "fix: umask 077" in started.stderr
     assert not (world.state_dir / "instance.json").exists()
+
+
+@pytest.mark.parametrize(("key", "items", "named"), [
+    ("command", '["env", "HF_TOKEN=hf_CMDSECRET_1", "llama-server"]', "HF_TOKEN=..."),
+    ("extra_args", '["--model-loader-extra-config", "{\\"hf_token\\": \\"hf_JSONSECRET_2\\"}"]',
+     "a JSON value with key 'hf_token'"),
+    ("extra_args", '["--lora", "hf_abcdefghijklmnopqrstuvwx"]', "a value shaped like an access"),
+], ids=["env-assignment", "json-key", "token-shape"])
+def test_secrets_inside_command_or_flag_values_are_refused(
+    world: Env, key: str, items: str, named: str
+) -> None:
+    world.write_config(f'[profiles.leaky]\nextends = "smollm2-cpu"\n{key} = {items}\n')
+    for command in (("start", "--profile", "leaky", "--dry-run"), ("profiles", "show", "leaky")):
+        refused = world.run(*command)
+        assert refused.returncode == 2, refused.stderr
+        assert f"error: profile 'leaky': {key} item 2 holds {named}" in refused.stderr
+        assert "fix: remove it from" in refused.stderr and "api_key_file" in refused.stderr
+        assert "SECRET" not in refused.stdout + refused.stderr
+        assert "abcdefghijklmnop" not in refused.stdout + refused.stderr
+
+
+def test_flag_values_that_only_mention_tokens_pass(world: Env) -> None:
+    world.write_config('[profiles.fine]\nextends = "smollm2-cpu"\n'
+                       'extra_args = ["--override-kv", "tokenizer.ggml.add_bos_token=bool:false", '
+                       '"--json-schema", "{\\"max_tokens\\": 5, \\"token_budget\\": \\"\\"}"]\n'
+                       'command = ["env", "TIKTOKEN_ENCODINGS_BASE=/srv/enc", "llama-server"]\n')
+    shown = world.run("profiles", "show", "fine")
+    assert shown.returncode == 0, shown.stderr

@@ -441,9 +441,11 @@ class Profile(StrictModel):
 
     @model_validator(mode="after")
     def _no_secret_flags(self) -> Profile:
-        from llm_backend.credentials import check_extra_args
+        from llm_backend.credentials import check_argv_secrets, check_extra_args
 
         check_extra_args(self.name, self.extra_args)
+        check_argv_secrets(self.name, "command", self.command)
+        check_argv_secrets(self.name, "extra_args", self.extra_args)
         return self
 
     @field_validator("name")

@@ -12,6 +12,7 @@ Errors: ConfigError naming the file or the flag, with the chmod / setting that f
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
@@ -124,6 +125,62 @@ def check_extra_args(profile_name: str, extra_args: list[str]) -> None:
                 remedy=f"remove {flag} from extra_args; put the key in a file only you can read "
                 f"and set api_key_file = \"PATH\" in [profiles.{profile_name}] (or export "
                 f"{API_KEY_ENV}); for tokens use the profile's env, which is kept out of sight",
+            )
+
+
+ENV_ASSIGNMENT = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)=(?P<value>.+)$", re.DOTALL)
+# Token shapes that are secrets whatever they are called: Hugging Face (`hf_`), OpenAI and
+# Anthropic style (`sk-`), GitHub (`ghp_`, `github_pat_`), Slack (`xox?-`), AWS key ids.
+SECRET_VALUE = re.compile(
+    r"(?<![A-Za-z0-9])(?:hf_[A-Za-z0-9]{16,}|sk-[A-Za-z0-9_-]{16,}|gh[pousr]_[A-Za-z0-9]{20,}|"
+    r"github_pat_[A-Za-z0-9_]{20,}|xox[abprs]-[A-Za-z0-9-]{10,}|AKIA[A-Z0-9]{16})"
+)
+
+
+def _json_secret_names(value: Any) -> list[str]:
+    """Keys with secret names and a non-empty value anywhere in parsed JSON."""
+    found: list[str] = []
+    if isinstance(value, dict):
+        for name, item in value.items():
+            if is_secret_name(str(name)) and isinstance(item, str | int) and item != "":
+                found.append(str(name))
+            found.extend(_json_secret_names(item))
+    elif isinstance(value, list):
+        for item in value:
+            found.extend(_json_secret_names(item))
+    return found
+
+
+def argv_secret(argument: str) -> str | None:
+    """What in one argv item looks like a secret (`HF_TOKEN=...`, a JSON `"hf_token"` key, an
+    `hf_...`/`sk-...` token), described without its value; None when nothing does."""
+    assignment = ENV_ASSIGNMENT.match(argument)
+    if assignment and is_secret_name(assignment["name"]):
+        return f"{assignment['name']}=..."
+    if argument.lstrip().startswith(("{", "[")):
+        try:
+            names = _json_secret_names(json.loads(argument))
+        except ValueError:
+            names = []
+        if names:
+            return f"a JSON value with key {names[0]!r}"
+    if SECRET_VALUE.search(argument):
+        return "a value shaped like an access token"
+    return None
+
+
+def check_argv_secrets(profile_name: str, key: str, argv: list[str]) -> None:
+    """Refuse a secret anywhere in `command` or `extra_args`: argv is readable by every local
+    user (`ps`) and is kept in the state record. The error never shows the value."""
+    for index, argument in enumerate(argv):
+        found = argv_secret(argument)
+        if found:
+            raise ConfigError(
+                f"profile {profile_name!r}: {key} item {index + 1} holds {found}, which would "
+                "put a secret on the server's command line (visible to every user in `ps`) and "
+                "in the state record",
+                remedy=f"remove it from {key}; put tokens in [profiles.{profile_name}.env] "
+                "(kept out of sight) and the API key in a file named by api_key_file",
             )
 
 
