@@ -174,6 +174,21 @@ def test_a_malformed_hf_endpoint_is_named_with_a_fix(world: Env, hub: HubStandin
     assert hub.requests == []
 
 
+def test_an_invalid_hub_id_is_not_blamed_on_the_network(world: Env, hub: HubStandin) -> None:
+    """`-rf/x` and `../missing` look like org/name but huggingface_hub refuses them as ids
+    (HFValidationError): the answer names the value, not the network."""
+    hub_world(world, hub)
+    text = (world.cwd / "llm-backend.toml").read_text()
+    for model in ("-rf/x", "../no-such-folder-here"):
+        world.write_config(text.replace(f'model = "{MODEL}"', f'model = "{model}"'))
+        refused = world.run("pull", "--profile", "hubtest")
+        assert refused.returncode == 7, refused.stderr
+        assert f"error: {model!r} is neither a valid Hub id nor an existing local path" \
+            in refused.stderr
+        assert "fix: set `model` / `speculative.draft_model` to a Hub id" in refused.stderr
+        assert "check the network" not in refused.stderr and "Traceback" not in refused.stderr
+
+
 def test_offline_with_nothing_cached(world: Env, hub: HubStandin) -> None:
     cache = hub_world(world, hub)
     world.env["HF_HUB_OFFLINE"] = "1"

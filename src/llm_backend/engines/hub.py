@@ -383,6 +383,14 @@ class HubRepository(Source):
                 "(`llm-backend profiles show NAME`)",
                 failure_class="model_not_found",
             )
+        if isinstance(error, hub_errors.HFValidationError):  # a malformed id, not the network
+            return PullError(
+                f"{self.repo_id!r} is neither a valid Hub id nor an existing local path: "
+                f"{error}",
+                remedy="set `model` / `speculative.draft_model` to a Hub id such as "
+                '"Qwen/Qwen3-8B" or to the absolute path of a local model folder',
+                failure_class="model_not_found",
+            )
         if isinstance(error, hub_errors.OfflineModeIsEnabled):
             return PullError(
                 f"{self.repo_id} is not in {self.cache_dir} and HF_HUB_OFFLINE is set",
