@@ -260,10 +260,18 @@ def test_missing_image_and_missing_compose_are_refused_before_any_change(
     world: Env, names: DockerNames
 ) -> None:
     world.write_config(names.config(image="llm-backend/no-such-image:1"))
+    # start pulls a missing image first (docs/pull.md); one that no registry has is refused.
     refused = world.run("start", "--profile", "smollm2-cpu", "--runtime", "docker")
-    assert refused.returncode != 0
-    assert "Docker image 'llm-backend/no-such-image:1' is not present" in refused.stderr
+    assert refused.returncode == 7, refused.stderr
+    assert "error: the Docker engine could not pull llm-backend/no-such-image:1" in refused.stderr
     assert "fix:" in refused.stderr
+    assert containers_named(names.container) == []
+    # With --no-pull it is refused at once, named.
+    refused = world.run("start", "--profile", "smollm2-cpu", "--runtime", "docker", "--no-pull")
+    assert refused.returncode == 7, refused.stderr
+    assert "needs what is not on this machine yet: image llm-backend/no-such-image:1" \
+        in refused.stderr
+    assert "fix: llm-backend pull --profile smollm2-cpu" in refused.stderr
     assert containers_named(names.container) == []
 
     world.write_config(names.config())
