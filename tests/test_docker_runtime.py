@@ -346,6 +346,7 @@ def test_ipv6_wildcard_host_is_polled_where_the_port_is_published(
                     check=True)
     assert f"health polled at http://127.0.0.1:{world.port}/health" in dry.stdout
     assert "the port is published on 127.0.0.1" in dry.stdout
+    assert f"would serve smollm2-135m-instruct at http://127.0.0.1:{world.port};" in dry.stdout
     started = world.run("start", "--profile", "smollm2-cpu", "--runtime", "docker",
                         "--timeout", "120", timeout=240)
     try:

@@ -37,7 +37,7 @@ from llm_backend.errors import (
     StartFailed,
 )
 from llm_backend.monitor import Monitor, MonitorEvent, MonitorResult
-from llm_backend.net import connect_url
+from llm_backend.net import connect_url, http_url
 from llm_backend.probes import health, models, spec_figures
 from llm_backend.processes import (
     marked_processes,
@@ -411,6 +411,7 @@ class Lifecycle:
         return StartResult.of(
             "dry_run", profile, argv=argv, plan=[*host_plan, *plan], state=State.STOPPED,
             checks=report.checks,
+            endpoint=http_url(runtime.listen_host(profile=profile), profile.port),
         )
 
     def _preflight(self, profile: Profile, options: StartOptions,
