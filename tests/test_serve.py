@@ -229,7 +229,9 @@ def test_sigstop_hang_is_detected_and_replaced(world: Env, served: list[Served])
     try:
         answer = httpx.post(door.url + "/v1/chat/completions", json=CHAT, timeout=60)
         assert answer.status_code == 200
-        assert wait_for(lambda: door.serve_record().get("restarts") == 1, timeout=30)
+        # The door writes its record as the restart goes on: wait for the restart's outcome.
+        assert wait_for(lambda: door.serve_record().get("restarts") == 1
+                        and bool(door.serve_record().get("last_restart")), timeout=30)
         assert door.backend_pid() != hung
         assert not psutil.pid_exists(hung) or psutil.Process(hung).status() == "zombie"
         record = door.serve_record()
