@@ -439,24 +439,28 @@ class Lifecycle:
             self._port_guard(profile)
 
     @staticmethod
-    def _pending_pull(profile: Profile) -> list[Source]:
+    def _pending_pull(profile: Profile, sources: list[Source]) -> list[Source]:
         """The sources a pull would fetch now: missing and fetchable."""
         from llm_backend import pull as pulling
 
-        sources = pulling.sources_for(profile)
         planned = pulling.plan(profile.name, sources)
         return [source for source, artifact in zip(sources, planned.artifacts, strict=True)
                 if not artifact.present and source.fetchable()]
 
-    def _pull(self, profile: Profile, options: StartOptions, on_notice: Callable[[str], None],
+    def _pull(self, profile: Profile, sources: list[Source], options: StartOptions,
+              on_notice: Callable[[str], None],
               on_pull: Callable[[ProgressEvent], None] | None) -> None:
-        """Bring in what the profile needs and lacks (or refuse, with `pull=False`)."""
+        """Bring in what the profile needs and lacks (or refuse, with `pull=False`).
+
+        `sources` are the ones the preflight planned with: a Hub repository asks the Hub for
+        its listing once, however often it is probed.
+        """
         from llm_backend import pull as pulling
 
-        sources = pulling.sources_for(profile)
         if not sources:
             return
-        missing = pulling.plan(profile.name, sources).missing
+        planned = pulling.plan(profile.name, sources)  # again: ensure_binary may have built
+        missing = planned.missing
         if not missing:
             return
         names = ", ".join(f"{artifact.kind} {artifact.name}" for artifact in missing)
@@ -468,7 +472,7 @@ class Lifecycle:
             )
         on_notice(f"pulling what {profile.name} needs first: {names}")
         pulling.pull(profile.name, sources, progress=on_pull or (lambda event: None),
-                     lock=self.store.root / pulling.PULL_LOCK)
+                     lock=self.store.root / pulling.PULL_LOCK, planned=planned)
 
     @staticmethod
     def _port_guard(profile: Profile) -> None:
@@ -501,7 +505,10 @@ class Lifecycle:
                 current = self._adopt_and_watch(current, on_event=on_event)
             return StartResult.of("already_running", current, state=current.state)
         # What a pull will bring in is checked after the pull, not refused before it.
-        pending = self._pending_pull(profile) if options.pull else []
+        from llm_backend.pull import sources_for
+
+        sources = sources_for(profile)
+        pending = self._pending_pull(profile, sources) if options.pull else []
         deferred = frozenset(source.check for source in pending if source.check)
         self._preflight(profile, options, on_notice, deferred=deferred)
         engine = get_engine(profile.engine)
@@ -509,7 +516,7 @@ class Lifecycle:
         for_container = runtime.in_container
         if ensure_binary is not None and not for_container:
             ensure_binary(profile)
-        self._pull(profile, options, on_notice, on_pull)
+        self._pull(profile, sources, options, on_notice, on_pull)
         if deferred:
             self._preflight(profile, options, on_notice, only=deferred)
         engine.check_profile(profile=profile, for_container=for_container)

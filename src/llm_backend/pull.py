@@ -185,12 +185,14 @@ def pull(
     *,
     progress: ProgressCallback = _no_progress,
     lock: Path | None = None,
+    planned: PullPlan | None = None,
 ) -> PullResult:
     """Fetch every missing artifact in order; the first failure raises PullError.
 
     Free disk is checked against all missing bytes before anything is downloaded. `lock` (a
     file in the state dir) keeps two pulls from writing the same files at once: the second
-    is refused while the first runs.
+    is refused while the first runs. `planned`: a plan of these sources just made (not made
+    again).
     """
     if lock is not None:
         from llm_backend.locks import FileLock
@@ -204,10 +206,10 @@ def pull(
                 "the command again",
             )
         try:
-            return pull(profile_name, sources, progress=progress)
+            return pull(profile_name, sources, progress=progress, planned=planned)
         finally:
             guard.release()
-    before = plan(profile_name, sources)
+    before = planned or plan(profile_name, sources)
     check_disk(sources, before.artifacts)
     fetched: list[str] = []
     durations: dict[str, float] = {}
