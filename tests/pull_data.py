@@ -124,3 +124,14 @@ def seed_flagship(root: Path, env: dict[str, str]) -> Path:
                     pytrace=False)
     (encodings / ENCODING_NAME).write_bytes(source.read_bytes())
     return encodings
+
+
+def use_hub(env: dict[str, str], hub: HubStandin, root: Path) -> Path:
+    """Point huggingface_hub in `env` at the Hub stand-in, with a cache of this test's own
+    (no token, not offline). Returns the hub cache folder."""
+    hf_home = root / "hf"
+    env.update({"HF_ENDPOINT": hub.endpoint, "HF_HOME": str(hf_home),
+                "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_ETAG_TIMEOUT": "5"})
+    for name in ("HF_TOKEN", "HF_HUB_OFFLINE", "HF_HUB_CACHE"):
+        env.pop(name, None)
+    return hf_home / "hub"

@@ -26,15 +26,12 @@ from tests.pull_data import (
     model_files,
     seeded_bytes,
     snapshot,
+    use_hub,
 )
 
 
 def hub_world(world: Env, hub: HubStandin, *, extra: str = "", env: str = "") -> Path:
-    hf_home = world.root / "hf"
-    world.env.update({"HF_ENDPOINT": hub.endpoint, "HF_HOME": str(hf_home),
-                      "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_ETAG_TIMEOUT": "5"})
-    for name in ("HF_TOKEN", "HF_HUB_OFFLINE", "HF_HUB_CACHE"):
-        world.env.pop(name, None)
+    cache = use_hub(world.env, hub, world.root)
     world.write_config(f"""
 [profiles.hubtest]
 engine = "sglang"
@@ -49,7 +46,7 @@ enabled = true
 algorithm = "EAGLE3"
 draft_model = "{DRAFT}"
 """)
-    return hf_home / "hub"
+    return cache
 
 
 def artifacts_of(stdout: str) -> dict[str, dict[str, object]]:

@@ -22,6 +22,7 @@ from tests.pull_data import (
     SGLANG_LOADS,
     model_files,
     snapshot,
+    use_hub,
 )
 
 STANDIN = Path(__file__).resolve().parent / "sglang_standin.py"
@@ -29,16 +30,13 @@ STANDIN = Path(__file__).resolve().parent / "sglang_standin.py"
 
 def standin_world(world: Env, hub: HubStandin, url: str) -> tuple[Path, Path]:
     """The flagship's shape (SGLang, EAGLE3 draft, gpt-oss encoding) on the stand-ins."""
-    hf_home = world.root / "hf"
+    cache = use_hub(world.env, hub, world.root)
     encodings = world.root / "tiktoken"
     world.env.update({
-        "HF_ENDPOINT": hub.endpoint, "HF_HOME": str(hf_home), "HF_HUB_DISABLE_TELEMETRY": "1",
         "LLM_BACKEND_ENCODINGS_URL": url,
         # No GPU and no sglang package here: the stand-in needs neither.
         "LLM_BACKEND_SKIP_CHECKS": "gpu,memory,sglang",
     })
-    for name in ("HF_TOKEN", "HF_HUB_OFFLINE", "HF_HUB_CACHE"):
-        world.env.pop(name, None)
     world.write_config(f"""
 [profiles.firststart]
 extends = "gpt-oss-120b-eagle3"
@@ -56,7 +54,7 @@ SGLANG_STANDIN_LINE_DELAY_S = "0.02"
 [profiles.firststart.host_prep]
 enabled = false
 """)
-    return hf_home / "hub", encodings
+    return cache, encodings
 
 
 def test_first_start_pulls_model_draft_and_encoding_then_loads(
