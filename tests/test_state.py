@@ -147,6 +147,53 @@ def test_read_modify_write_loses_no_update_across_processes(tmp_path: Path) -> N
     assert final is not None and final.exit_code == 160
 
 
+def test_lock_holder_is_read_whole_or_not_at_all_while_holders_change(tmp_path: Path) -> None:
+    """Holders with lines of different lengths ("restart", "start") take turns as fast as
+    they can while another process asks who holds the lock: every answer is a whole line of
+    a live holder, never a mixture of an old and a new line (CI once read "start\\nt")."""
+    path = tmp_path / "start.lock"
+    churn = subprocess.Popen(
+        [sys.executable, "-c",
+         "import time; from pathlib import Path; from llm_backend.locks import FileLock; "
+         f"lock = FileLock(Path({str(path)!r})); end = time.monotonic() + 4\n"
+         "while time.monotonic() < end:\n"
+         "    for name in ('restart', 'start', 'status'):\n"
+         "        lock.acquire(holder=name); lock.release()\n"],
+    )
+    try:
+        reader = FileLock(path)
+        seen: set[str] = set()
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            pid, command = reader.holder_info()
+            if pid is not None:
+                assert pid == churn.pid, pid
+                assert command in ("restart", "start", "status"), repr(command)
+                seen.add(command)
+        assert seen, "the reader never saw a holder"
+    finally:
+        churn.kill()
+        churn.wait(timeout=10)
+
+
+def test_a_killed_holders_line_names_nobody(tmp_path: Path) -> None:
+    path = tmp_path / "start.lock"
+    subprocess.run(
+        [sys.executable, "-c",
+         "import os; from pathlib import Path; from llm_backend.locks import FileLock; "
+         f"FileLock(Path({str(path)!r})).acquire(holder='start'); os._exit(0)"],
+        check=True, timeout=60,
+    )
+    lock = FileLock(path)
+    assert lock.holder_path.read_text().endswith(" start\n")  # left by the dead holder
+    assert lock.holder_info() == (None, "")
+    assert not lock.held_by_other()
+    assert lock.acquire(blocking=False, holder="stop")
+    assert lock.holder_info()[1] == "stop"
+    lock.release()
+    assert not lock.holder_path.exists()
+
+
 def test_file_lock_says_who_holds_it_and_is_freed_when_the_holder_dies(tmp_path: Path) -> None:
     path = tmp_path / "start.lock"
     holder = subprocess.Popen(

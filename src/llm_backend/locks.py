@@ -1,7 +1,9 @@
 """The one file-lock helper: an exclusive `flock` on a file in the state dir.
 
-The kernel drops a `flock` when its holder dies, so a lock never outlives a killed command;
-the holder writes its pid and command into the file so that others can say who holds it.
+The kernel drops a `flock` when its holder dies, so a lock never outlives a killed command.
+The holder names itself (pid, start time, command) in a sibling file, `<lock>.holder`,
+replaced by rename so that a reader sees a whole line or none, and removed on release; a
+line whose process is gone (a holder killed with -9) is ignored.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
+from llm_backend.processes import process_matches
+
 
 def _start_time() -> str:
     """This process's start time, as psutil reports it (written with the pid)."""
@@ -28,7 +32,23 @@ def _open_no_follow(path: Path) -> int:
     return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
 
 
-HOLDER_READ_TRIES = 10  # 0.2 s at most for a holder to write its line
+HOLDER_READ_TRIES = 10  # 0.2 s at most for a new holder to write its line
+HOLDER_SUFFIX = ".holder"
+
+
+def _write_atomically(path: Path, line: str) -> None:
+    """Replace `path` with `line` by rename (a reader never sees half of it); never follows
+    a symlink: the temporary file is new (O_EXCL) and rename replaces a link itself."""
+    temp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        temp.unlink()
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+    os.replace(temp, path)
 
 
 class FileLock:
@@ -41,6 +61,7 @@ class FileLock:
     def __init__(self, path: Path, *, open_fd: Callable[[], int] | None = None) -> None:
         self.path = path
         self._open_fd = open_fd or (lambda: _open_no_follow(path))
+        self.holder_path = path.with_name(path.name + HOLDER_SUFFIX)
         self._handle: IO[str] | None = None
         self._owner: int | None = None  # the thread that holds it
         self._guard = threading.Lock()
@@ -82,17 +103,17 @@ class FileLock:
             time.sleep(pause)
             pause = min(pause * 2, 0.05)
         with contextlib.suppress(OSError):
-            # Write first, then cut what an older, longer line left: a reader never finds the
-            # file empty while the lock is held.
-            line = (f"{os.getpid()} {_start_time()} {holder}".rstrip() + "\n").encode()
-            os.pwrite(handle.fileno(), line, 0)
-            os.ftruncate(handle.fileno(), len(line))
+            _write_atomically(
+                self.holder_path, f"{os.getpid()} {_start_time()} {holder}".rstrip() + "\n"
+            )
         return True
 
     def release(self) -> None:
         """Let go (only the holding thread can)."""
         with self._guard:
             if self._handle is not None and self._owner == threading.get_ident():
+                with contextlib.suppress(OSError):
+                    self.holder_path.unlink()  # while still held: never the next one's line
                 with contextlib.suppress(OSError):
                     fcntl.flock(self._handle.fileno(), fcntl.LOCK_UN)
                 self._handle.close()
@@ -109,7 +130,8 @@ class FileLock:
         return True
 
     def holder_info(self) -> tuple[int | None, str]:
-        """(pid, command) that the current or last holder wrote; (None, "") if unknown."""
+        """(pid, command) of the live process that holds the lock; (None, "") if unknown
+        (no holder, one that has not yet named itself after 0.2 s, or one that is gone)."""
         pid, _, command = self._holder_line()
         return pid, command
 
@@ -119,24 +141,28 @@ class FileLock:
         return self._holder_line()[1]
 
     def _holder_line(self) -> tuple[int | None, float | None, str]:
-        text = ""
-        for _ in range(HOLDER_READ_TRIES):  # a new holder writes its line just after flock
+        for attempt in range(HOLDER_READ_TRIES):  # a new holder names itself just after flock
+            if attempt:
+                time.sleep(0.02)
             try:
-                fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                fd = os.open(self.holder_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
                 with os.fdopen(fd, "r", encoding="utf-8") as handle:
-                    text = handle.read(300).strip()
+                    text = handle.read(300)
             except (OSError, ValueError):
-                return None, None, ""
-            if text:
-                break
-            time.sleep(0.02)
-        parts = text.split(" ", 2)
-        pid = int(parts[0]) if parts and parts[0].isdigit() else None
-        try:
-            started = float(parts[1]) if len(parts) > 1 else None
-        except ValueError:
-            started = None
-        return pid, started, parts[2] if len(parts) > 2 else ""
+                continue
+            if not text.endswith("\n"):
+                continue
+            parts = text.strip().split(" ", 2)
+            if len(parts) < 2 or not parts[0].isdigit():
+                continue
+            try:
+                pid, started = int(parts[0]), float(parts[1])
+            except ValueError:
+                continue
+            if process_matches(pid, started) is None:
+                continue  # a holder killed with -9 left its line; the next one replaces it
+            return pid, started, parts[2] if len(parts) > 2 else ""
+        return None, None, ""
 
     def __enter__(self) -> FileLock:
         self.acquire()
