@@ -35,7 +35,7 @@ def test_memory_wait_gives_up_after_memory_wait_s_and_says_so(tmp_path: Path) ->
     started = time.monotonic()
     asyncio.run(waiting._wait_for_memory())
     took = time.monotonic() - started
-    assert 0.6 <= took < 3
+    assert 0.6 <= took < 10  # gave up after memory_wait_s, not later
     assert lines[0].startswith("backend: waiting for memory to come back")
     assert "loading anyway" in lines[-1]
 

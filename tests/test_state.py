@@ -210,7 +210,7 @@ def test_file_lock_says_who_holds_it_and_is_freed_when_the_holder_dies(tmp_path:
         assert lock.holder_info() == (holder.pid, "restart")
         started = time.monotonic()
         assert not lock.acquire(timeout_s=0.3)
-        assert 0.25 < time.monotonic() - started < 2
+        assert 0.25 < time.monotonic() - started < 5
         store = StateStore(tmp_path)
         with (
             pytest.raises(AlreadyStartingError, match=f"restart` \\(pid {holder.pid}\\)"),
