@@ -44,7 +44,7 @@ from llm_backend.processes import (
     process_matches,
     stop_tree,
 )
-from llm_backend.runtimes import get_runtime
+from llm_backend.runtimes import get_runtime, runtime_names
 from llm_backend.runtimes.base import LaunchSpec, Runtime
 from llm_backend.signals import Interrupted, signals_deferred, signals_raise
 from llm_backend.state import (
@@ -300,9 +300,20 @@ class Lifecycle:
         return self._config
 
     def runtime(self, name: str) -> Runtime:
+        """The runtime called `name`, acting for this lifecycle's state dir."""
         if name not in self._runtimes:
-            self._runtimes[name] = get_runtime(name)
+            runtime = get_runtime(name)
+            runtime.state_dir = self.store.root
+            self._runtimes[name] = runtime
         return self._runtimes[name]
+
+    def _all_runtimes(self) -> list[Runtime]:
+        """Every registered runtime that loads (a broken plugin is skipped here)."""
+        found = []
+        for name in runtime_names():
+            with contextlib.suppress(BackendError):
+                found.append(self.runtime(name))
+        return found
 
     def resolve(self, name: str, overrides: dict[str, Any] | None = None) -> ResolvedProfile:
         """The profile `name` with `overrides`, from this lifecycle's config (ConfigError)."""
@@ -576,16 +587,21 @@ class Lifecycle:
         paths = {name: f"{seen_at.rstrip('/')}/{name}" for name in files}
         return folder, engine.api_key_args(profile=profile, paths=paths)
 
-    @staticmethod
-    def _check_same_backend(current: InstanceRecord, profile: Profile) -> None:
-        listen = get_runtime(profile.runtime).listen_host(profile=profile)
+    def _check_same_backend(self, current: InstanceRecord, profile: Profile) -> None:
+        runtime = self.runtime(profile.runtime)
+        listen = runtime.listen_host(profile=profile)
         wanted = (profile.name, profile.runtime, listen, profile.port)
         running = (current.profile, current.runtime, current.host, current.port)
-        if wanted != running:
+        # The runtime's own terms: another container or image is another backend too.
+        differences = (
+            runtime.differences(record=current, profile=profile) if wanted == running else []
+        )
+        if wanted != running or differences:
             raise OtherBackendRunning(
                 f"another backend is {current.state}: {current.profile} ({current.engine}, "
                 f"{current.runtime}) at {current.endpoint}; you asked for {profile.name} "
-                f"({profile.engine}, {profile.runtime}) at {profile.endpoint}",
+                f"({profile.engine}, {profile.runtime}) at {profile.endpoint}"
+                + "".join(f"; it runs {difference}" for difference in differences),
                 remedy="llm-backend stop, then start again (or use a state dir of its own: "
                 "LLM_BACKEND_STATE_DIR)",
             )
@@ -650,6 +666,7 @@ class Lifecycle:
                         health_path=engine.health_path,
                         state_dir=self.store.root,
                         secret_dir=secret_dir,
+                        instance_id=record.instance_id,
                     )
                 )
                 record = record.evolve(
@@ -931,7 +948,18 @@ class Lifecycle:
             return record  # its start or stop is at work
         runtime = self.runtime(record.runtime)
         if record.state == State.LAUNCHING and record.pid is None:
-            record = self._find_launched(record)
+            record = self._find_launched(record, runtime)
+        try:
+            runtime.verify(record=record)
+        except BackendError as error:
+            # The record names what this state dir did not launch (forged or stale): say so,
+            # touch nothing; `stop` refuses it with the same words.
+            with contextlib.suppress(StateConflict):
+                return self.store.transition(
+                    record, State.FAILED,
+                    failure=_failure(FailureClass.EXITED, error.message, error.remedy),
+                )
+            return self.store.load_instance()
         alive = runtime.is_alive(record=record)
         try:
             if record.state in UP_STATES:
@@ -944,7 +972,7 @@ class Lifecycle:
                     )
                 return record
             if record.state == State.STOPPING:
-                if alive or self._unrecorded(record):
+                if alive or self._unrecorded(record) or self._unrecorded_elsewhere(record):
                     return self.store.transition(
                         record, State.FAILED,
                         failure=_failure(FailureClass.EXITED,
@@ -970,8 +998,23 @@ class Lifecycle:
             return self.store.load_instance()
         return record
 
-    def _find_launched(self, record: InstanceRecord) -> InstanceRecord:
-        """A `start` died between launch and record: name its server from the marker."""
+    def _find_launched(self, record: InstanceRecord, runtime: Runtime) -> InstanceRecord:
+        """A `start` died between launch and record: name its server from the runtime's
+        marks (a container's labels), else from the process marker."""
+        try:
+            launched = runtime.find_launched(record=record)
+        except BackendError:
+            launched = None
+        if launched is not None:
+            try:
+                return self.store.transition(
+                    record, State.LOADING, pid=launched.pid,
+                    pid_create_time=launched.pid_create_time,
+                    runtime_info={**record.runtime_info, **launched.runtime_info},
+                    launched_at=record.launched_at or record.created_at,
+                )
+            except StateConflict:
+                return record
         found = [process for process in marked_processes(self.store.root)
                  if process.pid == _session_of(process)]
         if not found:
@@ -1029,6 +1072,18 @@ class Lifecycle:
             if not held_here:
                 lock.release()
 
+    def _unrecorded_elsewhere(self, record: InstanceRecord | None) -> list[str]:
+        """What runtimes find running from this state dir by their own marks (containers'
+        labels) that an active `record` does not name; nothing while its owner works."""
+        if record is not None and record.state in ACTIVE_STATES and _owner_alive(record):
+            return []
+        active = record if record is not None and record.state in ACTIVE_STATES else None
+        found: list[str] = []
+        for runtime in self._all_runtimes():
+            with contextlib.suppress(BackendError):
+                found += runtime.unrecorded(record=active)
+        return found
+
     def _unrecorded(self, record: InstanceRecord | None) -> list[psutil.Process]:
         """Processes launched from this state dir that the record does not name as running."""
         if record is not None and record.state in ACTIVE_STATES and _owner_alive(record):
@@ -1046,14 +1101,15 @@ class Lifecycle:
         launched from this state dir that no record names make the state "failed"."""
         record = self.refresh()
         if record is None:
-            orphans = self._unrecorded(None)
+            orphans = [f"pid {p.pid}" for p in self._unrecorded(None)]
+            orphans += self._unrecorded_elsewhere(None)
             if orphans:
                 return Status(
                     state=State.FAILED,
                     failure=_failure(
                         FailureClass.EXITED,
                         "processes launched from this state dir run without a record: "
-                        + ", ".join(f"pid {p.pid}" for p in orphans),
+                        + ", ".join(orphans),
                         "llm-backend stop",
                     ),
                     host_prep=self._host_prep_status(),
@@ -1190,6 +1246,7 @@ class Lifecycle:
         if record is None or record.state == State.STOPPED:
             return self._sweep_unrecorded(force=force, grace_s=grace_s, profile=None)
         runtime = self.runtime(record.runtime)
+        runtime.verify(record=record)  # a record naming what is not ours: refused, untouched
         if grace_s is None:
             grace_s = _grace(record, None, resolve=self._resolve_quietly)
         router: dict[str, Any] | None = None
@@ -1244,18 +1301,39 @@ class Lifecycle:
 
     def _sweep_unrecorded(self, *, force: bool, grace_s: float | None,
                           profile: str | None) -> StopOutcome:
-        """Stop processes launched from this state dir (by their marker) that are left."""
+        """Stop what was launched from this state dir and is left: processes (by their
+        marker) and what runtimes find by their own marks (containers, by their labels)."""
+        grace = grace_s if grace_s is not None else DEFAULT_STOP_GRACE_S
+        names: list[str] = []
+        leftovers: list[str] = []
+        killed = was_running = False
+        duration_s = 0.0
+        for runtime in self._all_runtimes():
+            try:
+                described = runtime.unrecorded(record=None)
+                swept = runtime.stop_unrecorded(grace_s=grace, force=force)
+            except BackendError as error:
+                leftovers.append(f"{runtime.name}: {error.message}")
+                continue
+            names += described
+            leftovers += swept.leftovers
+            killed = killed or swept.killed
+            was_running = was_running or swept.was_running or bool(described)
+            duration_s += swept.duration_s
         found = marked_processes(self.store.root)
-        if not found:
-            return StopOutcome(was_running=False, profile=profile, killed=False, duration_s=0.0)
-        names = [f"pid {process.pid}" for process in found]
-        result = stop_tree(
-            found, grace_s=grace_s if grace_s is not None else DEFAULT_STOP_GRACE_S,
-            force=force, rescan=lambda: marked_processes(self.store.root),
-        )
+        if found:
+            names += [f"pid {process.pid}" for process in found]
+            result = stop_tree(
+                found, grace_s=grace, force=force,
+                rescan=lambda: marked_processes(self.store.root),
+            )
+            leftovers += result.leftovers
+            killed = killed or result.killed
+            was_running = True
+            duration_s += result.duration_s
         return StopOutcome(
-            was_running=True, profile=profile, killed=result.killed,
-            duration_s=result.duration_s, leftovers=result.leftovers, unrecorded=names,
+            was_running=was_running, profile=profile, killed=killed,
+            duration_s=duration_s, leftovers=leftovers, unrecorded=names,
         )
 
     def _resolve_quietly(self, name: str) -> Profile | None:

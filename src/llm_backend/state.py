@@ -462,6 +462,11 @@ class InstanceRecord:
     def evolve(self, **changes: Any) -> InstanceRecord:
         return replace(self, **changes)
 
+    @property
+    def instance_id(self) -> str:
+        """This start's name outside the state dir (a container label): its creation time."""
+        return f"{self.created_at:.6f}"
+
     def same_instance(self, other: InstanceRecord | None) -> bool:
         """True when `other` records the same start (not a later one)."""
         return other is not None and other.created_at == self.created_at

@@ -34,7 +34,10 @@ def compose(
     engine = get_engine(resolved.engine)
     engine.check_profile(profile=resolved, for_container=True)
     argv = engine.build_argv(profile=resolved, for_container=True)
-    document = build_compose(profile=resolved, argv=argv, health_path=engine.health_path)
+    # Labelled with this state dir, as `start` labels it: a container run by hand from this
+    # file is one that `start` adopts and `stop` stops.
+    document = build_compose(profile=resolved, argv=argv, health_path=engine.health_path,
+                             state_dir=lifecycle.store.root)
     if output is None:
         render.print_raw(document.text())
         return

@@ -29,6 +29,7 @@ class LaunchSpec:
     health_path: str = "/health"
     state_dir: Path | None = None  # where a runtime keeps its own files (the compose file)
     secret_dir: Path | None = None  # our 0600 files for the server (its API key), if any
+    instance_id: str | None = None  # the record's `instance_id`, marked on what is launched
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,9 @@ class Runtime(ABC):
     in_container: bool = False
     # systemd units a service running this runtime must start after (and needs).
     systemd_after: tuple[str, ...] = ()
+    # The state dir this runtime acts for (the lifecycle sets it): what it launches is marked
+    # with it, and it acts only on what carries that mark. None: the default state dir.
+    state_dir: Path | None = None
 
     @abstractmethod
     def launch(self, *, spec: LaunchSpec) -> Launched:
@@ -85,6 +89,31 @@ class Runtime(ABC):
 
     def check(self, *, profile: Profile) -> None:
         """Raise a BackendError if this runtime cannot run the profile here (at `start`)."""
+
+    def verify(self, *, record: InstanceRecord) -> None:
+        """Raise a BackendError when `record` names something this runtime did not launch
+        from this state dir (a forged or stale record); nothing is touched either way."""
+
+    def differences(self, *, record: InstanceRecord, profile: Profile) -> list[str]:
+        """How the running `record` differs from what `profile` would run, in this runtime's
+        terms (another container, another image); empty when it is the same."""
+        return []
+
+    def find_launched(self, *, record: InstanceRecord) -> Launched | None:
+        """What the `start` of `record` launched, found from the system by its marks, for a
+        record that does not name it yet (that start died in between); None if nothing."""
+        return None
+
+    def unrecorded(self, *, record: InstanceRecord | None) -> list[str]:
+        """What runs from this state dir (found by its marks, not by the record) that an
+        active `record` does not name: one description each, e.g. 'container NAME (running)'.
+        """
+        return []
+
+    def stop_unrecorded(self, *, grace_s: float, force: bool = False) -> StopResult:
+        """Stop and remove everything of this state dir that `unrecorded(record=None)` finds
+        (and what is launched but no longer running); `leftovers` names what is left."""
+        return StopResult(was_running=False, killed=False, duration_s=0.0)
 
     def checks(self) -> tuple[Check, ...]:
         """The runtime's own preflight checks for `doctor` (engine daemon, image, ...)."""

@@ -23,11 +23,24 @@ from llm_backend.config import Profile
 from llm_backend.credentials import is_secret_name
 from llm_backend.errors import ConfigError
 from llm_backend.net import publish_spec
+from llm_backend.processes import marker_value
 
 SERVICE_NAME = "server"
+# Labels on every container llm-backend starts: they say whose it is. A container is ours
+# only when LABEL_STATE_DIR names this state dir (`processes.marker_value`, the same value
+# native processes carry in LLM_BACKEND_LAUNCHED_BY); LABEL_INSTANCE names the start that
+# made it (`InstanceRecord.instance_id`), so a start killed before its record named the
+# container can still be matched with its record.
 LABEL_PROFILE = "llm-backend.profile"
 LABEL_SPEC_HASH = "llm-backend.spec-hash"
 LABEL_VERSION = "llm-backend.version"
+LABEL_STATE_DIR = "llm-backend.state-dir"
+LABEL_INSTANCE = "llm-backend.instance"
+LABEL_ROLE = "llm-backend.role"
+ROLE_SERVER = "server"
+INSTANCE_ENV = "LLM_BACKEND_INSTANCE"
+"""Set in the environment of `docker compose up`; the file takes the instance label from it
+(Compose interpolation), so the file `compose` writes and the one `start` runs are the same."""
 AARCH64_MACHINES = frozenset({"aarch64", "arm64"})
 
 
@@ -143,8 +156,13 @@ def build_compose(
     machine: str | None = None,
     cwd: Path | None = None,
     secret_dir: Path | None = None,
+    state_dir: Path | None = None,
 ) -> ComposeDocument:
-    """The Compose document that runs `argv` (the engine's in-container command) for `profile`."""
+    """The Compose document that runs `argv` (the engine's in-container command) for `profile`.
+
+    With `state_dir`, the container is labelled as launched from that state dir
+    (LABEL_STATE_DIR), which is what makes it ours to adopt, stop and remove.
+    """
     docker = profile.docker
     image = image_for(profile, machine)
     project = project_name(profile)
@@ -199,11 +217,18 @@ def build_compose(
     service["restart"] = docker.restart
     service["stop_signal"] = docker.stop_signal
     service["stop_grace_period"] = go_duration(profile.stop_grace_s)
-    labels = {LABEL_PROFILE: profile.name, LABEL_VERSION: __version__}
+    labels = {LABEL_PROFILE: profile.name, LABEL_VERSION: __version__, LABEL_ROLE: ROLE_SERVER}
+    if state_dir is not None:
+        labels[LABEL_STATE_DIR] = marker_value(state_dir)
     spec_hash = hashlib.sha256(
         json.dumps({"service": service, "labels": labels}, sort_keys=True).encode()
     ).hexdigest()[:16]
-    service["labels"] = {**labels, LABEL_SPEC_HASH: spec_hash}
+    service["labels"] = {
+        **labels,
+        LABEL_SPEC_HASH: spec_hash,
+        # Empty when the file is run by hand; `start` sets INSTANCE_ENV for `compose up`.
+        LABEL_INSTANCE: f"${{{INSTANCE_ENV}:-}}",
+    }
     data: dict[str, Any] = {"name": project, "services": {SERVICE_NAME: service}}
     if docker.network != "host":
         data["networks"] = {docker.network: {"name": docker.network}}

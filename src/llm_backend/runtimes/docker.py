@@ -5,6 +5,12 @@
 follower that appends the container's output to the instance log, which the monitor tails.
 `stop` stops with the grace period, removes the container (`down`) and verifies that no
 container of the project is left. It knows nothing of LLMs: the engine gives the command.
+
+Every container it starts carries labels (`runtimes.compose`): the state dir it was launched
+from and the start (instance) that made it. It adopts, stops and removes only containers
+whose state-dir label names this state dir; a container of another name-sake (or one that a
+forged record names) is refused, never touched. A container whose `start` died before the
+record named it is found by those labels (`find_launched`, `unrecorded`) and stopped.
 """
 
 from __future__ import annotations
@@ -26,13 +32,18 @@ import psutil
 from llm_backend.checks import Check
 from llm_backend.config import Profile
 from llm_backend.errors import BackendError, CommandFailed
-from llm_backend.processes import process_matches
+from llm_backend.processes import marker_value, process_matches
 from llm_backend.pull import Source
 from llm_backend.runtimes.base import Launched, LaunchSpec, Runtime, StopResult
 from llm_backend.runtimes.compose import (
     CONTAINER_SECRET_DIR,
+    INSTANCE_ENV,
+    LABEL_INSTANCE,
     LABEL_PROFILE,
+    LABEL_ROLE,
     LABEL_SPEC_HASH,
+    LABEL_STATE_DIR,
+    ROLE_SERVER,
     ComposeDocument,
     build_compose,
     image_for,
@@ -47,7 +58,8 @@ from llm_backend.runtimes.docker_facts import (
     docker_cli,
 )
 from llm_backend.runtimes.docker_image import DockerImage
-from llm_backend.state import InstanceRecord, open_log
+from llm_backend.state import INSTANCE_FILE, InstanceRecord, open_log
+from llm_backend.state import state_dir as default_state_dir
 
 if TYPE_CHECKING:
     from llm_backend.engines.base import Engine
@@ -99,12 +111,21 @@ class ContainerState:
         return self.status in ALIVE_STATES
 
     @property
-    def ours(self) -> bool:
+    def by_llm_backend(self) -> bool:
+        """Labelled by some llm-backend (of any state dir, or of a version without the mark)."""
         return LABEL_PROFILE in self.labels
+
+    def owned_by(self, root: str) -> bool:
+        """Launched from the state dir `root` (`processes.marker_value`): ours to act on."""
+        return self.labels.get(LABEL_STATE_DIR) == root
 
     @property
     def profile(self) -> str | None:
         return self.labels.get(LABEL_PROFILE)
+
+    @property
+    def instance(self) -> str | None:
+        return self.labels.get(LABEL_INSTANCE) or None
 
     @property
     def project(self) -> str | None:
@@ -131,6 +152,10 @@ class ContainerState:
 
 def _tail(text: str, lines: int = 10) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
+
+
+class ForeignContainer(BackendError):
+    """A container that the record (or the profile's name) points at is not ours to touch."""
 
 
 class DockerRuntime(Runtime):
@@ -266,6 +291,168 @@ class DockerRuntime(Runtime):
         )
         return [line for line in completed.stdout.splitlines() if line.strip()]
 
+    # --- whose a container is ----------------------------------------------------------
+
+    def _root(self) -> str:
+        """This state dir as our containers' LABEL_STATE_DIR names it."""
+        return marker_value(self.state_dir if self.state_dir is not None else default_state_dir())
+
+    def _foreign(self, existing: ContainerState, *, profile: Profile) -> ForeignContainer:
+        """The refusal for a container of the profile's name that is not ours."""
+        name = existing.name
+        rename = (f"give this profile another name: container_name = \"{name}-2\" under "
+                  f"[profiles.{profile.name}.docker] in ./llm-backend.toml")
+        seen = f"image {existing.image}, {existing.status}"
+        if not existing.by_llm_backend:
+            return ForeignContainer(
+                f"a container named {name!r} already exists and was not started by llm-backend "
+                f"({seen})",
+                remedy=f"remove it if it is not needed: docker rm -f {name}; or {rename}",
+            )
+        other = existing.labels.get(LABEL_STATE_DIR)
+        if other:
+            return ForeignContainer(
+                f"a container named {name!r} already exists and was not started by llm-backend "
+                f"from this state dir ({self._root()}): its {LABEL_STATE_DIR} label is "
+                f"{other!r} ({seen})",
+                remedy=f"stop it from its own state dir: LLM_BACKEND_STATE_DIR="
+                f"{shlex.quote(other)} llm-backend stop; or {rename}",
+            )
+        return ForeignContainer(
+            f"a container named {name!r} already exists and was not started by llm-backend "
+            f"from this state dir ({self._root()}): it has no {LABEL_STATE_DIR} label (an "
+            f"older llm-backend, or a compose file run by hand) ({seen})",
+            remedy=f"remove it if it is not needed: docker rm -f {name}; or {rename}",
+        )
+
+    def _foreign_record(self, existing: ContainerState, named: str) -> ForeignContainer:
+        """The refusal for a record (forged or stale) that names a container not ours."""
+        record_path = Path(self._root()) / INSTANCE_FILE
+        label = existing.labels.get(LABEL_STATE_DIR)
+        why = f"its {LABEL_STATE_DIR} label is {label!r}" if label else \
+            f"it has no {LABEL_STATE_DIR} label"
+        return ForeignContainer(
+            f"the record {record_path} names container {named!r} ({existing.name}, image "
+            f"{existing.image}, {existing.status}), which was not started from this state dir "
+            f"({why}); it was left alone",
+            remedy=f"set the record aside: mv {record_path} {record_path}.foreign  (and if "
+            f"that container is yours, stop it by hand: docker stop {existing.name})",
+        )
+
+    def _recorded(self, record: InstanceRecord, *, cached: bool = False) -> ContainerState | None:
+        """The container the record names, if it still exists; ForeignContainer when it
+        exists but was not launched from this state dir."""
+        container = self._container_of(record)
+        if container is None:
+            return None
+        state = self._inspect_cached(container) if cached else self.inspect(container)
+        if state is not None and not state.owned_by(self._root()):
+            raise self._foreign_record(state, container)
+        return state
+
+    def verify(self, *, record: InstanceRecord) -> None:
+        """ForeignContainer when the container the record names is not labelled as ours."""
+        self._recorded(record)
+
+    def differences(self, *, record: InstanceRecord, profile: Profile) -> list[str]:
+        """Another container name or another image than the recorded container's."""
+        info = record.runtime_info
+        found: list[str] = []
+        recorded_name = info.get("container")
+        if recorded_name and recorded_name != profile.docker.container_name:
+            found.append(f"container {recorded_name}, you asked for "
+                          f"{profile.docker.container_name}")
+        try:
+            image = image_for(profile)
+        except BackendError:
+            image = None
+        if info.get("image") and image and info.get("image") != image:
+            found.append(f"image {info.get('image')}, you asked for {image}")
+        return found
+
+    def _labelled(self) -> list[ContainerState]:
+        """Every server container labelled with this state dir, running or not.
+
+        Only asks the engine when this state dir has ever run a compose file (the file is
+        written before `up`), so native-only use never calls Docker; no engine: none."""
+        if self.state_dir is None or not (self.state_dir / "compose").is_dir():
+            return []
+        if shutil.which(self._docker) is None:
+            return []
+        root = self._root()
+        try:
+            completed = self._run(
+                [self._docker, "ps", "-a", "-q", "--no-trunc",
+                 "--filter", f"label={LABEL_STATE_DIR}={root}"],
+                remedy=START_DAEMON_REMEDY, check=False, timeout=30,
+            )
+        except BackendError:
+            return []
+        if completed.returncode != 0:
+            return []
+        found = []
+        for container_id in completed.stdout.split():
+            with contextlib.suppress(BackendError):
+                state = self.inspect(container_id)
+                # The engine's filter, checked again, and only servers (not a flag check).
+                if (state is not None and state.owned_by(root)
+                        and state.labels.get(LABEL_ROLE, ROLE_SERVER) == ROLE_SERVER):
+                    found.append(state)
+        return found
+
+    def unrecorded(self, *, record: InstanceRecord | None) -> list[str]:
+        """Running containers of this state dir other than the one an active record names."""
+        named = self._container_of(record) if record is not None else None
+        return [
+            f"container {state.name} ({state.status})"
+            for state in self._labelled()
+            if state.running and named not in (state.container_id, state.name)
+        ]
+
+    def find_launched(self, *, record: InstanceRecord) -> Launched | None:
+        """The container whose instance label is this record's (its `start` died between
+        `compose up` and the record), with a log follower; None when there is none."""
+        mine = [state for state in self._labelled() if state.instance == record.instance_id]
+        if len(mine) != 1:
+            return None
+        state = mine[0]
+        follower_pid = self._follower_of(state.container_id)
+        if follower_pid is None:
+            follower_pid = self._start_follower(state.container_id, Path(record.log_path)).pid
+        return Launched(
+            pid=state.pid or None,
+            pid_create_time=_create_time(state.pid) if state.pid else None,
+            runtime_info={
+                "container": state.name,
+                "container_id": state.container_id,
+                "project": state.project,
+                "compose_file": str(self._compose_file(record.profile) or ""),
+                "image": state.image,
+                "adopted": False,
+                "instance": state.instance,
+                "log_follower_pid": follower_pid,
+                "log_follower_create_time": _create_time(follower_pid),
+            },
+        )
+
+    def _follower_of(self, container_id: str) -> int | None:
+        """A `docker logs --follow ID` of ours still at work (its `start` was killed)."""
+        wanted = ["logs", "--follow", container_id]
+        for process in psutil.process_iter(["cmdline"]):
+            command = process.info.get("cmdline") or []
+            if command[1:] == wanted and os.path.basename(command[0]) == \
+                    os.path.basename(self._docker):
+                return int(process.pid)
+        return None
+
+    def _compose_file(self, profile_name: str) -> Path | None:
+        """Our compose file for a profile; None for a name that is not a plain file name."""
+        if not profile_name or Path(profile_name).name != profile_name or profile_name in (
+                ".", ".."):
+            return None
+        root = self.state_dir if self.state_dir is not None else default_state_dir()
+        return root / "compose" / profile_name / "docker-compose.yml"
+
     # --- preflight -------------------------------------------------------------------
 
     def checks(self) -> tuple[Check, ...]:
@@ -313,14 +500,8 @@ class DockerRuntime(Runtime):
         if existing is None:
             return
         name = profile.docker.container_name
-        if not existing.ours:
-            raise BackendError(
-                f"a container named {name!r} already exists and was not started by llm-backend "
-                f"(image {existing.image}, {existing.status})",
-                remedy=f"remove it if it is not needed: docker rm -f {name}; or give this "
-                f"profile another name: container_name = \"{name}-2\" under "
-                f"[profiles.{profile.name}.docker] in ./llm-backend.toml",
-            )
+        if not existing.owned_by(self._root()):
+            raise self._foreign(existing, profile=profile)
         if existing.profile != profile.name and existing.running:
             raise BackendError(
                 f"container {name!r} already runs llm-backend profile {existing.profile!r}",
@@ -331,7 +512,7 @@ class DockerRuntime(Runtime):
         existing = self.inspect(profile.docker.container_name)
         return bool(
             existing is not None
-            and existing.ours
+            and existing.owned_by(self._root())
             and existing.running
             and existing.profile == profile.name
         )
@@ -380,8 +561,10 @@ class DockerRuntime(Runtime):
 
     def launch(self, *, spec: LaunchSpec) -> Launched:
         profile = spec.profile
+        if spec.state_dir is not None:
+            self.state_dir = spec.state_dir
         document = build_compose(profile=profile, argv=spec.argv, health_path=spec.health_path,
-                                 secret_dir=spec.secret_dir)
+                                 secret_dir=spec.secret_dir, state_dir=Path(self._root()))
         tool = self.compose_tool()
         compose_file = document.write(
             self.compose_file_path(spec=spec), with_name=tool.supports_project_name_key
@@ -389,13 +572,8 @@ class DockerRuntime(Runtime):
         existing = self.inspect(document.container_name)
         adopted = False
         if existing is not None:
-            if not existing.ours:
-                raise BackendError(
-                    f"a container named {document.container_name!r} already exists and was not "
-                    "started by llm-backend",
-                    remedy=f"docker rm -f {document.container_name}, or set another "
-                    f"container_name under [profiles.{profile.name}.docker]",
-                )
+            if not existing.owned_by(self._root()):
+                raise self._foreign(existing, profile=profile)
             same = existing.labels.get(LABEL_SPEC_HASH) == document.spec_hash
             if existing.running and existing.profile == profile.name and same:
                 adopted = True
@@ -406,7 +584,8 @@ class DockerRuntime(Runtime):
             if not adopted:
                 self._run(
                     self._compose_argv(document.project, compose_file, "up", "-d"),
-                    env={**os.environ, **secret_environment(profile)},
+                    env={**os.environ, **secret_environment(profile),
+                         INSTANCE_ENV: spec.instance_id or ""},
                     remedy=f"read the error above; the compose file is {compose_file} "
                     "(try it by hand: docker compose -f FILE up)",
                     timeout=max(COMMAND_TIMEOUT_S, profile.load_timeout_s),
@@ -423,13 +602,14 @@ class DockerRuntime(Runtime):
             # A failed or interrupted `up` can leave a created container and the network.
             if not adopted:
                 with contextlib.suppress(Exception):
-                    self._run(
-                        self._compose_argv(
-                            document.project, compose_file, "down", "--remove-orphans"
-                        ),
-                        remedy="",
-                        check=False,
-                    )
+                    if self._project_is_ours(document.project):
+                        self._run(
+                            self._compose_argv(
+                                document.project, compose_file, "down", "--remove-orphans"
+                            ),
+                            remedy="",
+                            check=False,
+                        )
                 with contextlib.suppress(Exception):
                     self._remove_container(document.container_name, grace_s=0)
             raise
@@ -448,6 +628,7 @@ class DockerRuntime(Runtime):
                 "compose": tool.label(),
                 "image": document.image,
                 "adopted": adopted,
+                "instance": state.instance,
                 "log_follower_pid": follower.pid,
                 "log_follower_create_time": _create_time(follower.pid),
             },
@@ -475,20 +656,24 @@ class DockerRuntime(Runtime):
         return str(info.get("container_id") or info.get("container") or "") or None
 
     def is_alive(self, *, record: InstanceRecord) -> bool:
+        """True while the recorded container runs; a container not ours is not our server."""
         container = self._container_of(record)
         if container is None:
             return False
-        follower = self._followers.get(int(record.runtime_info.get("log_follower_pid") or -1))
+        follower = self._followers.get(_int_or(record.runtime_info.get("log_follower_pid")))
         # `docker logs -f` ends when the container stops: an exited follower means "look now".
-        if follower is not None and follower.poll() is not None:
-            state = self.inspect(container)
-        else:
-            state = self._inspect_cached(container)
+        fresh = follower is not None and follower.poll() is not None
+        try:
+            state = self._recorded(record, cached=not fresh)
+        except ForeignContainer:
+            return False
         return state is not None and state.running
 
     def exit_code(self, *, record: InstanceRecord) -> int | None:
-        container = self._container_of(record)
-        state = self.inspect(container) if container else None
+        try:
+            state = self._recorded(record)
+        except ForeignContainer:
+            return None
         if state is None or state.running:
             return None
         return state.exit_code
@@ -499,9 +684,9 @@ class DockerRuntime(Runtime):
         if container is None:
             return {}
         try:
-            state = self.inspect(container)
+            state = self._recorded(record)
         except BackendError as error:
-            return {"docker": {"error": error.message}}
+            return {"docker": {"container": info.get("container"), "error": error.message}}
         facts: dict[str, Any] = {
             "container": info.get("container"),
             "project": info.get("project"),
@@ -526,21 +711,95 @@ class DockerRuntime(Runtime):
     # --- stop ------------------------------------------------------------------------
 
     def _remove_container(self, container: str, *, grace_s: float) -> None:
-        """Stop (with the grace period) and remove a container directly, without Compose."""
+        """Stop (with the grace period) and remove a container directly, without Compose.
+        Only a container of ours: one that is not (any more) is left alone."""
+        existing = self.inspect(container)
+        if existing is None or not existing.owned_by(self._root()):
+            return
+        target = existing.container_id
         self._run(
-            [self._docker, "stop", "-t", str(math.ceil(grace_s)), container],
+            [self._docker, "stop", "-t", str(math.ceil(grace_s)), target],
             remedy=f"docker rm -f {container}",
             check=False,
             timeout=grace_s + COMMAND_TIMEOUT_S,
         )
         self._run(
-            [self._docker, "rm", "-f", container],
+            [self._docker, "rm", "-f", target],
             remedy=f"docker rm -f {container}",
             check=False,
         )
         self._inspect_cache.pop(container, None)
 
+    def _project_is_ours(self, project: str) -> bool:
+        """Every container of the Compose project is ours, so `down --remove-orphans` (which
+        removes the project's other containers too) touches nothing else."""
+        completed = self._run(
+            [self._docker, "ps", "-a", "-q", "--no-trunc",
+             "--filter", f"label=com.docker.compose.project={project}"],
+            remedy=START_DAEMON_REMEDY, check=False,
+        )
+        if completed.returncode != 0:
+            return False
+        root = self._root()
+        for container_id in completed.stdout.split():
+            state = self.inspect(container_id)
+            if state is not None and not state.owned_by(root):
+                return False
+        return True
+
+    def _stop_container(
+        self, state: ContainerState, *, project: str, compose_file: Path | None,
+        grace_s: float, force: bool,
+    ) -> tuple[bool, bool]:
+        """Stop (grace, then kill) and remove one container of ours, through Compose when
+        its project is ours alone (so its network goes too). Returns (was_running, killed)."""
+        target = state.container_id
+        was_running = state.running
+        killed = False
+        use_compose = (bool(project) and compose_file is not None and compose_file.is_file()
+                       and state.project == project and self._project_is_ours(project))
+        if force:
+            if was_running:
+                self._run([self._docker, "kill", target], remedy="", check=False)
+            killed = was_running
+        elif was_running:
+            timeout = str(math.ceil(grace_s))
+            argv = (
+                self._compose_argv(project, compose_file, "stop", "-t", timeout)
+                if use_compose and compose_file is not None
+                else [self._docker, "stop", "-t", timeout, target]
+            )
+            stop_began = time.monotonic()
+            self._run(
+                argv,
+                remedy=f"docker rm -f {state.name}",
+                check=False,
+                timeout=grace_s + COMMAND_TIMEOUT_S,
+            )
+            after = self.inspect(target)
+            # 137 = 128 + SIGKILL. Docker sends it only once the grace period ran out;
+            # a server that SIGKILLs its own tree sooner (SGLang does) was not killed.
+            killed = (
+                after is not None
+                and after.exit_code == 137
+                and time.monotonic() - stop_began >= grace_s - 0.5
+            )
+        if use_compose and compose_file is not None:
+            self._run(
+                self._compose_argv(project, compose_file, "down", "--remove-orphans"),
+                remedy=f"docker rm -f {state.name}",
+                check=False,
+                timeout=COMMAND_TIMEOUT_S,
+            )
+        if self.inspect(target) is not None:  # adopted from another project, or no file
+            self._run([self._docker, "rm", "-f", target], remedy=f"docker rm -f {state.name}",
+                      check=False)
+        self._inspect_cache.pop(state.name, None)
+        return was_running, killed
+
     def stop(self, *, record: InstanceRecord, grace_s: float, force: bool = False) -> StopResult:
+        """Stop and remove the recorded container (ForeignContainer, touching nothing, when
+        it is not labelled as launched from this state dir), then its log follower."""
         started = time.monotonic()
         info = record.runtime_info
         container = str(info.get("container") or "") or None
@@ -548,56 +807,23 @@ class DockerRuntime(Runtime):
             self._stop_follower(record)
             return StopResult(was_running=False, killed=False, duration_s=0.0)
         project = str(info.get("project") or "")
-        compose_file = Path(str(info.get("compose_file") or ""))
-        state = self.inspect(container)
-        was_running = state is not None and state.running
-        killed = False
-        use_compose = bool(project) and compose_file.is_file()
+        state = self._recorded(record)
+        was_running = killed = False
         if state is not None:
-            if force:
-                self._run([self._docker, "kill", container], remedy="", check=False)
-                killed = was_running
-            elif was_running:
-                timeout = str(math.ceil(grace_s))
-                argv = (
-                    self._compose_argv(project, compose_file, "stop", "-t", timeout)
-                    if use_compose and state.project == project
-                    else [self._docker, "stop", "-t", timeout, container]
-                )
-                stop_began = time.monotonic()
-                self._run(
-                    argv,
-                    remedy=f"docker rm -f {container}",
-                    check=False,
-                    timeout=grace_s + COMMAND_TIMEOUT_S,
-                )
-                after = self.inspect(container)
-                # 137 = 128 + SIGKILL. Docker sends it only once the grace period ran out;
-                # a server that SIGKILLs its own tree sooner (SGLang does) was not killed.
-                killed = (
-                    after is not None
-                    and after.exit_code == 137
-                    and time.monotonic() - stop_began >= grace_s - 0.5
-                )
-            if use_compose:
-                self._run(
-                    self._compose_argv(project, compose_file, "down", "--remove-orphans"),
-                    remedy=f"docker rm -f {container}",
-                    check=False,
-                    timeout=COMMAND_TIMEOUT_S,
-                )
-            if self.inspect(container) is not None:  # adopted from another project, or no file
-                self._remove_container(container, grace_s=0)
+            was_running, killed = self._stop_container(
+                state, project=project, compose_file=self._compose_file(record.profile),
+                grace_s=grace_s, force=force,
+            )
         self._stop_follower(record)
         leftovers: list[str] = []
-        remaining = self.inspect(container)
+        remaining = self.inspect(state.container_id) if state is not None else None
         if remaining is not None:
-            leftovers.append(f"container {container} ({remaining.status})")
+            leftovers.append(f"container {remaining.name} ({remaining.status})")
         if project:
             leftovers += [
                 f"container {line}"
                 for line in self._project_containers(project)
-                if not line.startswith(f"{container} ")
+                if state is None or not line.startswith(f"{state.name} ")
             ]
         follower = process_matches(
             info.get("log_follower_pid"), info.get("log_follower_create_time")
@@ -611,10 +837,32 @@ class DockerRuntime(Runtime):
             leftovers=leftovers,
         )
 
+    def stop_unrecorded(self, *, grace_s: float, force: bool = False) -> StopResult:
+        """Stop and remove every server container labelled with this state dir (their
+        `docker logs` followers end with them)."""
+        started = time.monotonic()
+        was_running = killed = False
+        leftovers: list[str] = []
+        for state in self._labelled():
+            running, was_killed = self._stop_container(
+                state, project=state.project or "",
+                compose_file=self._compose_file(state.profile or ""),
+                grace_s=grace_s, force=force,
+            )
+            was_running = was_running or running
+            killed = killed or was_killed
+            remaining = self.inspect(state.container_id)
+            if remaining is not None:
+                leftovers.append(f"container {remaining.name} ({remaining.status})")
+        return StopResult(was_running=was_running, killed=killed,
+                          duration_s=time.monotonic() - started, leftovers=leftovers)
+
     def _stop_follower(self, record: InstanceRecord) -> None:
         info = record.runtime_info
         pid = info.get("log_follower_pid")
         process = process_matches(pid, info.get("log_follower_create_time"))
+        if process is not None and not _is_follower(process):
+            process = None  # the record names some other process: not ours to signal
         if process is not None:
             # It ends by itself once the container is gone; give it a moment to flush.
             _, alive = psutil.wait_procs([process], timeout=2)
@@ -625,10 +873,23 @@ class DockerRuntime(Runtime):
             for survivor in alive:
                 with contextlib.suppress(psutil.Error):
                     survivor.kill()
-        child = self._followers.pop(int(pid or -1), None)
+        child = self._followers.pop(_int_or(pid), None)
         if child is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 child.wait(timeout=1)
+
+
+def _is_follower(process: psutil.Process) -> bool:
+    """A `docker logs --follow CONTAINER` (what `_start_follower` runs)."""
+    try:
+        command = process.cmdline()
+    except psutil.Error:
+        return False
+    return command[1:3] == ["logs", "--follow"] and len(command) == 4
+
+
+def _int_or(value: Any, default: int = -1) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
 
 
 def _create_time(pid: int) -> float | None:
