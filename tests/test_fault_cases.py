@@ -111,13 +111,16 @@ def test_other_servers_flags_name_sglangs(world: Env) -> None:
     completed = world.run("start", "--dry-run", "--profile", "spark-old-flags", timeout=120)
     assert completed.returncode != 0
     err = completed.stderr
-    assert "replace --num-nodes with --nnodes" in err
-    assert "--dist-init-addr 10.0.0.1:20000" in err
+    assert "replace `--num-nodes 2` with `--nnodes 2`" in err
+    assert ("replace `--master-addr 10.0.0.1` and `--master-port 20000` with "
+            "`--dist-init-addr 10.0.0.1:20000`") in err
     assert "fp8_e4m3" in err and "fp8_e5m2" in err and "mxfp8;" not in err
     assert "did you mean mxfp8" not in err and "numa" not in err
-    assert "replace --gpu-memory-utilization with --mem-fraction-static" in err
-    assert "replace --max-model-len with --context-length" in err
-    assert "replace --fp8-gemm-runner-backend with --fp8-gemm-backend" in err
+    # The value comes along, changed where SGLang's flag means something else (F8).
+    assert "replace `--gpu-memory-utilization 0.85` with `--mem-fraction-static 0.8`" in err
+    assert "replace `--max-model-len 65536` with `--context-length 65536`" in err
+    assert "replace `--kv-cache-dtype fp8` with `--kv-cache-dtype fp8_e4m3`" in err
+    assert "replace `--fp8-gemm-runner-backend` with `--fp8-gemm-backend`" in err
 
 
 def test_an_image_of_another_release_is_a_warning(world: Env) -> None:

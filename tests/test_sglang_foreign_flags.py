@@ -7,13 +7,21 @@ SGLang's own parser (when SGLANG_PARSER_PYTHON points at it) must refuse each fo
 
 from __future__ import annotations
 
+import json
+import re
+import shlex
+import subprocess
+
 import pytest
 
 from llm_backend.config import Profile
+from llm_backend.credentials import MASK
 from llm_backend.engines.sglang_flags import (
+    _PARSER_PRELUDE,
     UNRECOGNIZED,
     check_profile_flags,
     check_with_table,
+    fix_text,
     image_is_release,
     load_foreign,
     load_table,
@@ -72,11 +80,45 @@ def test_flags_with_no_equivalent_say_why() -> None:
     assert "--cpu-offload-gb" in check.problems[0].message
 
 
-def test_master_addr_and_port_become_one_dist_init_addr() -> None:
-    check = check_with_table(
-        ["--model-path", "m", "--master-addr", "10.0.0.1", "--master-port", "5000"], TABLE
-    )
-    assert [p.suggestion for p in check.problems] == ["--dist-init-addr 10.0.0.1:5000"]
+@pytest.mark.parametrize(
+    ("extra", "fix"),
+    [
+        (["--master-addr", "10.0.0.1", "--master-port", "5000"],
+         "replace `--master-addr 10.0.0.1` and `--master-port 5000` with "
+         "`--dist-init-addr 10.0.0.1:5000`"),
+        # SGLang 0.5.23 NetworkAddress.parse refuses a bare IPv6 host: net.host_port brackets it.
+        (["--master-addr", "fd00::1", "--master-port", "5000"],
+         "replace `--master-addr fd00::1` and `--master-port 5000` with "
+         "`--dist-init-addr '[fd00::1]:5000'`"),
+        # A --dist-init-addr is already there: a second one would be wrong; drop the port flag.
+        (["--master-port", "5000", "--dist-init-addr", "10.0.0.1:20000"],
+         "remove `--master-port 5000`"),
+        # One node, a port alone: the port of its process group.
+        (["--master-port", "5000"], "replace `--master-port 5000` with `--nccl-port 5000`"),
+        (["--master-addr", "10.0.0.1"],
+         "replace `--master-addr 10.0.0.1` with `--dist-init-addr 10.0.0.1:29500`"),
+    ],
+)
+def test_master_addr_and_port_become_one_dist_init_addr(extra: list[str], fix: str) -> None:
+    check = check_with_table(["--model-path", "m", *extra], TABLE)
+    assert len(check.problems) == 1
+    assert fix_text(check.problems, "p") == fix
+    assert check_with_table(follow(["--model-path", "m", *extra], fix), TABLE).ok
+
+
+@pytest.mark.parametrize(
+    ("value", "right"),
+    [("fd00::1:5000", "[fd00::1]:5000"), ("10.0.0.1", None), ("fd00::1", None),
+     ("[fd00::1]", None), ("[10.0.0.1]:5000", "10.0.0.1:5000"), ("10.0.0.1:70000", None)],
+)
+def test_dist_init_addr_is_read_as_sglang_reads_it(value: str, right: str | None) -> None:
+    """SGLang 0.5.23 `srt/utils/network.py` NetworkAddress.parse: bracketed IPv6, port required."""
+    check = check_with_table(["--model-path", "m", "--dist-init-addr", value], TABLE)
+    (problem,) = check.problems
+    assert problem.certain and "NetworkAddress.parse" in problem.message
+    assert problem.right == (("--dist-init-addr", right) if right else None)
+    for good in ("[fd00::1]:5000", "10.0.0.1:5000", "node-0.example:20000"):
+        assert check_with_table(["--model-path", "m", "--dist-init-addr", good], TABLE).ok
 
 
 def test_values_with_choices_map_to_sglangs_choices_never_mxfp8() -> None:
@@ -151,3 +193,146 @@ def test_a_unique_prefix_is_an_abbreviation_not_a_foreign_flag() -> None:
     assert check.notes == (
         "--tensor-parallel is an abbreviation of --tp-size; write the full name",
     )
+
+
+# --- every fix, followed literally, gives an argv SGLang's own parser accepts (F8) ----------
+
+FIX_CLAUSE = re.compile(
+    r"^(?P<verb>replace|remove) (?P<spans>`[^`]*`(?: and `[^`]*`)*)(?: with `(?P<right>[^`]*)`)?"
+)
+
+
+def follow(argv: list[str], fix: str) -> list[str]:
+    """Apply a `fix:` text literally, as a user would: every "replace `A` with `B`" and
+    "remove `A`" clause (separated by "; ") edits the argv's tokens; nothing else is read."""
+    out = list(argv)
+    for clause in fix.split("; "):
+        match = FIX_CLAUSE.match(clause)
+        assert match, f"not a literal edit: {clause!r}"
+        spans = [shlex.split(span) for span in re.findall(r"`([^`]*)`", match["spans"])]
+        right = shlex.split(match["right"]) if match["right"] else []
+        for number, span in enumerate(spans):
+            # A masked secret (********) stands for the value the user wrote there.
+            at = next(i for i in range(len(out)) if len(out[i:i + len(span)]) == len(span)
+                      and all(x in (y, MASK) for x, y in zip(span, out[i:], strict=False)))
+            out[at:at + len(span)] = right if number == 0 else []
+    return out
+
+
+def parse_all(argvs: list[list[str]]) -> list[dict[str, object]]:
+    """SGLang's own parser (the pinned 0.5.23 venv) on many argvs in one process."""
+    script = _PARSER_PRELUDE + (
+        "results = []\n"
+        "for argv in json.loads(sys.argv[1]):\n"
+        "    err = io.StringIO()\n"
+        "    with contextlib.redirect_stderr(err):\n"
+        "        try:\n"
+        "            parser.parse_args(argv)\n"
+        "            code = 0\n"
+        "        except SystemExit as exit_:\n"
+        "            code = exit_.code if isinstance(exit_.code, int) else 2\n"
+        "    results.append({'argv': argv, 'code': code, 'stderr': err.getvalue()[-400:]})\n"
+        "print('RESULTS ' + json.dumps(results))\n"
+    )
+    completed = subprocess.run(
+        [parser_python(), "-c", script, json.dumps(argvs)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    line = next((x for x in completed.stdout.splitlines() if x.startswith("RESULTS ")), None)
+    assert line, completed.stderr[-2000:]
+    results: list[dict[str, object]] = json.loads(line[len("RESULTS "):])
+    return results
+
+
+def samples() -> list[list[str]]:
+    """Every table entry with its sample value, and with every value its map names."""
+    cases: list[list[str]] = []
+    for foreign in FOREIGN.flags.values():
+        cases.append([foreign.flag, *foreign.sample])
+        for value in foreign.value_map or {}:
+            if value and [value] != list(foreign.sample):
+                cases.append([foreign.flag, value])
+    return cases
+
+
+def test_every_entry_says_what_becomes_of_its_value() -> None:
+    for foreign in FOREIGN.flags.values():
+        assert foreign.takes in (0, 1, "?", "+"), foreign.flag
+        if foreign.takes != 0:
+            assert foreign.sample, f"{foreign.flag} takes a value: give it a sample"
+        else:
+            assert not foreign.sample, foreign.flag
+        for tokens in [*(foreign.value_map or {}).values(), foreign.replace]:
+            for token in tokens or ():
+                assert not token.startswith("--") or token in TABLE.by_flag, (foreign.flag, token)
+        if foreign.sglang is not None and foreign.takes == 0 and not (
+            foreign.replace or foreign.from_flags or foreign.by_hand
+        ):
+            # A switch maps to a switch, or says where the value comes from.
+            assert TABLE.by_flag[foreign.sglang].nargs == 0, foreign.flag
+
+
+def test_following_every_fix_literally_parses_with_sglangs_own_parser() -> None:
+    """Every entry of the equivalence table, with a sample value: the `fix:` text, followed
+    word for word, leaves an argv that SGLang 0.5.23's real parser accepts and that the
+    table finds nothing wrong with."""
+    fixed: list[list[str]] = []
+    for case in samples():
+        argv = ["--model-path", "m", *case]
+        check = check_with_table(argv, TABLE)
+        assert check.problems, case
+        assert all(problem.certain for problem in check.problems), (case, check.problems)
+        fix = fix_text(check.problems, "p")
+        assert fix, (case, [p.message for p in check.problems])
+        after = follow(argv, fix)
+        assert check_with_table(after, TABLE).ok, (case, fix, after)
+        fixed.append(after)
+    results = parse_all(fixed)
+    refused = [(r["argv"], r["stderr"]) for r in results if r["code"] != 0]
+    assert not refused, refused
+
+
+@pytest.mark.parametrize(
+    ("extra", "fix"),
+    [
+        (["--distributed-executor-backend", "mp"], "remove `--distributed-executor-backend mp`"),
+        (["--distributed-executor-backend", "ray"],
+         "replace `--distributed-executor-backend ray` with `--use-ray`"),
+        (["--enable-expert-parallel", "--tp-size", "4"],
+         "replace `--enable-expert-parallel` with `--ep-size 4`"),
+        (["--flash-attn", "on"], "remove `--flash-attn on`"),
+        (["-fa"], "remove `-fa`"),
+        (["-fa", "off"], "replace `-fa off` with `--attention-backend triton`"),
+        (["--gpu-memory-utilization", "0.9"],
+         "replace `--gpu-memory-utilization 0.9` with `--mem-fraction-static 0.85`"),
+        (["--max-model", "4096"], "replace `--max-model 4096` with `--context-length 4096`"),
+        (["--max_model_len", "4096"],
+         "replace `--max_model_len 4096` with `--context-length 4096`"),
+        (["-O3"], "replace `-O3` with `--enable-torch-compile`"),
+        (["-ctk", "q8_0"], "replace `-ctk q8_0` with `--kv-cache-dtype fp8_e4m3`"),
+        (["-ts", "3,1"], "replace `-ts 3,1` with `--tp-size 2`"),
+        (["--nproc-per-node", "8", "--nnodes", "2"],
+         "replace `--nproc-per-node 8` with `--tp-size 16`"),
+        (["--all2all-backend", "deepep_low_latency"],
+         "replace `--all2all-backend deepep_low_latency` with "
+         "`--moe-a2a-backend deepep --deepep-mode low_latency`"),
+        (["--rope-theta", "1000000"],
+         "replace `--rope-theta 1000000` with "
+         "`--json-model-override-args '{\"rope_theta\": 1000000}'`"),
+    ],
+)
+def test_fix_lines_carry_the_right_value(extra: list[str], fix: str) -> None:
+    check = check_with_table(["--model-path", "m", *extra], TABLE)
+    assert fix_text(check.problems, "p") == fix
+
+
+def test_speculative_config_points_at_the_speculative_table() -> None:
+    config = '{"method": "eagle3", "model": "org/draft", "num_speculative_tokens": 3}'
+    check = check_with_table(["--model-path", "m", "--speculative-config", config], TABLE)
+    fix = fix_text(check.problems, "p")
+    assert fix == (
+        f"remove `--speculative-config '{config}'`, then set enabled = true, "
+        'algorithm = "EAGLE3", draft_model = "org/draft", num_steps = 3, eagle_topk = 1, '
+        "num_draft_tokens = 4 in [profiles.p.speculative]"
+    )
+    assert "--speculative-algorithm" not in fix

@@ -112,3 +112,55 @@ def publish_spec(publish_host: str | None, host_port: int, container_port: int) 
     if not publish_host:
         return f"{host_port}:{container_port}"
     return f"{url_host(publish_host)}:{host_port}:{container_port}"
+
+
+def host_port(host: str, port: int | str) -> str:
+    """`HOST:PORT` for a rendezvous address: `10.0.0.1:5000`, `[fd00::1]:5000`.
+
+    An IPv6 literal is bracketed (its `%zone` kept as is, not URL-encoded), the form SGLang
+    0.5.23's `NetworkAddress.parse` (`srt/utils/network.py`) requires for `--dist-init-addr`.
+    """
+    bare = _unbracket(host)
+    return f"[{bare}]:{port}" if is_ipv6_literal(bare) else f"{bare}:{port}"
+
+
+def parse_host_port(value: str) -> tuple[str, int]:
+    """`(host, port)` of a `HOST:PORT` value, by SGLang 0.5.23's `NetworkAddress.parse` rules
+    (`srt/utils/network.py`): an IPv6 host must be bracketed (`[fd00::1]:5000`; a bare
+    `fd00::1:5000` is ambiguous), the port is required and within 0-65535.
+
+    Raises ValueError saying what is wrong, with the value.
+    """
+    if not value:
+        raise ValueError("the address is empty")
+    if value.startswith("["):
+        close = value.find("]")
+        if close == -1:
+            raise ValueError(f"{value!r} has no closing bracket")
+        host, rest = value[1:close], value[close + 1:]
+        if not is_ipv6_literal(host):
+            raise ValueError(f"{host!r} in brackets is not an IPv6 address")
+        if not rest.startswith(":") or len(rest) < 2:
+            raise ValueError(f"{value!r} has no :PORT after the brackets")
+        return host, _port(rest[1:], value)
+    if ":" not in value:
+        raise ValueError(f"{value!r} has no port (HOST:PORT)")
+    host, _, port = value.rpartition(":")
+    if not host:
+        raise ValueError(f"{value!r} has no host")
+    if is_ipv6_literal(host):
+        raise ValueError(f"{value!r} is an IPv6 address without brackets (ambiguous): write "
+                         f"{host_port(host, port)}")
+    if is_ipv6_literal(value):
+        raise ValueError(f"{value!r} is an IPv6 address with no port: write [{value}]:PORT")
+    return host, _port(port, value)
+
+
+def _port(text: str, value: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise ValueError(f"{value!r} has no valid port ({text!r})") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"{value!r}: port {port} is out of range (0-65535)")
+    return port

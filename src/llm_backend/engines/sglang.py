@@ -786,7 +786,7 @@ def check_settings(ctx: Context) -> CheckResult | None:
 def check_flags(ctx: Context) -> CheckResult | None:
     """SGLang's parser (or the flag table) on the profile's flags, in the same report as every
     other preflight problem (other servers' flags named with SGLang's)."""
-    from llm_backend.engines.sglang_flags import check_profile_flags
+    from llm_backend.engines.sglang_flags import check_profile_flags, fix_text
 
     engine = ctx.engine
     assert isinstance(engine, SGLangEngine)
@@ -799,9 +799,8 @@ def check_flags(ctx: Context) -> CheckResult | None:
             "flags", "fail",
             "; ".join(problem.message for problem in flags.problems)
             + f" (checked with {flags.source}, sglang {flags.sglang_version})",
-            "; ".join(f"replace {p.flag} with {p.suggestion}" for p in flags.problems
-                      if p.suggestion and p.suggestion != p.flag)
-            or "remove or correct those flags in `extra_args`",
+            f"in `extra_args` of [profiles.{ctx.profile.name}]: "
+            + (fix_text(flags.problems, ctx.profile.name) or "remove or correct those flags"),
         )
     if flags.warnings:
         return result(

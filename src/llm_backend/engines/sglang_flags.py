@@ -19,6 +19,7 @@ import functools
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from typing import Any
 
 from llm_backend.config import Profile
 from llm_backend.errors import ConfigError
+from llm_backend.net import host_port, parse_host_port
 from llm_backend.runtimes import get_runtime
 from llm_backend.runtimes.compose import image_for
 from llm_backend.runtimes.docker_facts import docker_cli, image_present
@@ -37,14 +39,38 @@ FOREIGN_RESOURCE = "foreign_flags.json"
 ORIGINS = {"vllm": "vLLM", "llama.cpp": "llama.cpp", "torchrun": "torchrun"}
 
 
+Tokens = tuple[str, ...]
+
+
 @dataclass(frozen=True)
 class ForeignFlag:
-    """A flag of another server (vLLM, llama.cpp, torchrun) and SGLang's flag for it, if any."""
+    """A flag of another server (vLLM, llama.cpp, torchrun), SGLang's flag for it (if any),
+    and what becomes of its value (see `foreign_edit`)."""
 
     flag: str
     origin: str
     sglang: str | None
     why: str
+    # How many values the other server's flag takes: 0, 1, "?" (optional) or "+".
+    takes: int | str = 1
+    sample: Tokens = ()
+    # value (lower case; "" = none given) -> the tokens to write instead ((): remove the
+    # flag, SGLang's default does it); None: SGLang has no equivalent for that value.
+    value_map: dict[str, Tokens | None] | None = None
+    replace: Tokens | None = None  # the same tokens whatever the value
+    json_template: Any = None  # SGLang's flag takes JSON: "$" stands for the value
+    offset: float | None = None
+    minimum: float | None = None
+    scale: float | None = None
+    integer: bool = False
+    from_flags: Tokens = ()  # the value is another flag's (e.g. --tp-size), else `default`
+    default: str | None = None
+    times: Tokens = ()  # the value is multiplied by this flag's (e.g. --nnodes)
+    count: bool = False  # the value is the number of items in a `3,1` list
+    strip_tag: bool = False  # `org/repo:Q4_K_M` -> `org/repo`
+    table: bool = False  # set the profile's [speculative] table instead
+    by_hand: str | None = None  # no literal replacement: what to do instead
+    secret: bool = False  # never print the value
 
 
 @dataclass(frozen=True)
@@ -52,8 +78,12 @@ class ForeignTable:
     """Other servers' flags and values, mapped to SGLang's (see `data/foreign_flags.json`)."""
 
     flags: dict[str, ForeignFlag]
-    # SGLang flag -> foreign value -> (SGLang values to use, why)
+    # SGLang flag -> foreign value (lower case) -> (SGLang values to use, why)
     values: dict[str, dict[str, tuple[tuple[str, ...], str]]]
+
+
+def _tokens(value: Any) -> Tokens | None:
+    return None if value is None else tuple(str(item) for item in value)
 
 
 @functools.cache
@@ -64,11 +94,36 @@ def load_foreign() -> ForeignTable:
     )
     data = json.loads(text)
     flags = {
-        row["flag"]: ForeignFlag(row["flag"], row["from"], row["sglang"], row["why"])
+        row["flag"]: ForeignFlag(
+            row["flag"], row["from"], row["sglang"], row["why"],
+            takes=row.get("takes", 1),
+            sample=tuple(row.get("sample", ())),
+            value_map=(
+                {key.lower(): _tokens(use) for key, use in row["map"].items()}
+                if "map" in row else None
+            ),
+            replace=_tokens(row.get("replace")),
+            json_template=row.get("json"),
+            offset=row.get("offset"),
+            minimum=row.get("minimum"),
+            scale=row.get("scale"),
+            integer=bool(row.get("integer")),
+            from_flags=tuple(row.get("value_from", ())),
+            default=row.get("default"),
+            times=tuple(row.get("times", ())),
+            count=bool(row.get("count")),
+            strip_tag=bool(row.get("strip_tag")),
+            table=bool(row.get("table")),
+            by_hand=row.get("by_hand"),
+            secret=bool(row.get("secret")),
+        )
         for row in data["flags"]
     }
     values = {
-        flag: {value: (tuple(entry["use"]), entry["why"]) for value, entry in by_value.items()}
+        flag: {
+            value.lower(): (tuple(entry["use"]), entry["why"])
+            for value, entry in by_value.items()
+        }
         for flag, by_value in data["values"].items()
     }
     return ForeignTable(flags=flags, values=values)
@@ -170,7 +225,12 @@ class FlagTable:
 
 @dataclass(frozen=True)
 class FlagProblem:
-    """One flag SGLang would refuse, and the flag to use instead (when there is one)."""
+    """One flag SGLang would refuse, and how to fix it.
+
+    `wrong` holds the spans of the profile's argv the problem is about (a flag and its values);
+    `right` the tokens to write in place of the first span (the others are removed): `()`
+    means remove, None means there is no literal replacement (see `suggestion` and `also`).
+    """
 
     flag: str
     message: str
@@ -178,6 +238,42 @@ class FlagProblem:
     # True when the flag or value is another server's (wrong in every SGLang release);
     # False when only this table's release refuses it.
     certain: bool = False
+    wrong: tuple[Tokens, ...] = ()
+    right: Tokens | None = None
+    # What else to do, said after the edit (e.g. "set ... in [speculative]").
+    also: str = ""
+    secret: bool = False
+
+
+def _shown(tokens: Tokens, secret: bool) -> str:
+    from llm_backend.credentials import MASK
+
+    if secret:
+        tokens = (tokens[0], *(MASK for _ in tokens[1:]))
+    return "`" + shlex.join(tokens) + "`"
+
+
+def fix_of(problem: FlagProblem, profile_name: str | None = None) -> str | None:
+    """The fix as the user follows it, literally: "replace `A 1` with `B 1`", "remove `A`"
+    (then `also`); None when the problem carries no edit."""
+    section = f"[profiles.{profile_name}.speculative]" if profile_name else "[speculative]"
+    also = problem.also.replace("[speculative]", section)
+    if problem.wrong and problem.right is not None:
+        spans = " and ".join(_shown(span, problem.secret) for span in problem.wrong)
+        edit = (f"replace {spans} with {_shown(problem.right, False)}" if problem.right
+                else f"remove {spans}")
+        return f"{edit}, then {also}" if also else edit
+    if problem.suggestion and problem.suggestion != problem.flag:
+        edit = f"replace {problem.flag} with {problem.suggestion}"
+        return f"{edit}, then {also}" if also else edit
+    return also or None
+
+
+def fix_text(problems: tuple[FlagProblem, ...] | list[FlagProblem],
+             profile_name: str | None = None) -> str | None:
+    """Every problem's fix, joined with "; "; None when none has one."""
+    fixes = [fix for problem in problems if (fix := fix_of(problem, profile_name))]
+    return "; ".join(fixes) if fixes else None
 
 
 @dataclass(frozen=True)
@@ -229,14 +325,15 @@ def _edit_distance(left: str, right: str) -> int:
 
 def near_typo(wrong: str, right: str) -> bool:
     """Whether `wrong` is `right` mistyped, not another name: one or two letters off in one
-    word, one word added or dropped, or words swapped. `--num-nodes` is not `--numa-node`
-    (both words differ) and `fp8` is not `mxfp8` (a different format)."""
+    word, one word added or dropped, words swapped, or only the separators differ
+    (`fp8e4m3` for `fp8_e4m3`). `--num-nodes` is not `--numa-node` (both words differ) and
+    `fp8` is not `mxfp8` (a different format)."""
     if wrong == right:
         return False
     a, b = _words(wrong), _words(right)
     if not a or not b:
         return False
-    if sorted(a) == sorted(b):
+    if sorted(a) == sorted(b) or "".join(a) == "".join(b):
         return True
     if len(a) == len(b):
         differing = [(x, y) for x, y in zip(a, b, strict=True) if x != y]
@@ -255,34 +352,219 @@ def _typo_match(name: str, candidates: list[str]) -> str | None:
     return next((candidate for candidate in close if near_typo(name, candidate)), None)
 
 
-def _suggest(flag: str, table: FlagTable) -> tuple[str | None, str]:
-    """The right flag for a wrong one, and why; `(None, why)` when SGLang has none."""
-    foreign = load_foreign().flags.get(flag)
-    if foreign is not None:
-        return foreign.sglang, f"{flag} is {ORIGINS.get(foreign.origin, foreign.origin)}'s: " + (
-            foreign.why
-        )
-    dashed = flag.replace("_", "-")
-    if dashed != flag and dashed in table.by_flag:
-        return dashed, "SGLang's flags use dashes, not underscores"
-    close = _typo_match(flag, [name for name in table.by_flag if name.startswith("--")])
-    if close:
-        return close, "a near spelling"
+def _foreign_for(name: str, table: FlagTable) -> tuple[ForeignFlag | None, str]:
+    """Another server's flag that `name` is, and how it is written: exactly, with vLLM's
+    underscores (`--max_model_len`), as vLLM's dotted JSON key (`--speculative-config.method`)
+    or as a unique prefix vLLM's argparse accepts (`--max-model`, vLLM's FlexibleArgumentParser
+    keeps argparse's allow_abbrev; vllm/utils/argparse_utils.py)."""
+    foreign = load_foreign().flags
+    if name in foreign:
+        return foreign[name], ""
+    if name.startswith("--"):
+        base = name.partition(".")[0]
+        for candidate in (base, base.replace("_", "-")):
+            if candidate in foreign:
+                how = (f"vLLM's dotted form of {candidate}" if candidate != base.replace("_", "-")
+                       or "." in name else f"vLLM's spelling of {candidate}")
+                return foreign[candidate], how
+        dashed = base.replace("_", "-")
+        if not any(flag.startswith(dashed) for flag in table.by_flag):
+            prefixed = [row for flag, row in foreign.items()
+                        if row.origin == "vllm" and flag.startswith(dashed)]
+            if len(prefixed) == 1 and len(dashed) >= 5:
+                return prefixed[0], f"vLLM's abbreviation of {prefixed[0].flag}"
     return None, ""
 
 
-def _unknown(flag: str, table: FlagTable) -> FlagProblem:
-    right, why = _suggest(flag, table)
-    foreign = flag in load_foreign().flags
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _format_number(value: float, integer: bool) -> str:
+    return str(round(value)) if integer else f"{round(value, 4):g}"
+
+
+def _fill(template: Any, value: Any) -> Any:
+    if template == "$":
+        return value
+    if isinstance(template, dict):
+        return {key: _fill(item, value) for key, item in template.items()}
+    return template
+
+
+SPEC_METHODS = {
+    # vLLM speculative_config "method" -> SGLang --speculative-algorithm
+    # (vllm/config/speculative.py SpeculativeMethod; SGLang 0.5.23 spec_info.py)
+    "eagle": "EAGLE", "eagle3": "EAGLE3", "ngram": "NGRAM", "mtp": "EAGLE",
+    "deepseek_mtp": "EAGLE", "draft_model": "STANDALONE",
+}
+
+
+def _speculative_keys(value: str | None) -> str:
+    """vLLM's --speculative-config JSON as the profile's [speculative] keys."""
+    try:
+        config = json.loads(value or "")
+    except ValueError:
+        config = None
+    if not isinstance(config, dict):
+        return "set enabled = true, algorithm and draft_model in [speculative]"
+    keys = ["enabled = true"]
+    method = str(config.get("method", "")).lower()
+    if method in SPEC_METHODS or method.endswith("_mtp"):
+        keys.append(f'algorithm = "{SPEC_METHODS.get(method, "EAGLE")}"')
+    if config.get("model"):
+        keys.append(f'draft_model = "{config["model"]}"')
+    steps = config.get("num_speculative_tokens")
+    if isinstance(steps, int) and steps > 0:
+        keys += [f"num_steps = {steps}", "eagle_topk = 1", f"num_draft_tokens = {steps + 1}"]
+    return f"set {', '.join(keys)} in [speculative]"
+
+
+def foreign_edit(
+    foreign: ForeignFlag, values: list[str], flags: list[str], table: FlagTable
+) -> tuple[Tokens | None, str, str]:
+    """What to write instead of another server's flag with `values`: (tokens, why, also).
+
+    tokens `()` means remove it; None means there is no literal replacement (`also` then
+    says what to do). Every replacement here parses with SGLang's own parser.
+    """
+    value = values[0] if values else None
+    name = foreign.sglang
+    if foreign.table:
+        return (), "", _speculative_keys(value)
+    if foreign.value_map is not None:
+        key = (value or "").lower()
+        if key in foreign.value_map:
+            mapped = foreign.value_map[key]
+            if mapped is None:
+                return (), f"SGLang has no equivalent of {foreign.flag} {value}", ""
+            if not mapped:
+                return (), "SGLang's default does the same; remove it", ""
+            return _checked_choices(mapped, table)
+        if foreign.by_hand:
+            return (), "", foreign.by_hand
+        option = table.by_flag.get(name) if name else None
+        if option is None or option.nargs == 0 or value is None:
+            return (), f"SGLang has no equivalent of {foreign.flag} {value or ''}".rstrip(), ""
+    if foreign.by_hand:
+        return (), "", foreign.by_hand
+    if name is None:
+        return (), "", ""
+    if foreign.replace is not None:
+        return foreign.replace, "", ""
+    option = table.by_flag[name]
+    if option.nargs == 0:
+        return (name,), ("SGLang's flag takes no value" if values else ""), ""
+    if foreign.from_flags:
+        given = next((found for flag in foreign.from_flags
+                      if (found := _value_of(flags, flag)) is not None), None)
+        return (name, given or foreign.default or "N"), "", ""
+    if value is None:
+        return None, "", f"add {name} with a value"
+    if foreign.json_template is not None:
+        try:
+            parsed: Any = json.loads(value)
+        except ValueError:
+            parsed = value
+        return (name, json.dumps(_fill(foreign.json_template, parsed))), "", ""
+    new_values = list(values)
+    if foreign.offset is not None or foreign.scale is not None or foreign.times:
+        number = _number(value)
+        if number is None:
+            return None, "", f"add {name} with a number"
+        if foreign.scale is not None:
+            number *= foreign.scale
+        if foreign.offset is not None:
+            number += foreign.offset
+        if foreign.minimum is not None:
+            number = max(number, foreign.minimum)
+        for flag in foreign.times:
+            factor = _number(_value_of(flags, flag) or "")
+            if factor is not None:
+                number *= factor
+                break
+        new_values = [_format_number(number, foreign.integer or bool(foreign.times))]
+    elif foreign.count:
+        new_values = [str(len([part for part in re.split(r"[,/]+", value) if part]))]
+    elif foreign.strip_tag:
+        new_values = [value.partition(":")[0]]
+    return _checked_choices((name, *new_values), table)
+
+
+def _checked_choices(tokens: Tokens, table: FlagTable) -> tuple[Tokens | None, str, str]:
+    """`tokens` with each value that is not one of its flag's choices replaced by SGLang's
+    (`q8_0` -> `fp8_e4m3` for --kv-cache-dtype); the flag removed when there is none."""
+    out: list[str] = []
+    option: FlagOption | None = None
+    for token in tokens:
+        if _is_flag(token):
+            option = table.by_flag.get(token)
+            out.append(token)
+            continue
+        if option is not None and option.choices and token not in option.choices:
+            right, _ = choice_for(option, token)
+            if right is None:
+                return (), f"{token!r} is not one of SGLang's choices for {option.flags[0]}", ""
+            token = right
+        out.append(token)
+    return tuple(out), "", ""
+
+
+def _value_of(flags: list[str], flag: str) -> str | None:
+    """The value given to `flag` (`--x v` or `--x=v`), the last one wins; None if absent."""
+    found: str | None = None
+    for index, token in enumerate(flags):
+        name, has_inline, inline = token.partition("=")
+        if name == flag:
+            if has_inline:
+                found = inline
+            elif index + 1 < len(flags) and not _is_flag(flags[index + 1]):
+                found = flags[index + 1]
+    return found
+
+
+def _foreign_problem(
+    name: str, how: str, foreign: ForeignFlag, span: Tokens, values: list[str],
+    flags: list[str], table: FlagTable,
+) -> FlagProblem:
+    origin = ORIGINS.get(foreign.origin, foreign.origin)
+    right, why, also = foreign_edit(foreign, values, flags, table)
+    spelled = f" ({how})" if how else ""
+    head = f"{name}{spelled} is {origin}'s, not an SGLang flag ({foreign.why})"
+    if why:
+        head += f"; {why}"
     if right:
-        return FlagProblem(
-            flag, f"{flag} is not an SGLang flag ({why}); use {right}", right, certain=foreign
-        )
-    if foreign:
-        return FlagProblem(
-            flag, f"{flag} is not an SGLang flag and SGLang has no equivalent ({why})", None,
-            certain=True,
-        )
+        head += f"; use {shlex.join(right)}"
+    elif foreign.sglang is None and not also:
+        head = (f"{name}{spelled} is {origin}'s, not an SGLang flag, and SGLang has no "
+                f"equivalent ({foreign.why})")
+    return FlagProblem(
+        name, head, foreign.sglang, certain=True, wrong=(span,), right=right, also=also,
+        secret=foreign.secret,
+    )
+
+
+def _unknown(flag: str, table: FlagTable, span: Tokens | None = None) -> FlagProblem:
+    """A flag SGLang does not know that is no other server's either."""
+    foreign, how = _foreign_for(flag, table)
+    if foreign is not None:
+        return _foreign_problem(flag, how, foreign, span or (flag,), list((span or ())[1:]),
+                                list(span or ()), table)
+    dashed = flag.replace("_", "-")
+    right: str | None = None
+    why = ""
+    if dashed != flag and dashed in table.by_flag:
+        right, why = dashed, "SGLang's flags use dashes, not underscores"
+    else:
+        close = _typo_match(flag, [name for name in table.by_flag if name.startswith("--")])
+        if close:
+            right, why = close, "a near spelling"
+    if right:
+        return FlagProblem(flag, f"{flag} is not an SGLang flag ({why}); use {right}", right,
+                           wrong=((flag,),), right=(right,))
     return FlagProblem(flag, f"{flag} is not an SGLang flag", None)
 
 
@@ -291,48 +573,77 @@ def _is_flag(token: str) -> bool:
     return token.startswith("-") and len(token) > 1 and not re.match(r"-\.?\d", token)
 
 
+RENDEZVOUS_ADDRESS = ("--master-addr", "--master_addr", "--data-parallel-address", "-dpa")
+# The port each launcher uses when none is given: torchrun's --master-port default
+# (torch.distributed.run) and vLLM's --data-parallel-rpc-port default (vllm/config/parallel.py).
+RENDEZVOUS_PORT = {"--master-port": "29500", "--master_port": "29500",
+                   "--data-parallel-rpc-port": "29550", "-dpp": "29550"}
+
+
 def _merge_rendezvous(flags: list[str], problems: list[FlagProblem]) -> list[FlagProblem]:
-    """torchrun's --master-addr X --master-port Y become one SGLang fix: --dist-init-addr X:Y."""
-    addr_flags = {"--master-addr", "--master_addr", "--data-parallel-address", "-dpa"}
-    port_flags = {"--master-port", "--master_port", "--data-parallel-rpc-port", "-dpp"}
-
-    def value_of(names: set[str]) -> str | None:
-        for index, token in enumerate(flags):
-            name, has_inline, inline = token.partition("=")
-            if name in names:
-                return inline if has_inline else (flags[index + 1] if index + 1 < len(flags)
-                                                   else None)
-        return None
-
-    address, port = value_of(addr_flags), value_of(port_flags)
-    if address is None and port is None:
+    """torchrun's --master-addr X --master-port Y (and vLLM's data-parallel address and port)
+    become one SGLang fix: --dist-init-addr X:Y, the host written by `net.host_port`
+    (`[fd00::1]:5000` for IPv6). When --dist-init-addr is already given they are removed;
+    a port alone on one node is SGLang's --nccl-port."""
+    ours = [p for p in problems if p.flag in RENDEZVOUS_ADDRESS or p.flag in RENDEZVOUS_PORT]
+    if not ours:
         return problems
-    target = f"--dist-init-addr {address or 'HOST'}:{port or 'PORT'}"
-    merged: list[FlagProblem] = []
-    done = False
+    address = next((p.wrong[0][1] for p in ours if p.flag in RENDEZVOUS_ADDRESS
+                    and len(p.wrong[0]) > 1), None)
+    port_problem = next((p for p in ours if p.flag in RENDEZVOUS_PORT), None)
+    port = (port_problem.wrong[0][1] if port_problem and len(port_problem.wrong[0]) > 1
+            else None)
+    wrong = tuple(span for p in ours for span in p.wrong)
+    names = " and ".join(p.flag for p in ours)
+    verb = "are" if len(ours) > 1 else "is"
+    existing = _value_of(flags, "--dist-init-addr")
+    right: Tokens | None
+    also = ""
+    if existing is not None:
+        right = ()
+        target = f"--dist-init-addr {existing} is already given"
+        if port:
+            target += f" (its port is the rendezvous port; to use {port}, change that value)"
+    elif address is not None:
+        port = port or RENDEZVOUS_PORT.get(port_problem.flag if port_problem else "", "29500")
+        right = ("--dist-init-addr", host_port(address, port))
+        target = shlex.join(right)
+    elif (_number(_value_of(flags, "--nnodes") or "1") or 1) > 1:
+        right = ()
+        target = f"--dist-init-addr NODE0_ADDRESS:{port}"
+        also = f"add --dist-init-addr with node 0's address and port {port}"
+    else:
+        right = ("--nccl-port", port or "29500")
+        target = shlex.join(right) + " (one node: the port of its process group)"
+    merged = FlagProblem(
+        ours[0].flag if len(ours) == 1 else names,
+        f"{names} {verb} another launcher's (torchrun or vLLM), not SGLang flags; "
+        f"SGLang's rendezvous is one flag: {target}",
+        right[0] if right else None,
+        certain=True, wrong=wrong, right=right, also=also,
+    )
+    out: list[FlagProblem] = []
     for problem in problems:
-        if problem.flag in addr_flags | port_flags:
-            if done:
-                continue
-            done = True
-            wrong = " and ".join(
-                name for name in (
-                    next((f for f in flags if f.partition("=")[0] in addr_flags), None),
-                    next((f for f in flags if f.partition("=")[0] in port_flags), None),
-                ) if name
-            )
-            merged.append(FlagProblem(
-                wrong.split("=")[0] if " and " not in wrong else wrong,
-                f"{wrong} are torchrun's (not SGLang flags); SGLang's rendezvous is one flag: "
-                f"{target}" if " and " in wrong else
-                f"{wrong} is torchrun's (not an SGLang flag); SGLang's rendezvous is one flag: "
-                f"{target}",
-                target,
-                certain=True,
-            ))
-        else:
-            merged.append(problem)
-    return merged
+        if problem in ours:
+            if problem is ours[0]:
+                out.append(merged)
+            continue
+        out.append(problem)
+    return out
+
+
+def _take_values(foreign: ForeignFlag, flags: list[str], index: int) -> int:
+    """Where another server's flag's values end (how many it takes is in its table entry)."""
+    if foreign.takes == 0:
+        return index
+    if foreign.takes == "?":
+        if (index < len(flags) and not _is_flag(flags[index]) and foreign.value_map is not None
+                and flags[index].lower() in foreign.value_map):
+            return index + 1
+        return index
+    if foreign.takes == "+":
+        return _skip_values(flags, index)
+    return index + 1 if index < len(flags) and not _is_flag(flags[index]) else index
 
 
 def check_with_table(flags: list[str], table: FlagTable) -> FlagCheck:
@@ -342,26 +653,39 @@ def check_with_table(flags: list[str], table: FlagTable) -> FlagCheck:
     seen_dests: set[str] = set()
     index = 0
     while index < len(flags):
+        start = index
         token = flags[index]
         index += 1
         if not _is_flag(token):
-            problems.append(
-                FlagProblem(token, f"unexpected value {token!r} (not after a flag that takes one)")
-            )
+            problems.append(FlagProblem(
+                token, f"unexpected value {token!r} (not after a flag that takes one)",
+                wrong=((token,),), right=(),
+            ))
             continue
         name, has_inline, inline_value = token.partition("=")
+        if (name.startswith("-O") and not name.startswith("--") and len(name) > 2
+                and name not in table.by_flag and not has_inline):
+            # vLLM's -O3 / -O=3 (vllm/utils/argparse_utils.py).
+            name, has_inline, inline_value = "-O", "=", name[2:].lstrip("=")
         option = table.by_flag.get(name)
         unique_prefix = option is None and name.startswith("--") and len(
             {table.by_flag[flag].dest for flag in table.by_flag if flag.startswith(name)}
         ) == 1
-        if option is None and not unique_prefix and (
-            name in load_foreign().flags or not name.startswith("--")
-        ):
-            # Another server's flag (even when it is an ambiguous prefix of SGLang ones), or
-            # a short flag: argparse matches no prefix of SGLang's long options for `-x`. A
-            # unique prefix (`--tensor-parallel`) SGLang accepts; it is noted below.
-            problems.append(_unknown(name, table))
+        foreign, how = (None, "") if option is not None or unique_prefix else _foreign_for(
+            name, table)
+        if foreign is not None:
+            # Another server's flag (even when it is an ambiguous prefix of SGLang ones). A
+            # unique prefix of an SGLang flag (`--tensor-parallel`) SGLang accepts; noted below.
+            if not has_inline:
+                index = _take_values(foreign, flags, index)
+            span = tuple(flags[start:index])
+            given = [inline_value] if has_inline else list(span[1:])
+            problems.append(_foreign_problem(name, how, foreign, span, given, flags, table))
+            continue
+        if option is None and not unique_prefix and not name.startswith("--"):
+            # A short flag: argparse matches no prefix of SGLang's long options for `-x`.
             index = _skip_values(flags, index)
+            problems.append(_unknown(name, table))
             continue
         if option is None:
             # In the parser's own order, so the first candidate is the main spelling.
@@ -387,9 +711,10 @@ def check_with_table(flags: list[str], table: FlagTable) -> FlagCheck:
         values: list[str] = []
         if has_inline:
             if option.nargs == 0:
-                problems.append(
-                    FlagProblem(name, f"{name} takes no value, got {name}={inline_value}")
-                )
+                problems.append(FlagProblem(
+                    name, f"{name} takes no value, got {name}={inline_value}",
+                    wrong=((token,),), right=(name,),
+                ))
                 continue
             values = [inline_value]
         elif option.nargs == 0:
@@ -412,7 +737,7 @@ def check_with_table(flags: list[str], table: FlagTable) -> FlagCheck:
                 problems.append(FlagProblem(name, f"{name} needs at least one value"))
                 continue
         for value in values:
-            problem = _check_value(name, option, value)
+            problem = _check_value(name, option, value, inline=token if has_inline else None)
             if problem:
                 problems.append(problem)
     for option in table.options:
@@ -434,34 +759,82 @@ def _skip_values(flags: list[str], index: int) -> int:
     return index
 
 
-def _check_value(name: str, option: FlagOption, value: str) -> FlagProblem | None:
+def _normal(value: str) -> str:
+    return value.lower().replace("-", "_")
+
+
+def choice_for(option: FlagOption, value: str) -> tuple[str | None, str]:
+    """SGLang's choice for a value it would refuse, and why; (None, "") when there is none.
+
+    In order: another server's name for it (`data/foreign_flags.json` "values": vLLM's
+    `FLASH_ATTN` is fa3, `bf16` is `--dtype bfloat16`), a slip of case or separator
+    (`FLASHINFER`, `deepseek_r1`), a near-typo (`fp8e4m3`). Never a different format
+    (`fp8` is not `mxfp8`).
+    """
+    choices = list(option.choices or ())
+    aliases = load_foreign().values.get(option.flags[0], {})
+    known = aliases.get(value.lower()) or aliases.get(_normal(value))
+    if known is not None:
+        use = [choice for choice in known[0] if choice in choices]
+        if use:
+            return use[0], known[1] + (f" (or {' or '.join(use[1:])})" if use[1:] else "")
+    same = [choice for choice in choices if _normal(choice) == _normal(value)]
+    if same:
+        return same[0], "SGLang's choices are written " + same[0]
+    close = _typo_match(value.lower(), choices)
+    if close:
+        return close, "a near spelling"
+    return None, ""
+
+
+def _check_value(
+    name: str, option: FlagOption, value: str, *, inline: str | None = None
+) -> FlagProblem | None:
+    span: Tokens = (inline,) if inline else (name, value)
     if option.choices and value not in option.choices:
         listed = (
             f"{', '.join(option.choices[:12])}{', ...' if len(option.choices) > 12 else ''}"
         )
-        foreign = load_foreign().values.get(option.flags[0], {}).get(value)
-        if foreign is not None:
-            use = [choice for choice in foreign[0] if choice in option.choices]
-            if use:
-                return FlagProblem(
-                    name,
-                    f"{name} {value!r} is not one of SGLang's choices ({foreign[1]}); "
-                    f"use {' or '.join(use)}",
-                    f"{name} {use[0]}",
-                    certain=True,
-                )
-        close = _typo_match(value, list(option.choices))
-        hint = f"; did you mean {close}?" if close else ""
-        return FlagProblem(
-            name,
-            f"{name} {value!r} is not one of SGLang's choices ({listed})" + hint,
-            f"{name} {close}" if close else None,
-        )
+        right, why = choice_for(option, value)
+        if right is not None:
+            return FlagProblem(
+                name,
+                f"{name} {value!r} is not one of SGLang's choices ({why}); use {name} {right}",
+                f"{name} {right}",
+                certain=True,
+                wrong=(span,), right=(name, right),
+            )
+        return FlagProblem(name, f"{name} {value!r} is not one of SGLang's choices ({listed})")
     if option.type in ("int", "float"):
         try:
             (int if option.type == "int" else float)(value)
         except ValueError:
             return FlagProblem(name, f"{name} needs a number ({option.type}), got {value!r}")
+    if option.dest == "dist_init_addr":
+        try:
+            parse_host_port(value)
+        except ValueError as error:
+            fixed = _bracketed(value)
+            return FlagProblem(
+                name,
+                f"{name} {value!r}: SGLang refuses it ({error}; "
+                "srt/utils/network.py NetworkAddress.parse)",
+                f"{name} {fixed}" if fixed else None,
+                certain=True,
+                wrong=(span,) if fixed else (), right=(name, fixed) if fixed else None,
+            )
+    return None
+
+
+def _bracketed(value: str) -> str | None:
+    """`fd00::1:5000` -> `[fd00::1]:5000`; None when the value cannot be read that way."""
+    host, _, port = value.rpartition(":")
+    if host and port.isdigit():
+        try:
+            parse_host_port(host_port(host, port))
+        except ValueError:
+            return None
+        return host_port(host, port)
     return None
 
 
@@ -531,13 +904,21 @@ def check_with_parser(
     problems: list[FlagProblem] = []
     from_table = check_with_table(flags, table)
     if int(result.get("exit_code") or 0) != 0:
-        problems = problems_from_parser_error(str(result.get("stderr", "")), table)
+        # The table's reading of the same flag carries its value and the literal fix.
+        by_flag = {part: problem for problem in from_table.problems
+                   for part in problem.flag.split(" and ")}
+        problems = []
+        for problem in problems_from_parser_error(str(result.get("stderr", "")), table):
+            known = by_flag.get(problem.flag)
+            chosen = known if known is not None and (known.wrong or known.also) else problem
+            if chosen not in problems:
+                problems.append(chosen)
         # argparse stops at the first error; add the other servers' flags it did not reach.
-        named = {problem.flag for problem in problems}
+        named = {part for problem in problems for part in problem.flag.split(" and ")}
         problems += [
             problem
             for problem in from_table.problems
-            if problem.certain and problem.flag not in named
+            if problem.certain and not set(problem.flag.split(" and ")) & named
         ]
     # SGLang's parser accepts unique prefixes; the table names them so the profile is explicit.
     notes = list(from_table.notes)
@@ -636,16 +1017,11 @@ def raise_for_problems(check: FlagCheck, profile: Profile) -> None:
     if check.ok:
         return
     messages = "; ".join(problem.message for problem in check.problems)
-    fixes = [
-        f"replace {problem.flag} with {problem.suggestion}"
-        for problem in check.problems
-        if problem.suggestion and problem.suggestion != problem.flag
-    ]
-    fix = "; ".join(fixes) if fixes else "remove or correct those flags"
+    fix = fix_text(check.problems, profile.name) or "remove or correct those flags"
     raise ConfigError(
         f"profile {profile.name!r}: SGLang would refuse its flags ({messages}); "
         f"checked with {check.source}",
-        remedy=f"{fix} in `extra_args` of [profiles.{profile.name}] "
+        remedy=f"in `extra_args` of [profiles.{profile.name}]: {fix} "
         f"(see `llm-backend profiles show {profile.name}`)",
         failure_class="bad_flag",
         details={"flag_check": check.summary},
