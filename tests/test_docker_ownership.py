@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
+from llm_backend.runtimes.compose import run_labels
 from tests.conftest import Env, port_is_free, wait_for
 from tests.docker_env import (
     DockerNames,
@@ -225,3 +226,24 @@ def test_a_forged_record_naming_a_foreign_container_is_refused(
     _, data = status_json(world)
     assert data["state"] == "stopped", data
     assert (inspect(names.container) or {}).get("State", {}).get("Running") is True
+
+
+def test_a_helper_container_is_labelled_but_never_taken_for_a_server(
+    world: Env, names: DockerNames
+) -> None:
+    # The options the SGLang flag check gives its short-lived `docker run --rm`.
+    docker("run", "-d", "--name", names.container, "--network", "none",
+           *run_labels("flag-check", world.state_dir), *SLEEPER)
+    created = inspect(names.container)
+    assert created is not None and created["State"]["Running"]
+    labels = created["Config"]["Labels"]
+    assert labels["llm-backend.state-dir"] == str(world.state_dir.resolve())
+    assert labels["llm-backend.role"] == "flag-check"
+    (world.state_dir / "compose").mkdir(mode=0o700)
+
+    _, data = status_json(world)
+    assert data["state"] == "stopped", data  # not "running without a record"
+    stopped = world.run("stop", timeout=120)
+    assert (stopped.returncode, stopped.stdout.strip()) == (0, "nothing was running")
+    still = inspect(names.container)
+    assert still is not None and still["Id"] == created["Id"] and still["State"]["Running"]

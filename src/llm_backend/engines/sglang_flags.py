@@ -24,13 +24,14 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from llm_backend.config import Profile
 from llm_backend.errors import ConfigError
 from llm_backend.net import host_port, parse_host_port
 from llm_backend.runtimes import get_runtime
-from llm_backend.runtimes.compose import image_for
+from llm_backend.runtimes.compose import image_for, run_labels
 from llm_backend.runtimes.docker_facts import docker_cli, image_present
 
 TABLE_RESOURCE = "sglang_flags.json"
@@ -941,6 +942,17 @@ def _image_of(profile: Profile) -> str | None:
         return None
 
 
+def _state_dir() -> Path | None:
+    """The state dir for a helper container's label; None when there is none usable."""
+    from llm_backend.errors import BackendError
+    from llm_backend.state import state_dir
+
+    try:
+        return state_dir()
+    except BackendError:
+        return None
+
+
 def check_profile_flags(
     profile: Profile, flags: list[str], *, table: FlagTable | None = None
 ) -> FlagCheck:
@@ -956,7 +968,8 @@ def check_profile_flags(
         image = _image_of(profile)
         if image and image_present(image):
             checked = check_with_parser(
-                [docker_cli(), "run", "--rm", "--entrypoint", "python3", image],
+                [docker_cli(), "run", "--rm", *run_labels("flag-check", _state_dir()),
+                 "--entrypoint", "python3", image],
                 flags,
                 source=f"SGLang's parser in image {image}",
                 table=table,

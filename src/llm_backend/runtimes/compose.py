@@ -88,6 +88,15 @@ def secret_environment(profile: Profile) -> dict[str, str]:
     return {key: str(value) for key, value in profile.env.items() if is_secret_name(key)}
 
 
+def run_labels(role: str, state_dir: Path | None = None) -> list[str]:
+    """`docker run` options labelling a short-lived helper container (a flag check) as
+    llm-backend's, of this state dir when known; `role` keeps it apart from servers."""
+    labels = {LABEL_VERSION: __version__, LABEL_ROLE: role}
+    if state_dir is not None:
+        labels[LABEL_STATE_DIR] = marker_value(state_dir)
+    return [option for key, value in labels.items() for option in ("--label", f"{key}={value}")]
+
+
 def image_for(profile: Profile, machine: str | None = None) -> str:
     """The profile's image for this machine: `image_aarch64` on aarch64 when set, else `image`."""
     machine = (machine or platform.machine()).lower()
