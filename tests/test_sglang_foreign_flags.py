@@ -336,3 +336,40 @@ def test_speculative_config_points_at_the_speculative_table() -> None:
         "num_draft_tokens = 4 in [profiles.p.speculative]"
     )
     assert "--speculative-algorithm" not in fix
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "right"),
+    [
+        ("--kv-cache-dtype", "fp8e4m3", "fp8_e4m3"),  # separators dropped: a near-typo
+        ("--kv-cache-dtype", "FP8_E4M3", "fp8_e4m3"),  # case
+        ("--kv-cache-dtype", "FP8", "fp8_e4m3"),  # vLLM's fp8, in capitals: never mxfp8
+        ("--kv-cache-dtype", "q8_0", "fp8_e4m3"),  # llama.cpp's cache type
+        ("--attention-backend", "FLASHINFER", "flashinfer"),
+        ("--attention-backend", "flashinfr", "flashinfer"),
+        ("--attention-backend", "FLASH_ATTN", "fa3"),  # vLLM's AttentionBackendEnum names
+        ("--attention-backend", "flash_attn", "fa3"),
+        ("--attention-backend", "TRITON_ATTN", "triton"),
+        ("--attention-backend", "TORCH_SDPA", "torch_native"),
+        ("--dtype", "bf16", "bfloat16"),  # --dtype spells it out; --kv-cache-dtype takes bf16
+        ("--dtype", "fp16", "float16"),
+        ("--reasoning-parser", "deepseek_r1", "deepseek-r1"),
+        ("--tool-call-parser", "openai", "gpt-oss"),
+    ],
+)
+def test_values_with_choices_get_sglangs_choice(flag: str, value: str, right: str) -> None:
+    """Choices are SGLang 0.5.23's (the committed table, from its own parser)."""
+    check = check_with_table(["--model-path", "m", flag, value], TABLE)
+    assert len(check.problems) == 1
+    assert fix_text(check.problems) == f"replace `{flag} {value}` with `{flag} {right}`"
+    assert right in TABLE.by_flag[flag].choices  # type: ignore[operator]
+    assert "mxfp8" not in fix_text(check.problems)  # type: ignore[operator]
+
+
+def test_a_value_with_no_near_choice_gets_no_guess() -> None:
+    for value in ("fp8", "flash", "int4"):
+        check = check_with_table(["--model-path", "m", "--kv-cache-dtype", value], TABLE)
+        assert "mxfp8" not in (fix_text(check.problems) or "")
+    check = check_with_table(["--model-path", "m", "--attention-backend", "banana"], TABLE)
+    (problem,) = check.problems
+    assert problem.right is None and fix_text(check.problems) is None

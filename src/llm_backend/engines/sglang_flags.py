@@ -506,7 +506,7 @@ def _checked_choices(tokens: Tokens, table: FlagTable) -> tuple[Tokens | None, s
             out.append(token)
             continue
         if option is not None and option.choices and token not in option.choices:
-            right, _ = choice_for(option, token)
+            right, _, _ = choice_for(option, token)
             if right is None:
                 return (), f"{token!r} is not one of SGLang's choices for {option.flags[0]}", ""
             token = right
@@ -764,8 +764,9 @@ def _normal(value: str) -> str:
     return value.lower().replace("-", "_")
 
 
-def choice_for(option: FlagOption, value: str) -> tuple[str | None, str]:
-    """SGLang's choice for a value it would refuse, and why; (None, "") when there is none.
+def choice_for(option: FlagOption, value: str) -> tuple[str | None, str, bool]:
+    """SGLang's choice for a value it would refuse, why, and whether the value is another
+    server's (refused by every SGLang release); (None, "", False) when there is none.
 
     In order: another server's name for it (`data/foreign_flags.json` "values": vLLM's
     `FLASH_ATTN` is fa3, `bf16` is `--dtype bfloat16`), a slip of case or separator
@@ -778,14 +779,14 @@ def choice_for(option: FlagOption, value: str) -> tuple[str | None, str]:
     if known is not None:
         use = [choice for choice in known[0] if choice in choices]
         if use:
-            return use[0], known[1] + (f" (or {' or '.join(use[1:])})" if use[1:] else "")
+            return use[0], known[1] + (f"; or {' or '.join(use[1:])}" if use[1:] else ""), True
     same = [choice for choice in choices if _normal(choice) == _normal(value)]
     if same:
-        return same[0], "SGLang's choices are written " + same[0]
+        return same[0], "SGLang's choices are written " + same[0], False
     close = _typo_match(value.lower(), choices)
     if close:
-        return close, "a near spelling"
-    return None, ""
+        return close, "a near spelling", False
+    return None, "", False
 
 
 def _check_value(
@@ -796,13 +797,13 @@ def _check_value(
         listed = (
             f"{', '.join(option.choices[:12])}{', ...' if len(option.choices) > 12 else ''}"
         )
-        right, why = choice_for(option, value)
+        right, why, certain = choice_for(option, value)
         if right is not None:
             return FlagProblem(
                 name,
                 f"{name} {value!r} is not one of SGLang's choices ({why}); use {name} {right}",
                 f"{name} {right}",
-                certain=True,
+                certain=certain,
                 wrong=(span,), right=(name, right),
             )
         return FlagProblem(name, f"{name} {value!r} is not one of SGLang's choices ({listed})")
