@@ -89,7 +89,7 @@ def test_flags_with_no_equivalent_say_why() -> None:
         # SGLang 0.5.23 NetworkAddress.parse refuses a bare IPv6 host: net.host_port brackets it.
         (["--master-addr", "fd00::1", "--master-port", "5000"],
          "replace `--master-addr fd00::1` and `--master-port 5000` with "
-         "`--dist-init-addr '[fd00::1]:5000'`"),
+         "`--dist-init-addr [fd00::1]:5000`"),
         # A --dist-init-addr is already there: a second one would be wrong; drop the port flag.
         (["--master-port", "5000", "--dist-init-addr", "10.0.0.1:20000"],
          "remove `--master-port 5000`"),

@@ -185,3 +185,26 @@ def test_an_ipv6_host_reaches_the_server_without_brackets() -> None:
     argv = SGLangEngine().build_argv(profile=bracketed)
     assert argv[argv.index("--host") + 1] == "::1"
     assert bracketed.endpoint == "http://[::1]:31000"
+
+
+def test_an_ipv6_rendezvous_in_extra_args_is_held_to_the_distributed_rule() -> None:
+    """`distributed.dist_init_addr` refuses IPv6 (this tool's multi-node checks are IPv4); the
+    same address in extra_args, which SGLang 0.5.23 parses ([IPv6]:PORT), is a warning that
+    says so. A bare IPv6 one is the flag check's (SGLang refuses it at parse time)."""
+    spec = {"enabled": False}
+    ipv6 = setting_problems(profile(speculative=spec, extra_args=[
+        "--dist-init-addr", "[fd00::1]:5000", "--nnodes", "2", "--node-rank", "0"]))
+    assert [p.status for p in ipv6] == ["warn"]
+    assert ipv6[0].message.startswith("--dist-init-addr [fd00::1]:5000 is IPv6")
+    assert "#7478" in ipv6[0].source and "NetworkAddress.parse" in ipv6[0].source
+    ipv4 = profile(speculative=spec, extra_args=["--dist-init-addr", "10.0.0.1:5000"])
+    assert setting_problems(ipv4) == []
+    with pytest.raises(Exception, match=r"IPv6 address without brackets.*\[fd00::1\]:5000"):
+        profile(speculative=spec, distributed={"nnodes": 2, "dist_init_addr": "fd00::1:5000"})
+    with pytest.raises(Exception, match="IPv6 address; llm-backend's multi-node setup"):
+        profile(speculative=spec, distributed={"nnodes": 2, "dist_init_addr": "[fd00::1]:5000"})
+    twice = setting_problems(profile(
+        speculative=spec, distributed={"nnodes": 2, "dist_init_addr": "10.0.0.1:20000"},
+        extra_args=["--dist-init-addr", "10.0.0.2:20000"]))
+    assert statuses(twice) == [("warn", "--dist-init-addr 10.0.0.2")]
+    assert "repeats `distributed.dist_init_addr`" in twice[0].message

@@ -29,7 +29,7 @@ from pydantic import (
 
 from llm_backend.credentials import MASK, hides_value, redact, secret_texts
 from llm_backend.errors import ConfigError
-from llm_backend.net import connect_url, http_url
+from llm_backend.net import connect_url, http_url, is_ipv6_literal, parse_host_port
 from llm_backend.units import parse_size
 
 ENV_PREFIX = "LLM_BACKEND_"
@@ -303,16 +303,25 @@ class DistributedConfig(StrictModel):
     def _host_port(cls, value: str | None) -> str | None:
         if value is None:
             return value
-        host, _, port = value.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        # SGLang's own reading of --dist-init-addr (0.5.23 NetworkAddress.parse), so this
+        # key and a --dist-init-addr in extra_args are held to the same rules.
+        try:
+            host, port = parse_host_port(value)
+        except ValueError as error:
             raise ValueError(
-                f"{value!r} is not HOST:PORT; write node 0's address on the fast link and a "
-                "free port, like '192.168.100.10:20000'"
-            )
-        if host.startswith("[") or host.count(":") > 0:
+                f"{value!r} is not HOST:PORT ({error}); write node 0's address on the fast "
+                "link and a free port, like '192.168.100.10:20000'"
+            ) from None
+        if port == 0:
+            raise ValueError(f"{value!r}: port 0 is not a port SGLang can rendezvous on")
+        if is_ipv6_literal(host):
+            # SGLang 0.5.23 takes [IPv6]:PORT (sglang#3949 fixed #2892), but this table's
+            # multi-node setup is IPv4-only: the fast-link check and SGLANG_HOST_IP use the
+            # interface's IPv4 address (cluster/network.py).
             raise ValueError(
-                f"{value!r} is an IPv6 address; multi-node SGLang hangs on IPv6 "
-                "--dist-init-addr (sglang#2892, #7478): use node 0's IPv4 address"
+                f"{value!r} is an IPv6 address; llm-backend's multi-node setup "
+                "(distributed.interface, SGLANG_HOST_IP) uses node 0's IPv4 address on the "
+                "fast link: write that, like '192.168.100.10:20000'"
             )
         return value
 

@@ -40,7 +40,7 @@ from llm_backend.engines.base import (
 )
 from llm_backend.engines.hub import HubRepository, hf_home
 from llm_backend.errors import ConfigError
-from llm_backend.net import bind_host
+from llm_backend.net import bind_host, is_ipv6_literal, parse_host_port
 from llm_backend.pull import Source, VerifiedFile
 
 if TYPE_CHECKING:
@@ -660,8 +660,48 @@ def setting_problems(profile: Profile) -> list[SettingProblem]:
                 f"set `{key}` in [profiles.{profile.name}] and remove {flag} from extra_args",
                 "argparse: the last occurrence of a flag wins",
             ))
+    problems += _rendezvous_problems(profile, args)
     if algorithm:
         problems += _speculative_problems(profile, algorithm, draft, attention, architecture)
+    return problems
+
+
+def _rendezvous_problems(profile: Profile, args: list[str]) -> list[SettingProblem]:
+    """A --dist-init-addr in extra_args, held to the rules of `distributed.dist_init_addr`.
+
+    Its syntax is the flag check's (SGLang 0.5.23 `srt/utils/network.py`
+    NetworkAddress.parse: bracketed IPv6, port required). SGLang takes `[IPv6]:PORT`
+    (sgl-project/sglang#3949 fixed #2892), but multi-node SGLang over IPv6 has been reported
+    to hang before loading (#7478) and this tool's multi-node checks are IPv4-only, so IPv6
+    is a warning here, as the `distributed` table refuses it.
+    """
+    problems: list[SettingProblem] = []
+    value = flag_value(args, "--dist-init-addr")
+    if value is None:
+        return problems
+    if profile.distributed.enabled:
+        problems.append(SettingProblem(
+            "warn",
+            f"--dist-init-addr {value} in extra_args repeats `distributed.dist_init_addr` "
+            f"({profile.distributed.dist_init_addr}): the last one given wins",
+            f"remove --dist-init-addr from extra_args of [profiles.{profile.name}]",
+            "argparse: the last occurrence of a flag wins",
+        ))
+    try:
+        host, _ = parse_host_port(value)
+    except ValueError:
+        return problems  # the flag check says what is wrong with it
+    if is_ipv6_literal(host):
+        problems.append(SettingProblem(
+            "warn",
+            f"--dist-init-addr {value} is IPv6: SGLang 0.5.23 reads it, but multi-node SGLang "
+            "over IPv6 has been reported to hang before loading, and llm-backend's multi-node "
+            "checks (distributed.*) use IPv4",
+            "use node 0's IPv4 address on the fast link (distributed.dist_init_addr), or check "
+            "NCCL_SOCKET_IFNAME and GLOO_SOCKET_IFNAME on every node yourself",
+            "sglang 0.5.23 srt/utils/network.py (NetworkAddress.parse); sgl-project/sglang#3949, "
+            "#7478",
+        ))
     return problems
 
 

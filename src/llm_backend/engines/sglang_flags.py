@@ -246,12 +246,21 @@ class FlagProblem:
     secret: bool = False
 
 
+def join_tokens(tokens: Tokens) -> str:
+    """Tokens as one line, quoted (shell style) only where a token has spaces or quotes,
+    so `[fd00::1]:5000` reads as written and a JSON value stays one token."""
+    return " ".join(
+        shlex.quote(token) if not token or re.search(r"[\s'\"`\\]", token) else token
+        for token in tokens
+    )
+
+
 def _shown(tokens: Tokens, secret: bool) -> str:
     from llm_backend.credentials import MASK
 
     if secret:
         tokens = (tokens[0], *(MASK for _ in tokens[1:]))
-    return "`" + shlex.join(tokens) + "`"
+    return "`" + join_tokens(tokens) + "`"
 
 
 def fix_of(problem: FlagProblem, profile_name: str | None = None) -> str | None:
@@ -538,7 +547,7 @@ def _foreign_problem(
     if why:
         head += f"; {why}"
     if right:
-        head += f"; use {shlex.join(right)}"
+        head += f"; use {join_tokens(right)}"
     elif foreign.sglang is None and not also:
         head = (f"{name}{spelled} is {origin}'s, not an SGLang flag, and SGLang has no "
                 f"equivalent ({foreign.why})")
@@ -608,14 +617,14 @@ def _merge_rendezvous(flags: list[str], problems: list[FlagProblem]) -> list[Fla
     elif address is not None:
         port = port or RENDEZVOUS_PORT.get(port_problem.flag if port_problem else "", "29500")
         right = ("--dist-init-addr", host_port(address, port))
-        target = shlex.join(right)
+        target = join_tokens(right)
     elif (_number(_value_of(flags, "--nnodes") or "1") or 1) > 1:
         right = ()
         target = f"--dist-init-addr NODE0_ADDRESS:{port}"
         also = f"add --dist-init-addr with node 0's address and port {port}"
     else:
         right = ("--nccl-port", port or "29500")
-        target = shlex.join(right) + " (one node: the port of its process group)"
+        target = join_tokens(right) + " (one node: the port of its process group)"
     merged = FlagProblem(
         ours[0].flag if len(ours) == 1 else names,
         f"{names} {verb} another launcher's (torchrun or vLLM), not SGLang flags; "
