@@ -111,6 +111,13 @@ def test_start_chat_status_stop(world: Env) -> None:
     assert set(json.loads(after.stdout)) == STATUS_KEYS  # the same keys when stopped
     logs = world.run("logs", "-n", "5", check=True)
     assert logs.stdout.strip()
+    # The real server's whole log, served and stopped, reads ready and healthy.
+    log = world.state_dir / "logs" / "smollm2-cpu.log"
+    diagnosed = world.run("diagnose", str(log), "--json")
+    data = json.loads(diagnosed.stdout)
+    assert data["engine"] == "llamacpp" and data["ready"] is True, log.read_text()
+    assert data["failure"] is None and diagnosed.returncode == 0
+    assert [phase["name"] for phase in data["phases"]][-1] == "ready"
 
 
 def test_streaming_chat_completion_returns_chunks(world: Env) -> None:

@@ -60,6 +60,8 @@ class Diagnosis:
             "phases": [phase.to_json() for phase in self.phases],
             "ready": self.ready,
             "failure": self.failure.to_json() if self.failure else None,
+            # The failure came after the log reached ready: a crash while serving.
+            "failure_after_ready": bool(self.failure and self.failure.after_ready),
             "spec": spec,
             "lines": self.line_count,
             "notes": list(self.notes),

@@ -15,7 +15,7 @@ import re
 import urllib.parse
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
@@ -89,6 +89,9 @@ class Failure:
     message: str
     remedy: str
     line: str | None = None
+    # True when the log had reached ready before this: a crash while serving, not a load
+    # failure (`diagnose --json` says it as `failure_after_ready`).
+    after_ready: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "failure_class", FailureClass(self.failure_class))
@@ -212,11 +215,22 @@ def failure_rank(failure_class: str) -> int:
     return FAILURE_RANK.get(failure_class, SPECIFIC_RANK)
 
 
-# What a POSIX shell prints when the child it waits for dies of SIGKILL (bash, dash: the
-# signal's description, `strsignal(SIGKILL)`), alone on its line.
-# `Killed` (the child's own stderr redirected) or `run.sh: line 3:  4242 Killed   python3 ...`.
-KILLED_LINE = re.compile(r"^\s*(?:Killed|\S+: line \d+:\s+\d+\s+Killed\s.*)\s*$")
+# What a shell prints when the child it waits for dies of SIGKILL, alone on its line: bash and
+# dash print the signal's description (`strsignal(SIGKILL)`: `Killed`, or `已杀死` in a zh_CN
+# locale, as in sgl-project/sglang#16855), bash in a script with the job
+# (`run.sh: line 3:  4242 Killed   python3 ...`), zsh `zsh: killed     python3 ...`.
+KILLED_LINE = re.compile(
+    r"^\s*(?:Killed|已杀死|\S+: line \d+:\s+\d+\s+(?:Killed|已杀死)\s.*|"
+    r"zsh: killed\s.*)\s*$"
+)
 SIGKILL_EXIT_CODES = (-9, 137)  # Popen's -SIGKILL; 128 + 9 from a shell or a container
+
+
+HOST_MEMORY_REMEDY = (
+    "check `dmesg | grep -i -e oom -e 'killed process'`; then free host memory, add swap "
+    "while the model loads (`host_prep.swap_size` in the profile) or lower the context "
+    "length, and start again"
+)
 
 
 def sigkill_failure(message: str, *, line: str | None) -> Failure:
@@ -225,11 +239,61 @@ def sigkill_failure(message: str, *, line: str | None) -> Failure:
     return Failure(
         "out_of_memory",
         message + "; most often the kernel's OOM killer, when host memory and swap ran out",
-        "check `dmesg | grep -i -e oom -e 'killed process'`; then free host memory, add swap "
-        "while the model loads (`host_prep.swap_size` in the profile) or lower the context "
-        "length, and start again",
+        HOST_MEMORY_REMEDY,
         line=line,
     )
+
+
+@dataclass(frozen=True)
+class ExceptionKind:
+    """What a Python exception's class says about a crash when no engine pattern knew its
+    message: `failure_class` None keeps the class of the context (`child_crash` after a
+    worker's "hit an exception" header, `exited` for a bare exception)."""
+
+    names: tuple[str, ...]
+    meaning: str
+    remedy: str
+    failure_class: str | None = None
+
+
+# Python's built-in exception classes, by what they mean in a model server's load. Engines
+# with their own wording (flags, images) put their kinds first (`LogReader.exception_kinds`).
+PYTHON_EXCEPTION_KINDS: tuple[ExceptionKind, ...] = (
+    ExceptionKind(("MemoryError",), "host memory ran out", HOST_MEMORY_REMEDY,
+                  failure_class="out_of_memory"),
+    ExceptionKind(
+        ("KeyError", "AttributeError", "IndexError", "NotImplementedError", "TypeError"),
+        "the engine's model code does not fit this model's checkpoint or config",
+        "check that this engine version supports the model's architecture and quantization "
+        "(`architectures` and `quantization_config` in its config.json); use a newer engine "
+        "release or image, or a checkpoint in a format it supports; for weights that were only "
+        "partly downloaded, `llm-backend pull` again",
+    ),
+    ExceptionKind(
+        ("ImportError", "ModuleNotFoundError"),
+        "a Python package the engine needs is missing or of another version",
+        "use the engine's official image, or install the package versions the engine pins "
+        "in this environment",
+    ),
+    ExceptionKind(
+        ("FileNotFoundError", "IsADirectoryError", "NotADirectoryError", "PermissionError"),
+        "a file the engine needs is missing or cannot be read",
+        "check the path the message names: the model folder, a Docker mount "
+        "(`docker.volumes`) or its permissions",
+    ),
+    ExceptionKind(
+        ("ValueError", "AssertionError"),
+        "the engine refused a setting or an input",
+        "the message names what it refused: change that setting in the profile or in "
+        "`extra_args` (`llm-backend start --dry-run` checks the flags first)",
+    ),
+    ExceptionKind(
+        ("EOFError", "BrokenPipeError", "ConnectionResetError"),
+        "another of the engine's processes died first",
+        "find the first error above this one (another rank or process); with none, check "
+        "`dmesg` for the kernel's OOM killer",
+    ),
+)
 
 
 class LogReader(ABC):
@@ -238,13 +302,26 @@ class LogReader(ABC):
     Lines may come through `docker compose logs` (`service  | text`): the prefix is removed
     and Compose's own `exited with code N (restarting)` is noticed. Inside a Python traceback
     the frame and source lines (`  File "..."`, `    raise RuntimeError(f"NCCL error: ...")`)
-    are never taken as the failure: the exception line after them is.
+    are never taken as the failure: the exception line after them is. A crash header
+    (`Scheduler hit an exception: Traceback ...`) is a weak failure until the exception line
+    that ends its traceback names the cause: that line then becomes the failure's line, and
+    its class (or the engine's pattern for its message) chooses the remedy.
+
+    Lines whose text an API client controls (`client_text`: a logged prompt, an access-log
+    path) are read for phases only, never for failures. Once ready, later lines give no
+    phases (a ready server does not load again), and a failure is marked `after_ready`.
     """
+
+    # The engine's own kinds of Python exception, tried before PYTHON_EXCEPTION_KINDS.
+    exception_kinds: tuple[ExceptionKind, ...] = ()
 
     def __init__(self) -> None:
         self.reading = LogReading()
         self._in_traceback = False
         self._restarts = 0
+        # The weak failure whose traceback's exception line has not been read yet.
+        self._awaiting_cause: Failure | None = None
+        self._client_traceback = False  # the last line was a client's (request) line
 
     def feed(self, line: str) -> list[PhaseEvent | Failure | SpecStats]:
         """Read one line; return what it told (also kept in `self.reading`)."""
@@ -252,28 +329,100 @@ class LogReader(ABC):
         exited = compose_exit(text)
         if exited is not None:
             return self._compose_exit(text, *exited)
+        in_traceback = self._in_traceback
         if self._is_source_line(text):
             return []
-        if KILLED_LINE.match(self.message_of(text)) and self._nothing_explains_it():
+        message = self.message_of(text)
+        bare = message.strip()
+        if self.client_text(message):
+            # A prompt or a path can say anything ("CUDA out of memory", "ready to roll").
+            self._client_traceback = True
+            return [event for event in self.read_line(text)
+                    if isinstance(event, PhaseEvent) and event.name != "ready"
+                    and not self.reading.ready]
+        is_exception = EXCEPTION_LINE.match(bare) is not None
+        if self._client_traceback:
+            # A request's error logged with its traceback (`logger.exception`): the bare
+            # `Traceback ...` line right after it and the exception line that ends it.
+            if bare == TRACEBACK_START + ":":
+                return []
+            self._client_traceback = False
+            if is_exception and in_traceback:
+                return []
+        if KILLED_LINE.match(message) and self._nothing_explains_it():
             return self._killed(text)
         events = self.read_line(text)
-        bare = self.message_of(text).strip()
-        if EXCEPTION_LINE.match(bare):
+        if is_exception:
             self.reading.last_exception = bare
+        kept: list[PhaseEvent | Failure | SpecStats] = []
         for event in events:
             if isinstance(event, PhaseEvent):
+                if self.reading.ready:
+                    continue  # "listening on" after llama.cpp's ready, client requests
                 self.reading.phases.append(event)
                 if event.name == "ready":
                     self.reading.ready = True
             elif isinstance(event, Failure):
-                current = self.reading.failure
-                if current is None or failure_rank(event.failure_class) > failure_rank(
-                    current.failure_class
-                ):
-                    self.reading.failure = event
+                event = self._record_failure(event, cause_line=is_exception and in_traceback)
             else:
                 self.reading.spec = event
-        return events
+            kept.append(event)
+        if (is_exception and in_traceback and self._awaiting_cause is not None
+                and self.reading.failure is self._awaiting_cause):
+            # No pattern knew this exception: its class says what it means.
+            cause = self._after_ready(self.exception_failure(bare, header=self._awaiting_cause))
+            self.reading.failure, self._awaiting_cause = cause, None
+            kept.append(cause)
+        return kept
+
+    def _record_failure(self, failure: Failure, *, cause_line: bool) -> Failure:
+        failure = self._after_ready(failure)
+        current = self.reading.failure
+        rank = failure_rank(failure.failure_class)
+        if current is None or rank > failure_rank(current.failure_class) or (
+            cause_line and current is self._awaiting_cause and rank >= failure_rank(
+                current.failure_class)
+        ):
+            self.reading.failure = failure
+            # A weak failure (a crash header, "Received sigquit") waits for its cause.
+            self._awaiting_cause = (
+                failure if rank <= FAILURE_RANK["child_crash"] and not cause_line else None
+            )
+        return failure
+
+    def _after_ready(self, failure: Failure) -> Failure:
+        if not self.reading.ready or failure.after_ready:
+            return failure
+        return replace(
+            failure,
+            message="after the server was ready (a crash while serving, not a load failure): "
+            + failure.message.replace(" while loading", ""),
+            after_ready=True,
+        )
+
+    def exception_failure(self, line: str, *, header: Failure | None) -> Failure:
+        """The failure an exception line (`KeyError: 'model.layers.0.mlp'`) tells when no
+        pattern knew its message: by the exception's class (`exception_kinds`, then
+        PYTHON_EXCEPTION_KINDS); `header` is the crash header it ends, if any."""
+        name = line.split(":", 1)[0].strip()
+        short = name.rsplit(".", 1)[-1]
+        context = header.failure_class if header is not None else "exited"
+        where = " in a worker process" if header is not None else ""
+        for kind in (*self.exception_kinds, *PYTHON_EXCEPTION_KINDS):
+            if short in kind.names or name in kind.names:
+                return Failure(kind.failure_class or context,
+                               f"{kind.meaning} ({short}{where})", kind.remedy, line=line)
+        return Failure(
+            context,
+            f"the server stopped with a {short}{where} that has no known cause",
+            "read the traceback above it (`llm-backend logs -n 200`); search the message in "
+            "the engine's issues",
+            line=line,
+        )
+
+    def client_text(self, message: str) -> bool:
+        """Whether a line carries text an API client controls (engines say which)."""
+        return False
 
     def _is_source_line(self, text: str) -> bool:
         """Whether `text` is a traceback's frame or source line (never a failure)."""
@@ -302,18 +451,28 @@ class LogReader(ABC):
             self.reading.notes = [
                 item for item in self.reading.notes if not item.startswith("the container ")
             ] + [note]
-        killed = code in (137, -9)
-        failure = Failure(
-            "exited",
-            f"the container {service} exited with code {code}"
-            + (" (SIGKILL: often the kernel's OOM killer; see `dmesg`)" if killed else "")
-            + (" and is being restarted (a restart loop)" if restarting else ""),
-            "read the error above the exit in `llm-backend logs`; the restart policy only "
-            "repeats it",
-            line=line,
-        )
+        killed = code in SIGKILL_EXIT_CODES
+        if killed and self._nothing_explains_it():
+            failure = sigkill_failure(
+                f"the container {service} was killed with SIGKILL (exit code {code}) before "
+                "it was ready" + (" and is being restarted (a restart loop)" if restarting
+                                  else ""), line=line)
+        else:
+            failure = Failure(
+                "exited",
+                f"the container {service} exited with code {code}"
+                + (" (SIGKILL: often the kernel's OOM killer; see `dmesg`)" if killed else "")
+                + (" and is being restarted (a restart loop)" if restarting else ""),
+                "read the error above the exit in `llm-backend logs`; the restart policy only "
+                "repeats it",
+                line=line,
+            )
         if self.reading.failure is None:
-            self.reading.failure = failure
+            # The last exception before the exit says more than the exit itself.
+            last = self.reading.last_exception
+            if last is not None and not self.reading.ready:
+                failure = self.exception_failure(last, header=None)
+            self.reading.failure = self._after_ready(failure)
         return [failure]
 
     def _nothing_explains_it(self) -> bool:
@@ -334,20 +493,14 @@ class LogReader(ABC):
         return line
 
     def unexplained_error(self) -> Failure | None:
-        """For a load that failed with no known failure line: the last exception, if any."""
+        """For a load that failed with no known failure line: the last exception, if any,
+        read by its class (`exception_failure`)."""
         if self.reading.failure is not None or self.reading.ready:
             return None
         line = self.reading.last_exception
         if line is None:
             return None
-        name = line.split(":", 1)[0]
-        return Failure(
-            "exited",
-            f"the server stopped with a {name.rsplit('.', 1)[-1]} that has no known cause",
-            "read the traceback above it (`llm-backend logs -n 200`); search the message in "
-            "the engine's issues",
-            line=line,
-        )
+        return self.exception_failure(line, header=None)
 
     @abstractmethod
     def read_line(self, line: str) -> list[PhaseEvent | Failure | SpecStats]:

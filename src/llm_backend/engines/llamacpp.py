@@ -139,12 +139,16 @@ class LlamaCppLogReader(LogReader):
             re.compile(r"speculative decoding context initialized|loading draft model"),
             "draft_model",
         ),
-        (re.compile(r"warming up the model|model loaded"), "warmup"),
+        (re.compile(r"warming up the model"), "warmup"),
         (
             re.compile(r"listening on http|HTTP server is listening|server is listening on"),
             "server_up",
         ),
-        (re.compile(r"all slots are idle"), "ready"),
+        # `srv  llama_server: model loaded` (pinned llama.cpp, tools/server/server.cpp: printed
+        # right after `ctx_http.is_ready` is set, so /health answers 200 from then on) or
+        # `main: model loaded` (2024-2025 releases, after `state = SERVER_STATE_READY`); those
+        # releases also printed `all slots are idle` at info level once the loop started.
+        (re.compile(r"\b\w+: model loaded\s*$|all slots are idle"), "ready"),
     )
     FAILURE_PATTERNS: tuple[tuple[re.Pattern[str], str, str, str], ...] = (
         (
@@ -188,6 +192,26 @@ class LlamaCppLogReader(LogReader):
         ),
     )
     DRAFT_PATTERN = re.compile(r"draft acceptance rate = ([0-9.]+)")
+    # `0.03.559.588 I ` before each line when timestamps are on (common/log.cpp).
+    PREFIX = re.compile(r"^\d+\.\d+\.\d+\.\d+ [A-Z] ")
+    # Lines that carry a request's content or path, under `-v` / `--log-verbosity` (pinned
+    # llama.cpp, tools/server): `request:` / `response:` bodies and `done request: POST /path`
+    # (server-http.cpp `log_server_request`, not installed at the pinned version but in
+    # earlier releases), `converted request:` (server-context.cpp), `http: streamed chunk:`,
+    # a slot's `launching slot :` JSON, `prompt token N:` and `next token:` pieces; the
+    # 2024 JSON logs' `"function":"log_server_request"` lines.
+    CLIENT_TEXT = re.compile(
+        r"^(?:srv|slot)\s+\S+: (?:id\s+\d+ \| task -?\d+ \| )?(?:request: |response: |"
+        r"done request: |converted request: |http: streamed chunk: |launching slot : |"
+        r"n_gen = \d+, n_remaining = -?\d+, next token: |prompt token\s+\d+: )|"
+        r"\"function\":\"log_server_request\""
+    )
+
+    def message_of(self, line: str) -> str:
+        return self.PREFIX.sub("", line, count=1)
+
+    def client_text(self, message: str) -> bool:
+        return self.CLIENT_TEXT.search(message) is not None
 
     def read_line(self, line: str) -> list[PhaseEvent | Failure | SpecStats]:
         events: list[PhaseEvent | Failure | SpecStats] = []

@@ -30,6 +30,7 @@ from llm_backend.checks import Check, CheckResult, Context, result
 from llm_backend.config import Profile, builtin_model_facts
 from llm_backend.engines import hub
 from llm_backend.engines.base import (
+    EXCEPTION_LINE,
     Engine,
     Failure,
     LogReader,
@@ -37,6 +38,7 @@ from llm_backend.engines.base import (
     PhaseEvent,
     SpecStats,
     download_event,
+    sigkill_failure,
 )
 from llm_backend.engines.hub import HubRepository, hf_home
 from llm_backend.errors import ConfigError
@@ -71,6 +73,40 @@ NOT_ENOUGH_MEMORY = re.compile(
     r"(?: Current value: (?:self\.server_args\.)?mem_fraction_static=(?P<value>[0-9.]+))?"
 )
 SERVER_ARGS_MEM_FRACTION = re.compile(r"\bmem_fraction_static=(?P<value>[0-9.]+)")
+
+# Lines that announce a crash whose traceback (and cause) follows, and the parent's report of
+# a failed child: 0.5.23 `managers/scheduler.py`, `detokenizer_manager.py`,
+# `tokenizer_manager.py`, `data_parallel_controller.py`, `multi_tokenizer_mixin.py`
+# (`<Name> hit an exception: <traceback>`), `entrypoints/engine.py` (`Received sigquit from a
+# child process`), `managers/tokenizer_manager.py` (`SIGQUIT received. ... It usually means
+# one child failed.`); 0.4 `managers/tp_worker_overlap_thread.py` (`TpModelWorkerClient hit
+# an exception`); 0.1-0.3 `managers/controller/*.py` (`Exception in ModelTpServer:`,
+# `Exception in ControllerSingle:`, `Exception in run_tp_server:`, a traceback on the lines
+# after). `proces` without its `s`: public excerpts cut there are still read.
+CRASH_HEADER = re.compile(
+    r"\b\w+ hit an exception\b|^Exception in \w+:\s*$|Received sigquit from a child proces|"
+    r"SIGQUIT received\..*It usually means one child failed"
+)
+# `_wait_and_warmup` / `_execute_server_warmup` (0.5.23 `entrypoints/http_server.py`): the
+# server's own first requests failed; a 502 there is most often an HTTP proxy from the
+# environment that `requests` used for the server's own address (sgl-project/sglang#7341,
+# #9814).
+WARMUP_HEADER = re.compile(r"Initialization failed\. warmup error")
+WARMUP_MESSAGE = "SGLang's warmup request to its own server failed"
+WARMUP_REMEDY = (
+    "with http_proxy / https_proxy set, add no_proxy = \"127.0.0.1,localhost,0.0.0.0\" (and "
+    "the --host address) to the profile's `env`; otherwise the server crashed while warming "
+    "up: read the error above this line (`llm-backend logs -n 200`)"
+)
+# A child process that died without a traceback of its own: 0.5.23 `entrypoints/engine.py`
+# `_scheduler_died_error` ("Rank N scheduler died during initialization (exit code: -9)")
+# and `utils/watchdog.py` `SubprocessWatchdog` ("Subprocess NAME (pid=N) crashed with exit
+# code -9"). Exit code -9 is SIGKILL: the kernel's OOM killer when nobody else sent it.
+CHILD_EXIT = re.compile(
+    r"(?P<who>Rank \d+ scheduler) died during initialization \(exit code: (?P<code>-?\d+)\)|"
+    r"Subprocess (?P<name>\S+) \(pid=\d+\) crashed with exit code (?P<code2>-?\d+)"
+)
+SIGNAL_NAMES = {-6: "SIGABRT", -7: "SIGBUS", -9: "SIGKILL", -11: "SIGSEGV", -15: "SIGTERM"}
 
 FAILURE_PATTERNS: tuple[FailurePattern, ...] = (
     FailurePattern(
@@ -148,7 +184,10 @@ FAILURE_PATTERNS: tuple[FailurePattern, ...] = (
         re.compile(
             r"PTXASError|ptxas (?:fatal|error)|ptxas .*failed|CompilationError|"
             r"no kernel image is available|nvcc fatal|Unsupported GPU architecture|"
-            r"sm_\d+a? is not supported|NinjaBuildError|error building extension",
+            r"sm_\d+a? is not supported|NinjaBuildError|error building extension|"
+            # a compiler run from Python (JIT kernels): subprocess.CalledProcessError
+            r"CalledProcessError: Command '\[?'?[^']*\b(?:nvcc|ninja|ptxas|cmake|gcc|g\+\+|"
+            r"c\+\+|clang\+*)\b",
             re.I,
         ),
         "kernel_compile",
@@ -197,16 +236,30 @@ FAILURE_PATTERNS: tuple[FailurePattern, ...] = (
         "or lower --context-length",
     ),
     FailurePattern(
+        # A kernel fault on the GPU (not out of memory, not a missing kernel image: those
+        # match above). Capture: 0.5.23 `model_executor/runner/decode_cuda_graph_runner.py`.
         re.compile(
-            r"Received sigquit from a child proces|Scheduler hit an exception|"
-            r"TpModelWorkerClient hit an exception|DetokenizerManager hit an exception|"
-            r"Initialization failed\. warmup error|"
-            r"CUDA error: an illegal memory access",
+            r"CUDA error: (?:an illegal memory access|device-side assert|unspecified launch "
+            r"failure|misaligned address|an illegal instruction)|CUBLAS_STATUS_\w+|"
+            r"cuDNN error|Capture cuda graph failed"
         ),
         "child_crash",
-        "an SGLang worker process crashed",
-        "read the traceback in `llm-backend logs -n 200`; then try --disable-cuda-graph or "
-        "another --attention-backend to narrow it down",
+        "a CUDA kernel failed on the GPU",
+        "try --disable-cuda-graph, then another --attention-backend (e.g. triton) in "
+        "`extra_args` to find the kernel; the traceback is in `llm-backend logs -n 200`",
+    ),
+    FailurePattern(
+        WARMUP_HEADER,
+        "child_crash",
+        WARMUP_MESSAGE,
+        WARMUP_REMEDY,
+    ),
+    FailurePattern(
+        CRASH_HEADER,
+        "child_crash",
+        "an SGLang process crashed",
+        "read the traceback at this line (`llm-backend logs -n 200`): its last "
+        "`XxxError: message` line says why",
     ),
 )
 
@@ -239,6 +292,18 @@ PHASE_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"The server is fired up and ready to roll"), "ready"),
 )
 
+# Lines whose text an API client controls (after the `[time TP0] ` prefix is removed): the
+# request log of --log-requests, text (`Receive: obj=`, `Receive OpenAI: obj=`, `Finish:
+# obj=`) or --log-requests-format json (`{"timestamp": ..., "event": "request.received"`),
+# 0.5.23 `utils/request_logger.py` and `utils/log_utils.py` `log_json` (0.4: the same
+# `Receive:` / `Finish:` texts from `managers/tokenizer_manager.py`); uvicorn's access log
+# (`INFO:     127.0.0.1:40052 - "POST /v1/... HTTP/1.1" 200 OK`: the path is the client's);
+# a request's error (`Error in request: ...`, 0.5.23 `entrypoints/openai/serving_base.py`).
+CLIENT_TEXT = re.compile(
+    r"^(?:[A-Z]+:\s+)?(?:Receive(?: OpenAI)?: obj=|Finish: obj=|"
+    r"\{\"timestamp\": \"[^\"]*\", \"event\": \"request\.|"
+    r"\S+:\d+ - \"[A-Z]+ |Error in request: )"
+)
 SHARDS = re.compile(r"checkpoint shards:\s+\d+% Completed \| (\d+)/(\d+)")
 MOE_LAYER = re.compile(r"Shuffling MoE weights.*\(layer: model\.layers\.(\d+)\.")
 CAPTURE_BS_LIST = re.compile(
@@ -337,7 +402,34 @@ class SGLangLogReader(LogReader):
                 events.append(stats)
         return events
 
+    def client_text(self, message: str) -> bool:
+        return CLIENT_TEXT.match(message) is not None
+
+    def exception_failure(self, line: str, *, header: Failure | None) -> Failure:
+        if header is not None and header.message == WARMUP_MESSAGE:
+            # The warmup's own exception (`AssertionError: res=<Response [502]>`) tells how
+            # the request failed; what to do is the warmup's remedy.
+            return Failure(header.failure_class, header.message, header.remedy, line=line)
+        return super().exception_failure(line, header=header)
+
     def _failure(self, text: str, line: str) -> Failure | None:
+        child = CHILD_EXIT.search(text)
+        if child is not None:
+            code = int(child.group("code") or child.group("code2"))
+            who = child.group("who") or f"the subprocess {child.group('name')}"
+            if code == -9:
+                return sigkill_failure(f"{who} was killed with SIGKILL (exit code -9)",
+                                       line=line)
+            signal_name = SIGNAL_NAMES.get(code)
+            return Failure(
+                "child_crash",
+                f"{who} died with exit code {code}"
+                + (f" ({signal_name}: a crash in native code, e.g. NCCL or a CUDA kernel)"
+                   if signal_name else ""),
+                "find its own error above this line (`llm-backend logs -n 500`); with none, "
+                "try another --attention-backend or a newer image",
+                line=line,
+            )
         for item in FAILURE_PATTERNS:
             match = item.pattern.search(text)
             if match:
@@ -1046,7 +1138,11 @@ class SGLangEngine(Engine):
             )
 
     def exit_failure(self, *, exit_code: int | None, log_tail: list[str]) -> Failure:
-        if exit_code in (-9, 137):
+        if exit_code in (-9, 137) and any(
+            EXCEPTION_LINE.match(strip_prefix(line)[1].strip()) for line in log_tail
+        ):
+            # After an error SGLang SIGKILLs its own tree (`kill_process_tree`, 0.5.23
+            # `utils/common.py`); with no error in the log, the kernel's OOM killer did.
             return Failure(
                 failure_class="child_crash",
                 message=f"SGLang killed its own process tree (exit code {exit_code}); "
