@@ -77,6 +77,25 @@ def test_tree_drafting_with_spec_v2_is_warned() -> None:
     assert "14077" in problems[0].source and "eagle_topk = 1" in problems[0].fix
     assert setting_problems(profile(speculative=spec)) == []
     assert setting_problems(profile(speculative=spec, env={"SGLANG_ENABLE_SPEC_V2": "0"})) == []
+    # Older releases read it as srt/environ.py EnvBool: "on" was no true value there.
+    assert setting_problems(profile(speculative=spec, env={"SGLANG_ENABLE_SPEC_V2": "on"})) == []
+    assert [p.status for p in setting_problems(
+        profile(speculative=spec, env={"SGLANG_ENABLE_SPEC_V2": "yes"}))] == ["warn"]
+
+
+def test_tree_drafting_at_0_5_23_fails_only_where_sglang_refuses_it() -> None:
+    """At 0.5.23 EAGLE3 always runs the V2 worker, which drafts trees: topk 4 on triton (the
+    #14077 profile's backend) passes; on aiter its spec v2 path raises NotImplementedError."""
+    spec = {"algorithm": "EAGLE3", "draft_model": "d", "num_steps": 5, "eagle_topk": 4,
+            "num_draft_tokens": 8}
+    triton = profile(speculative=spec, extra_args=["--attention-backend", "triton"])
+    assert setting_problems(triton) == []
+    aiter = setting_problems(profile(speculative=spec, extra_args=["--attention-backend", "aiter"]))
+    assert [p.status for p in aiter] == ["fail"]
+    assert "_ensure_spec_v2_topk_supported" in aiter[0].source
+    one = dict(spec, eagle_topk=1, num_draft_tokens=6)
+    aiter_one = profile(speculative=one, extra_args=["--attention-backend", "aiter"])
+    assert setting_problems(aiter_one) == []
 
 
 @pytest.mark.parametrize(

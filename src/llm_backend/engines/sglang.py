@@ -680,7 +680,13 @@ GPT_OSS_ATTENTION = frozenset({"triton", "trtllm_mha", "fa3", "fa4", "ascend", "
                                "intel_xpu", "aiter"})
 # Tree drafting (topk > 1) with pages larger than one token: only these backends.
 PAGE_TREE_BACKENDS = frozenset({"flashinfer", "fa3", "triton"})
-TRUE_VALUES = frozenset({"1", "true", "yes", "on"})
+# What the releases that read SGLANG_ENABLE_SPEC_V2 took as true: srt/environ.py EnvBool
+# ("true", "1", "yes", "y"; any other value but false/0/no/n raised). 0.5.23 does not read it.
+SPEC_V2_TRUE = frozenset({"true", "1", "yes", "y"})
+# Attention backends whose spec v2 path refuses eagle_topk > 1 at 0.5.23:
+# layers/attention/aiter_backend.py `_ensure_spec_v2_topk_supported` (NotImplementedError on
+# the first draft extend); trtllm_mha is refused earlier, by the settings check.
+NO_TREE_BACKENDS = frozenset({"aiter"})
 # Flags the engine writes from profile keys (server_flags); given again in extra_args, one
 # of the two values is silently ignored.
 PROFILE_OWNED_FLAGS = (
@@ -801,6 +807,16 @@ def _speculative_problems(
     profile: Profile, algorithm: str, draft: str | None, attention: str | None,
     architecture: str | None,
 ) -> list[SettingProblem]:
+    """Speculative settings SGLang 0.5.23 refuses or changes at load.
+
+    eagle_topk > 1 (tree drafting), at 0.5.23: refused with trtllm_mha, with
+    --speculative-use-rejection-sampling, and with --page-size > 1 off flashinfer/fa3/triton
+    (arg_groups/speculative_hook.py `_handle_eagle_family`); stops at the first draft on aiter
+    (layers/attention/aiter_backend.py `_ensure_spec_v2_topk_supported`); otherwise runs, on
+    the V2 worker every EAGLE/EAGLE3/STANDALONE run uses (speculative/spec_info.py
+    `create_worker`). SGLANG_ENABLE_SPEC_V2 is not read at 0.5.23 (not in srt/environ.py);
+    set with topk > 1 it is a warning for older images, which failed at load (#14077).
+    """
     problems: list[SettingProblem] = []
     args = list(profile.extra_args)
     spec = profile.speculative
@@ -836,20 +852,35 @@ def _speculative_problems(
                 "_handle_dflash)",
             ))
     if algorithm in ("EAGLE", "EAGLE3", "STANDALONE", "NEXTN"):
+        # SGLang 0.5.23 runs EAGLE/EAGLE3/STANDALONE on its V2 (overlap) worker always
+        # (srt/speculative/spec_info.py create_worker) and reads no SGLANG_ENABLE_SPEC_V2
+        # (absent from srt/environ.py and the whole package); its V2 worker drafts trees
+        # (topk > 1), so topk > 1 alone is no load failure there.
         spec_v2 = profile.env.get("SGLANG_ENABLE_SPEC_V2", "").strip().lower()
-        if topk > 1 and spec_v2 in TRUE_VALUES:
-            # SGLang 0.5.23 no longer reads SGLANG_ENABLE_SPEC_V2 (its V2 worker always runs and
-            # has no topk check); the releases that read it failed at load with topk > 1.
+        if topk > 1 and spec_v2 in SPEC_V2_TRUE:
+            # The releases that read it (late 2025) needed topk 1 for their spec v2 worker and
+            # failed at load with a tensor shape error (#14077).
             problems.append(SettingProblem(
                 "warn",
-                f"eagle_topk = {topk} with SGLANG_ENABLE_SPEC_V2={spec_v2}: SGLang 0.5.23 ignores "
-                "the variable, but the releases that read it need topk 1 for their spec v2 "
-                "(overlap) worker and fail at load with a tensor shape error (#14077)",
+                f"eagle_topk = {topk} with SGLANG_ENABLE_SPEC_V2={spec_v2}: SGLang 0.5.23 does "
+                "not read the variable (its V2 worker always runs and drafts trees), but the "
+                "releases that read it need topk 1 for spec v2 and fail at load with a tensor "
+                "shape error (#14077)",
                 f"remove SGLANG_ENABLE_SPEC_V2 (SGLANG_ENABLE_SPEC_V2 = false in "
                 f"[profiles.{profile.name}.env]) on 0.5.23; on an older image set eagle_topk = 1 "
                 f"(and num_draft_tokens = num_steps + 1) in {section}",
-                "SGLang docs speculative_decoding.md (\"SpecV2 ... requires "
-                "--speculative-eagle-topk 1\"); sgl-project/sglang#14077; not read in 0.5.23",
+                "sglang 0.5.23 srt/speculative/spec_info.py (create_worker: V2 always), "
+                "srt/environ.py (no SGLANG_ENABLE_SPEC_V2); sgl-project/sglang#14077",
+            ))
+        if topk > 1 and attention in NO_TREE_BACKENDS:
+            problems.append(SettingProblem(
+                "fail",
+                f"--attention-backend {attention} with eagle_topk = {topk}: SGLang's spec v2 "
+                "path on it supports topk 1 only and stops at the first draft "
+                "(\"AiterAttnBackend SPEC_V2 path currently supports topk <= 1 only\")",
+                f"set eagle_topk = 1 (and num_draft_tokens = num_steps + 1) in {section}",
+                "sglang 0.5.23 layers/attention/aiter_backend.py "
+                "(_ensure_spec_v2_topk_supported)",
             ))
         if topk > 1 and attention == "trtllm_mha":
             problems.append(SettingProblem(
