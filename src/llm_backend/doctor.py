@@ -12,14 +12,13 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llm_backend.checks import Check, CheckResult, Context, Status, result
 from llm_backend.config import ConfigSet, Profile, parse_size
-from llm_backend.engines import hub
 from llm_backend.errors import BackendError, ConfigError
 from llm_backend.gpu import GpuReport
 from llm_backend.hardware import (
@@ -35,6 +34,9 @@ from llm_backend.hardware import (
 )
 from llm_backend.host.meminfo import read_meminfo
 from llm_backend.units import format_bytes as gib
+
+if TYPE_CHECKING:
+    from llm_backend.pull import Source
 
 SCHEMA_VERSION = 1
 
@@ -222,46 +224,39 @@ def _check_cpu_memory(need: int) -> CheckResult:
 # --- disk -----------------------------------------------------------------------------------
 
 
-def _existing_parent(path: Path) -> Path:
-    path = path.expanduser()
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
 def check_disk(ctx: Context) -> CheckResult | None:
-    needs: list[tuple[str, Path, int | None]] = []
-    for repo in ctx.engine.hub_models(profile=ctx.profile)[:1]:
-        model = hub.cached_model(repo, hub.expected_download_bytes(ctx.profile, repo))
-        needs.append((f"model cache for {model.repo}", hub.hf_hub_cache(), model.missing_bytes))
+    """`disk`: what the pull still has to download (each artifact in the folder it lands in:
+    `Context.plan`, the same plan `pull` checks with) and the swap file host preparation
+    would create, summed per filesystem against its free space (`pull.by_filesystem`)."""
+    from llm_backend import pull
+
+    sources = [source for source, _ in ctx.plan()]
+    needs = pull.disk_needs(sources, [artifact for _, artifact in ctx.plan()])
     if ctx.host_prep:
         prep = ctx.profile.host_prep
         swap_file = Path(prep.swap_file)
         size = None if prep.swap_size == "auto" else parse_size(prep.swap_size)
-        needs.append(("swap file", swap_file.parent, 0 if swap_file.exists() else size))
+        needs.append(pull.DiskNeed("swap file", swap_file.parent,
+                                   0 if swap_file.exists() else size))
     if not needs:
         return None
-    by_device: dict[int, tuple[Path, int]] = {}
+    filesystems = pull.by_filesystem(needs)
     lines = []
     details: dict[str, Any] = {}
-    for label, path, size in needs:
-        where = _existing_parent(path)
-        usage = shutil.disk_usage(where)
-        device = where.stat().st_dev
-        previous = by_device.get(device, (where, 0))[1]
-        by_device[device] = (where, previous + (size or 0))
-        wanted = "size unknown" if size is None else f"needs {gib(size)}"
-        lines.append(f"{label}: {gib(usage.free)} free at {where} ({wanted})")
-        details[label] = {"path": str(path), "free": usage.free, "need": size}
-    short = [
-        f"{where}: {gib(shutil.disk_usage(where).free)} free, {gib(total)} needed"
-        for where, total in by_device.values()
-        if shutil.disk_usage(where).free < total
-    ]
+    filesystem_of = {id(need): filesystem for filesystem in filesystems
+                     for need in filesystem.needs}
+    for need in needs:
+        filesystem = filesystem_of[id(need)]
+        wanted = "size unknown" if need.bytes is None else f"needs {gib(need.bytes)}"
+        lines.append(f"{need.label}: {gib(filesystem.free)} free at {filesystem.where} "
+                     f"({wanted})")
+        details[need.label] = {"path": str(need.path), "free": filesystem.free,
+                               "need": need.bytes}
+    short = [f"{filesystem.where}: {gib(filesystem.free)} free, {gib(filesystem.total)} needed"
+             for filesystem in filesystems if filesystem.short]
     if short:
         return _result("disk", "fail", "; ".join(lines) + "; not enough: " + "; ".join(short),
-                       "free disk space there, or move the cache (HF_HOME) or "
-                       "host_prep.swap_file to a bigger disk", **details)
+                       pull.DISK_REMEDY, **details)
     return _result("disk", "pass", "; ".join(lines), **details)
 
 
@@ -463,11 +458,16 @@ def run_checks(
     with_hardware: bool = False,
     auto: ProfileChoice | None = None,
     probe_binaries: bool = True,
+    sources: Sequence[Source] | None = None,
 ) -> DoctorReport:
-    """Run every check that applies to `profile`; a skipped check's failure becomes `skipped`."""
+    """Run every check that applies to `profile`; a skipped check's failure becomes `skipped`.
+
+    `sources`: what a pull would fetch, when the caller has them already (`start` plans its
+    pull with them); else the checks make them (`Context.sources`).
+    """
     started = time.perf_counter()
     skipped = validate_skip(skip)
-    ctx = Context(profile, host_prep=host_prep, probe_binaries=probe_binaries)
+    ctx = Context(profile, host_prep=host_prep, probe_binaries=probe_binaries, sources=sources)
     results = []
     failure_classes: dict[str, str] = {}
     for check in checks_for(ctx):
@@ -505,10 +505,12 @@ def run_checks(
 
 
 def preflight(
-    profile: Profile, *, host_prep: bool = True, skip: Collection[str] = ()
+    profile: Profile, *, host_prep: bool = True, skip: Collection[str] = (),
+    sources: Sequence[Source] | None = None,
 ) -> DoctorReport:
     """The checks `start` runs first: raises a BackendError naming every failed check."""
-    report = run_checks(profile, host_prep=host_prep, skip=skip, probe_binaries=False)
+    report = run_checks(profile, host_prep=host_prep, skip=skip, probe_binaries=False,
+                        sources=sources)
     if report.ok:
         return report
     first = report.failures[0]

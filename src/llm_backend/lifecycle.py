@@ -428,17 +428,20 @@ class Lifecycle:
     def _preflight(self, profile: Profile, options: StartOptions,
                    on_notice: Callable[[str], None], *,
                    deferred: frozenset[str] = frozenset(),
-                   only: frozenset[str] | None = None) -> None:
+                   only: frozenset[str] | None = None,
+                   sources: list[Source] | None = None) -> None:
         """The `doctor` checks for this profile; a failure raises before the host changes.
 
         `deferred` checks are left for later (what a pull brings in); `only` runs just those.
+        `sources`: the ones the pull is planned with (the checks judge what is there by them).
         """
         from llm_backend.doctor import check_names, preflight
 
         skip = set(self._skip(options)) | set(deferred)
         if only is not None:
             skip |= set(check_names()) - set(only)
-        report = preflight(profile, host_prep=options.host_prep, skip=frozenset(skip))
+        report = preflight(profile, host_prep=options.host_prep, skip=frozenset(skip),
+                           sources=sources)
         needs_gpu = get_engine(profile.engine).profile_needs_gpu(profile=profile)
         for check in report.warnings:
             if check.name == "gpu" and not needs_gpu:
@@ -521,7 +524,7 @@ class Lifecycle:
         sources = sources_for(profile)
         pending = self._pending_pull(profile, sources) if options.pull else []
         deferred = frozenset(source.check for source in pending if source.check)
-        self._preflight(profile, options, on_notice, deferred=deferred)
+        self._preflight(profile, options, on_notice, deferred=deferred, sources=sources)
         engine = get_engine(profile.engine)
         runtime = self.runtime(profile.runtime)
         for_container = runtime.in_container
@@ -529,7 +532,7 @@ class Lifecycle:
             ensure_binary(profile)
         self._pull(profile, sources, options, on_notice, on_pull)
         if deferred:
-            self._preflight(profile, options, on_notice, only=deferred)
+            self._preflight(profile, options, on_notice, only=deferred, sources=sources)
         engine.check_profile(profile=profile, for_container=for_container)
         flag_note = check_engine_flags(profile, engine, for_container=for_container)
         if flag_note:

@@ -150,8 +150,79 @@ class PullResult:
 
 
 def plan(profile_name: str, sources: Sequence[Source]) -> PullPlan:
-    """Probe every source (read-only): what is present, what is missing, how big."""
-    return PullPlan(profile=profile_name, artifacts=tuple(source.probe() for source in sources))
+    """Probe every source (read-only): what is present, what is missing, how big.
+
+    A source that cannot be looked at (a folder we may not enter) is missing, with the
+    reason in `detail`.
+    """
+    return PullPlan(profile=profile_name, artifacts=tuple(_probe(source) for source in sources))
+
+
+def _probe(source: Source) -> Artifact:
+    try:
+        return source.probe()
+    except OSError as error:
+        folder = source.disk_path()
+        return Artifact(source.kind, source.name, False, None, str(folder or "unknown"), None,
+                        detail=f"could not look: {error}")
+
+
+@dataclass(frozen=True)
+class DiskNeed:
+    """Bytes that will land in `path` (None: size unknown); `label` names what they are."""
+
+    label: str
+    path: Path
+    bytes: int | None
+
+
+@dataclass(frozen=True)
+class FilesystemNeed:
+    """Every need that lands on one filesystem, summed; `where` is an existing folder on it."""
+
+    where: Path
+    needs: tuple[DiskNeed, ...]
+    free: int
+
+    @property
+    def total(self) -> int:
+        return sum(need.bytes or 0 for need in self.needs)
+
+    @property
+    def short(self) -> bool:
+        return self.total > self.free
+
+
+def disk_needs(sources: Sequence[Source], artifacts: Sequence[Artifact]) -> list[DiskNeed]:
+    """What each artifact with a folder of its own still has to download there (0 when present).
+
+    Labels: `model cache for REPO` for Hub repositories, `KIND NAME` for the others.
+    """
+    needs: list[DiskNeed] = []
+    for source, artifact in zip(sources, artifacts, strict=True):
+        folder = source.disk_path()
+        if folder is None:
+            continue
+        label = (f"model cache for {artifact.name}" if artifact.kind in ("model", "draft_model")
+                 else f"{artifact.kind} {artifact.name}")
+        needs.append(DiskNeed(label, folder, 0 if artifact.present else artifact.missing_bytes))
+    return needs
+
+
+def by_filesystem(needs: Iterable[DiskNeed]) -> list[FilesystemNeed]:
+    """Group needs by the filesystem their folder is on (the nearest existing parent's), with
+    that filesystem's free bytes now (`shutil.disk_usage`)."""
+    grouped: dict[int, tuple[Path, list[DiskNeed]]] = {}
+    for need in needs:
+        existing = _existing_parent(need.path)
+        _, members = grouped.setdefault(existing.stat().st_dev, (existing, []))
+        members.append(need)
+    return [FilesystemNeed(where, tuple(members), shutil.disk_usage(where).free)
+            for where, members in grouped.values()]
+
+
+DISK_REMEDY = ("free space on that filesystem, or move what lands there to a larger one (HF_HOME, "
+               "or the host side of the profile's volumes; host_prep.swap_file)")
 
 
 def check_disk(sources: Sequence[Source], artifacts: Sequence[Artifact]) -> None:
@@ -159,21 +230,12 @@ def check_disk(sources: Sequence[Source], artifacts: Sequence[Artifact]) -> None
 
     Raises PullError naming the folder, the bytes needed and the bytes free.
     """
-    needs: dict[int, tuple[Path, int]] = {}
-    for source, artifact in zip(sources, artifacts, strict=True):
-        folder = source.disk_path()
-        if artifact.present or folder is None or not artifact.missing_bytes:
-            continue
-        existing = _existing_parent(folder)
-        device = existing.stat().st_dev
-        path, total = needs.get(device, (existing, 0))
-        needs[device] = (path, total + artifact.missing_bytes)
-    for path, total in needs.values():
-        free = shutil.disk_usage(path).free
-        if total > free:
+    for filesystem in by_filesystem(disk_needs(sources, artifacts)):
+        if filesystem.short:
+            total, free = filesystem.total, filesystem.free
             raise PullError(
-                f"not enough disk space in {path}: the pull needs {format_bytes(total)}, "
-                f"{format_bytes(free)} is free",
+                f"not enough disk space in {filesystem.where}: the pull needs "
+                f"{format_bytes(total)}, {format_bytes(free)} is free",
                 remedy=f"free {format_bytes(total - free)} on that filesystem, or point HF_HOME "
                 "(and the profile's volumes) at a larger one, then run `llm-backend pull`",
             )
@@ -235,9 +297,14 @@ def pull(
 
 
 def _existing_parent(path: Path) -> Path:
+    """The nearest folder of `path` (itself included) that exists and that we may look at."""
+    path = path.expanduser()
     for candidate in (path, *path.parents):
-        if candidate.exists():
-            return candidate
+        try:
+            candidate.stat()
+        except OSError:  # not there, or behind a folder we cannot enter
+            continue
+        return candidate
     return Path("/")
 
 

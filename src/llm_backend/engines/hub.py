@@ -1,9 +1,11 @@
 """The Hugging Face hub cache, for engines that download models at start (SGLang, vLLM).
 
 The cache layout (`$HF_HUB_CACHE` or `$HF_HOME/hub`, `models--ORG--NAME/blobs` and
-`snapshots/REV/...`) is huggingface_hub's (`constants.py`, `file_download.py`). The checks
-here are engine checks: an engine lists them in its `checks()` and names its repos in
-`hub_models()`.
+`snapshots/REV/...`) is huggingface_hub's (`constants.py`, `file_download.py`). The cache
+that counts is the one the server reads (`hub_cache_for`: through the runtime's mounts), and
+whether a repository is in it has one answer, `HubRepository.probe` (the pull plan), which
+`pull`, `start` and the `model_cache` check share. The checks here are engine checks: an
+engine lists them in its `checks()` and names its repos in `hub_models()`.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llm_backend.checks import CheckResult, Context, result
 from llm_backend.config import (
@@ -26,6 +28,7 @@ from llm_backend.config import (
     builtin_facts_by_identity,
     builtin_model_facts,
 )
+from llm_backend.errors import BackendError, ConfigError
 from llm_backend.pull import (
     Artifact,
     ArtifactKind,
@@ -35,6 +38,9 @@ from llm_backend.pull import (
     Source,
 )
 from llm_backend.units import format_bytes
+
+if TYPE_CHECKING:
+    from llm_backend.runtimes.base import Runtime
 
 
 def hf_home() -> Path:
@@ -48,35 +54,14 @@ def hf_hub_cache() -> Path:
     return Path(explicit).expanduser() if explicit else hf_home() / "hub"
 
 
-@dataclass(frozen=True)
-class CachedModel:
-    """What the Hugging Face cache holds of one repo (sizes in bytes)."""
-
-    repo: str
-    path: Path
-    present: bool
-    cached_bytes: int
-    expected_bytes: int | None
-
-    @property
-    def missing_bytes(self) -> int | None:
-        if self.expected_bytes is None:
-            return None if not self.present else 0
-        return max(self.expected_bytes - self.cached_bytes, 0)
-
-    @property
-    def complete(self) -> bool:
-        if self.expected_bytes is None:
-            return self.present
-        return self.cached_bytes >= 0.95 * self.expected_bytes
-
-
-def model_config(model: str) -> dict[str, Any] | None:
-    """The model's config.json: in a local folder, else in the hub cache's newest snapshot."""
+def model_config(model: str, cache_dir: Path | None = None) -> dict[str, Any] | None:
+    """The model's config.json: in a local folder, else in the newest snapshot in `cache_dir`
+    (default: this machine's hub cache, `hf_hub_cache()`)."""
     local = Path(model).expanduser()
     candidates = [local / "config.json"] if model.startswith(("/", "~", ".")) else []
     if not candidates and re.fullmatch(r"[\w.-]+/[\w.-]+", model):
-        snapshots = hf_hub_cache() / ("models--" + model.replace("/", "--")) / "snapshots"
+        snapshots = (cache_dir or hf_hub_cache()) / ("models--" + model.replace("/", "--")) \
+            / "snapshots"
         try:
             found = sorted(snapshots.glob("*/config.json"), key=lambda p: p.stat().st_mtime)
         except OSError:
@@ -92,9 +77,9 @@ def model_config(model: str) -> dict[str, Any] | None:
     return None
 
 
-def model_identity(model: str) -> tuple[str, int | None] | None:
+def model_identity(model: str, cache_dir: Path | None = None) -> tuple[str, int | None] | None:
     """(`architectures[0]`, `num_hidden_layers`) from the model's config.json, if it is here."""
-    config = model_config(model)
+    config = model_config(model, cache_dir)
     if config is None:
         return None
     architectures = config.get("architectures")
@@ -115,7 +100,7 @@ def model_facts_for(profile: Profile) -> ModelFacts:
     get empty facts: checks then say they do not know.
     """
     facts = profile.model_facts
-    identity = model_identity(profile.model)
+    identity = model_identity(profile.model, server_hub_cache(profile))
     if identity is not None:
         architecture, layers = identity
         if facts.architecture == architecture and facts.num_hidden_layers in (None, layers):
@@ -144,19 +129,53 @@ def expected_download_bytes(profile: Profile, repo: str) -> int | None:
     return model_facts_for(profile).bytes_of("download_size")
 
 
-def cached_model(repo: str, expected_bytes: int | None = None) -> CachedModel:
-    """Look up `org/name` in the Hugging Face hub cache (models--org--name/blobs)."""
-    folder = hf_hub_cache() / ("models--" + repo.replace("/", "--"))
-    blobs = folder / "blobs"
-    size = 0
-    if blobs.is_dir():
-        for blob in blobs.iterdir():
-            if blob.is_file() and not blob.name.endswith(".incomplete"):
-                size += blob.stat().st_size
-    present = any((folder / "snapshots").glob("*/*.safetensors")) or any(
-        (folder / "snapshots").glob("*/*/*.safetensors")
-    )
-    return CachedModel(repo, folder, present, size, expected_bytes)
+# Where the hub cache lives in a container that runs as root and leaves HF_HOME unset
+# (huggingface_hub's default `~/.cache/huggingface`, `constants.py`), as in SGLang's image.
+CONTAINER_HF_HOME = "/root/.cache/huggingface"
+
+
+def hub_cache_for(profile: Profile, runtime: Runtime) -> Path:
+    """The folder on this machine of the hub cache the profile's server reads weights from.
+
+    The server's HF_HOME (the profile's env, else the container's default or this machine's)
+    mapped through the runtime's mounts (`Runtime.host_path`: a Docker volume's host side).
+    Raises ConfigError when no volume mounts it from this machine.
+    """
+    inner = profile.env.get("HF_HOME") or (
+        CONTAINER_HF_HOME if runtime.in_container else str(hf_home()))
+    folder = runtime.host_path(profile=profile, path=inner)
+    if folder is None:
+        raise ConfigError(
+            f"profile {profile.name!r}: the server's Hugging Face cache {inner} is not mounted "
+            "from this machine, so every start would download the weights again",
+            remedy=f'add "~/.cache/huggingface:{inner}" to volumes under '
+            f"[profiles.{profile.name}.docker]",
+        )
+    explicit = os.environ.get("HF_HUB_CACHE")
+    return Path(explicit) if explicit and not runtime.in_container else folder / "hub"
+
+
+def server_hub_cache(profile: Profile) -> Path | None:
+    """`hub_cache_for` the profile's own runtime; None when that cache is not mounted here."""
+    from llm_backend.runtimes import get_runtime
+
+    try:
+        return hub_cache_for(profile, get_runtime(profile.runtime))
+    except BackendError:
+        return None
+
+
+def hub_sources(profile: Profile, runtime: Runtime, repos: Sequence[str]) -> list[HubRepository]:
+    """The Hub repositories `repos` (the engine's `hub_models`: model first), as pull sources in
+    the cache the server reads (`hub_cache_for`). Raises ConfigError when it is not mounted."""
+    if not repos:
+        return []
+    cache = hub_cache_for(profile, runtime)
+    return [
+        HubRepository(repo, kind="model" if repo == profile.model else "draft_model",
+                      cache_dir=cache, expected_bytes=expected_download_bytes(profile, repo))
+        for repo in repos
+    ]
 
 
 def is_hub_id(model: str) -> bool:
@@ -190,31 +209,40 @@ def check_hf_token(ctx: Context) -> CheckResult | None:
 
 
 def check_model_cache(ctx: Context) -> CheckResult | None:
-    """`model_cache`: whether the engine's repos are already downloaded."""
+    """`model_cache`: whether the engine's Hub repositories are in the cache the server reads.
+
+    The answer is the pull plan's (`Context.plan`: `HubRepository.probe`, in `hub_cache_for`
+    the profile's runtime), so `doctor`, `start` and `pull --dry-run` agree.
+    """
     repos = ctx.engine.hub_models(profile=ctx.profile)
     if not repos:
         return None
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    try:
+        cache = hub_cache_for(ctx.profile, ctx.runtime)
+    except BackendError as error:
+        return result("model_cache", "fail", error.message, error.remedy)
+    artifacts = [artifact for source, artifact in ctx.plan() if source.check == "model_cache"]
     parts, missing = [], []
-    for repo in repos:
-        model = cached_model(repo, expected_download_bytes(ctx.profile, repo))
-        if model.complete:
-            parts.append(f"{repo} cached ({format_bytes(model.cached_bytes)})")
+    for artifact in artifacts:
+        if artifact.present:
+            parts.append(f"{artifact.name} cached ({format_bytes(artifact.bytes)})")
             continue
-        size = model.missing_bytes
+        size = artifact.missing_bytes
         to_download = f"about {size / 10**9:.0f} GB to download" if size else "size unknown"
-        state = "partly cached" if model.cached_bytes else "not cached"
-        parts.append(f"{repo} {state} ({to_download})")
-        missing.append(repo)
-    summary = "; ".join(parts) + f" in {hf_hub_cache()}"
+        cached = (artifact.bytes or 0) - (size or 0) if artifact.bytes is not None else 0
+        state = "partly cached" if cached > 0 else "not cached"
+        parts.append(f"{artifact.name} {state} ({to_download})")
+        missing.append(artifact.name)
+    summary = "; ".join(parts) + f" in {cache}"
+    details: dict[str, Any] = {"artifacts": [artifact.to_json() for artifact in artifacts]}
     if not missing:
-        return result("model_cache", "pass", summary)
-    if offline:
+        return result("model_cache", "pass", summary, **details)
+    if hub_offline():
         return result("model_cache", "fail", summary + "; HF_HUB_OFFLINE is set",
                       "llm-backend pull on a machine with internet, then copy the cache "
-                      f"({', '.join(missing)})")
+                      f"({', '.join(missing)})", **details)
     return result("model_cache", "warn", summary + "; `start` pulls it first",
-                  "llm-backend pull")
+                  "llm-backend pull", **details)
 
 
 # --- pulling a repository (`llm-backend pull`) -------------------------------------------
@@ -233,6 +261,8 @@ class RepoEntry:
 
 
 FileSelector = Callable[[Sequence[RepoEntry]], list[RepoEntry]]
+# The weight formats SGLang loads, in its order of preference (see `select_like_sglang`).
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt")
 
 
 def select_like_sglang(entries: Sequence[RepoEntry]) -> list[RepoEntry]:
@@ -247,7 +277,7 @@ def select_like_sglang(entries: Sequence[RepoEntry]) -> list[RepoEntry]:
     """
     top = [entry for entry in entries if "/" not in entry.path]
     chosen: list[RepoEntry] = []
-    for weights in ("*.safetensors", "*.bin", "*.pt"):
+    for weights in WEIGHT_PATTERNS:
         matching = [entry for entry in top if fnmatch.fnmatch(entry.path, weights)]
         if matching:
             chosen.extend(matching)
@@ -315,6 +345,7 @@ class HubRepository(Source):
         revision: str = "main",
         selector: FileSelector = select_like_sglang,
         cache_dir: Path | None = None,
+        expected_bytes: int | None = None,
     ) -> None:
         self.repo_id = repo_id
         self.kind = kind
@@ -322,6 +353,9 @@ class HubRepository(Source):
         self.revision = revision
         self.selector = selector
         self.cache_dir = cache_dir or hf_hub_cache()
+        # The download size the profile's model facts give: judges the cache when the Hub
+        # cannot be asked for the listing (offline, unreachable).
+        self.expected_bytes = expected_bytes
         self._listing: list[RepoEntry] | None = None
         self._commit: str | None = None
 
@@ -346,12 +380,16 @@ class HubRepository(Source):
         if self._listing is not None and self._commit is not None:
             return self._commit, self._listing
         check_hub_endpoint()  # before huggingface_hub is imported: its constants parse it
-        from huggingface_hub import HfApi
+        from huggingface_hub import HfApi, constants
         from huggingface_hub.hf_api import RepoFile
 
         api = HfApi()
         try:
-            info = api.model_info(self.repo_id, revision=self.revision)
+            # huggingface_hub's HTTP client has no timeout of its own; a Hub that does not
+            # answer would hold `doctor` and `start` for as long as the OS lets a connection
+            # hang. Its metadata timeout (HF_HUB_ETAG_TIMEOUT, 10 s by default) bounds it.
+            info = api.model_info(self.repo_id, revision=self.revision,
+                                  timeout=constants.HF_HUB_ETAG_TIMEOUT)
             commit = info.sha or self.revision
             entries = [
                 RepoEntry(item.path, int(item.size))
@@ -415,29 +453,39 @@ class HubRepository(Source):
         return found
 
     def probe(self) -> Artifact:
-        location = str(self.storage_folder)
+        """Present when every file SGLang loads at the revision's commit is in the cache with
+        the Hub's size. Without the Hub's listing (HF_HUB_OFFLINE, or the Hub unreachable),
+        judged from the cache alone: the cached commit holds a weight file, and at least 95 %
+        of `expected_bytes` when that is known."""
         if hub_offline():
-            commit = self._cached_commit()
-            files = self._cached_files(commit) if commit else {}
-            return Artifact(
-                self.kind, self.name, bool(files), sum(files.values()) if files else None,
-                location, None, detail="HF_HUB_OFFLINE: only the cache was looked at",
-            )
+            return self._probe_cache("HF_HUB_OFFLINE: only the cache was looked at")
         try:
             commit, entries = self._remote()
         except PullError as error:
-            commit_cached = self._cached_commit()
-            files = self._cached_files(commit_cached) if commit_cached else {}
-            return Artifact(self.kind, self.name, bool(files),
-                            sum(files.values()) if files else None, location, None,
-                            detail=error.message)
+            return self._probe_cache(error.message)
         wanted = self.selector(entries)
         cached = self._cached_files(commit)
         missing = [entry for entry in wanted if cached.get(entry.path) != entry.size]
         total = sum(entry.size for entry in wanted)
-        return Artifact(self.kind, self.name, not missing and bool(wanted), total, location,
-                        sum(entry.size for entry in missing),
+        return Artifact(self.kind, self.name, not missing and bool(wanted), total,
+                        str(self.storage_folder), sum(entry.size for entry in missing),
                         detail=f"{len(wanted)} files at {commit[:12]}")
+
+    def _probe_cache(self, why: str) -> Artifact:
+        commit = self._cached_commit()
+        files = self._cached_files(commit) if commit else {}
+        size = sum(files.values())
+        weights = any(fnmatch.fnmatch(path, pattern) for path in files if "/" not in path
+                      for pattern in WEIGHT_PATTERNS)
+        expected = self.expected_bytes
+        present = weights and (expected is None or size >= 0.95 * expected)
+        if present:
+            missing: int | None = 0
+        else:
+            missing = max(expected - size, 0) if expected is not None else None
+        total = max(size, expected or 0) or None
+        return Artifact(self.kind, self.name, present, total, str(self.storage_folder), missing,
+                        detail=why)
 
     def _remove_stale_partials(self) -> None:
         blobs = self.storage_folder / "blobs"
@@ -484,7 +532,36 @@ class HubRepository(Source):
             except Exception as error:
                 raise self._translate(error) from error
             counter.file_done(entry.size)
+        self._remember_commit(commit)
         progress(ProgressEvent(self.name, total, total, finished=True))
+
+    def _remember_commit(self, commit: str) -> None:
+        """Write `refs/REVISION` = the commit pulled, as huggingface_hub does when it is given
+        a branch (`file_download.py` `_cache_commit_hash_for_specific_revision`): the files
+        were fetched by commit, and without the ref an offline reader (HF_HUB_OFFLINE, the
+        server's own `snapshot_download`) cannot find the snapshot of `main`.
+
+        Written to a new file and renamed into place: never through a planted link.
+        """
+        if commit == self.revision:
+            return
+        ref = self.storage_folder / "refs" / self.revision
+        if any(part.is_symlink() for part in (self.storage_folder, ref.parent)):
+            return  # not ours to follow; huggingface_hub resolves the revision online
+        try:
+            ref.parent.mkdir(parents=True, exist_ok=True)
+            temporary = ref.with_name(f".{ref.name}.{os.getpid()}.tmp")
+            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+                                 | os.O_NOFOLLOW, 0o644)
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(commit)
+            os.replace(temporary, ref)
+        except OSError as error:
+            raise PullError(
+                f"cannot write {ref}: {error.strerror}",
+                remedy=f"make {self.cache_dir} writable, then run `llm-backend pull` again; "
+                "the files are kept",
+            ) from error
 
 
 def _status(error: Exception) -> int | None:

@@ -40,7 +40,7 @@ from llm_backend.engines.base import (
     download_event,
     sigkill_failure,
 )
-from llm_backend.engines.hub import HubRepository, hf_home
+from llm_backend.engines.hub import HubRepository
 from llm_backend.errors import ConfigError
 from llm_backend.net import bind_host, is_ipv6_literal, parse_host_port
 from llm_backend.pull import Source, VerifiedFile
@@ -554,8 +554,6 @@ HARMONY_ENCODING_SHA256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5b
 HARMONY_ENCODING_BYTES = 3_613_922
 HARMONY_ENCODINGS_URL = "https://openaipublic.blob.core.windows.net/encodings/"
 ENCODINGS_URL_ENV = "LLM_BACKEND_ENCODINGS_URL"  # a mirror of the folder above
-# Where the Hugging Face cache lives inside SGLang's image (HF_HOME unset there).
-CONTAINER_HF_HOME = "/root/.cache/huggingface"
 
 
 def harmony_encoding(folder: Path) -> VerifiedFile:
@@ -585,22 +583,6 @@ def encoding_folder(profile: Profile, runtime: Runtime) -> Path | None:
             f"[profiles.{profile.name}.docker]",
         )
     return folder
-
-
-def hub_cache_for(profile: Profile, runtime: Runtime) -> Path:
-    """The host folder of the Hugging Face hub cache the server reads weights from."""
-    inner = profile.env.get("HF_HOME") or (
-        CONTAINER_HF_HOME if runtime.in_container else str(hf_home()))
-    folder = runtime.host_path(profile=profile, path=inner)
-    if folder is None:
-        raise ConfigError(
-            f"profile {profile.name!r}: the server's Hugging Face cache {inner} is not mounted "
-            "from this machine, so every start would download the weights again",
-            remedy=f'add "~/.cache/huggingface:{inner}" to volumes under '
-            f"[profiles.{profile.name}.docker]",
-        )
-    explicit = os.environ.get("HF_HUB_CACHE")
-    return Path(explicit) if explicit and not runtime.in_container else folder / "hub"
 
 
 def installed_version() -> str | None:
@@ -1203,11 +1185,8 @@ class SGLangEngine(Engine):
         a model that is neither (`check_model_names`).
         """
         check_model_names(profile, in_container=runtime.in_container)
-        sources: list[Source] = [
-            HubRepository(repo, kind="model" if repo == profile.model else "draft_model",
-                          cache_dir=hub_cache_for(profile, runtime))
-            for repo in self.hub_models(profile=profile)
-        ]
+        sources: list[Source] = list(
+            hub.hub_sources(profile, runtime, self.hub_models(profile=profile)))
         folder = encoding_folder(profile, runtime)
         if folder is not None:
             sources.append(harmony_encoding(folder))
