@@ -309,3 +309,15 @@ def test_llama_server_request_lines_are_not_failures(line: str) -> None:
 def test_llama_server_log_markers_guess_the_engine() -> None:
     assert LlamaCppEngine.log_markers is not None
     assert diagnose_lines(LLAMA_READY).engine == "llamacpp"
+
+
+def test_a_llama_server_abort_while_serving_is_a_crash_after_ready() -> None:
+    """ggml_abort's line (ggml/src/ggml.c at the pinned llama.cpp) after the ready line."""
+    abort = ("/llama.cpp/ggml/src/ggml-cpu/ops.cpp:5123: GGML_ASSERT(n_tokens <= n_batch) "
+             "failed")
+    result = diagnose_lines([*LLAMA_READY[:-1], abort], "llamacpp")
+    assert result.ready and result.failure is not None
+    assert result.failure.failure_class == "exited" and result.failure.line == abort
+    assert result.failure.after_ready and "after the server was ready" in result.failure.message
+    loading = diagnose_lines([*LLAMA_READY[:4], abort], "llamacpp")
+    assert loading.failure is not None and not loading.failure.after_ready

@@ -190,6 +190,16 @@ class LlamaCppLogReader(LogReader):
             "llama-server refused a command-line flag",
             "fix or remove the flag in `extra_args` (run `llama-server --help`)",
         ),
+        (
+            # ggml/src/ggml.c `ggml_abort` ("FILE:LINE: GGML_ASSERT(x) failed", then abort());
+            # an uncaught C++ exception (the C++ runtime's own words). Pinned llama.cpp.
+            re.compile(r"GGML_ASSERT\(.*\) failed|terminate called after throwing an "
+                       r"instance of"),
+            "exited",
+            "llama-server aborted: an internal check failed or an error was not caught",
+            "the line names the check; undo the last changed flag or model (context size, "
+            "--flash-attn, a newer model architecture), or build a newer llama.cpp",
+        ),
     )
     DRAFT_PATTERN = re.compile(r"draft acceptance rate = ([0-9.]+)")
     # `0.03.559.588 I ` before each line when timestamps are on (common/log.cpp).

@@ -248,6 +248,9 @@ class Supervisor:
         code = runtime.exit_code(record=record)
         tail = log_tail(record.log_path, 80)
         reader = self.engine.log_reader()
+        # It was ready: what the log says now is a crash while serving (the tail may no
+        # longer hold the ready line itself).
+        reader.reading.ready = True
         for line in tail:
             reader.feed(line)
         said = reader.reading.failure
@@ -260,6 +263,7 @@ class Supervisor:
             f"the backend exited after it was ready (exit code {shown})",
             generic.remedy,
             generic.line,
+            after_ready=True,
         )
 
     # --- load, stop, restart ---------------------------------------------------------------
