@@ -98,8 +98,19 @@ def assert_labelled(world: Env, names: DockerNames, record: dict[str, object]) -
     return str(container["Id"])
 
 
-def assert_nothing_left(world: Env, names: DockerNames) -> None:
+def followers_of(container_id: str) -> list[int]:
+    """`docker logs --follow ID` processes (the log followers `start` leaves running)."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        command = process.info.get("cmdline") or []
+        if command[1:] == ["logs", "--follow", container_id]:
+            found.append(process.pid)
+    return found
+
+
+def assert_nothing_left(world: Env, names: DockerNames, container_id: str) -> None:
     assert containers_named(names.container) == []
+    assert wait_for(lambda: followers_of(container_id) == [], timeout=30, interval=0.5)
     assert networks_named(names.network) == []
     assert wait_for(lambda: port_is_free(world.port), timeout=30, interval=0.5)
     _, data = status_json(world)
@@ -110,7 +121,8 @@ def test_start_killed_before_the_record_named_its_container_is_found_and_stopped
     world: Env, names: DockerNames
 ) -> None:
     record = kill_start_after_launch(world, names)
-    assert_labelled(world, names, record)
+    container_id = assert_labelled(world, names, record)
+    assert len(followers_of(container_id)) == 1  # the killed start's, still at work
 
     # Another container name is another backend (the runtime's own terms), even though
     # profile, runtime, host and port are the same; the found container is named in the
@@ -124,12 +136,16 @@ def test_start_killed_before_the_record_named_its_container_is_found_and_stopped
     assert "fix: llm-backend stop" in other.stderr
     assert containers_named(f"{names.container}-other") == []
     found = read_instance(world)
-    assert found is not None and found["runtime_info"]["container"] == names.container  # type: ignore[index]
+    assert found is not None
+    info = found["runtime_info"]
+    assert isinstance(info, dict) and info["container"] == names.container
+    # The killed start's log follower is taken over, not doubled.
+    assert followers_of(container_id) == [info["log_follower_pid"]]
 
     stopped = world.run("stop", timeout=180)
     assert stopped.returncode == 0, stopped.stderr
     assert "stopped smollm2-cpu" in stopped.stdout or "killed smollm2-cpu" in stopped.stdout
-    assert_nothing_left(world, names)
+    assert_nothing_left(world, names, container_id)
 
 
 def test_stop_without_a_record_finds_our_labelled_container(
@@ -150,7 +166,7 @@ def test_stop_without_a_record_finds_our_labelled_container(
     assert "without a record" in stopped.stdout
     assert f"container {names.container}" in stopped.stdout
     assert inspect(container_id) is None
-    assert_nothing_left(world, names)
+    assert_nothing_left(world, names, container_id)
 
 
 def test_a_container_of_another_state_dir_with_the_same_name_is_never_touched(
