@@ -321,3 +321,25 @@ def test_a_llama_server_abort_while_serving_is_a_crash_after_ready() -> None:
     assert result.failure.after_ready and "after the server was ready" in result.failure.message
     loading = diagnose_lines([*LLAMA_READY[:4], abort], "llamacpp")
     assert loading.failure is not None and not loading.failure.after_ready
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        # 0.5.23 utils/watchdog.py, then the parent's SIGQUIT report
+        "[2026-11-02 10:10:00] Scheduler watchdog timeout (self.watchdog_timeout=300, "
+        "self.soft=False)",
+        # 0.4-0.5 managers/scheduler.py
+        "[2025-03-08 12:40:00 TP0] Watchdog timeout (self.watchdog_timeout=300)",
+    ],
+)
+def test_a_watchdog_timeout_while_serving_is_a_hang_not_cuda_graph_trouble(line: str) -> None:
+    after = ("[2026-11-02 10:10:05] SIGQUIT received. signum=3, frame=None. It usually means "
+             "one child failed.")
+    result = diagnose_lines([*READY_LOG, line, after], "sglang")
+    assert result.failure is not None and result.failure.failure_class == "stalled"
+    assert result.failure.after_ready and result.failure.line == line
+    assert "--watchdog-timeout above 300" in result.failure.remedy
+    soft = line.replace("self.soft=False", "self.soft=True")
+    if soft != line:  # a soft watchdog only dumps debug information
+        assert diagnose_lines([*READY_LOG, soft], "sglang").failure is None

@@ -106,6 +106,14 @@ CHILD_EXIT = re.compile(
     r"(?P<who>Rank \d+ scheduler) died during initialization \(exit code: (?P<code>-?\d+)\)|"
     r"Subprocess (?P<name>\S+) \(pid=\d+\) crashed with exit code (?P<code2>-?\d+)"
 )
+# A forward batch ran longer than --watchdog-timeout (300 s by default) and SGLang ends
+# itself: 0.5.23 `utils/watchdog.py` ("Scheduler watchdog timeout (self.watchdog_timeout=300,
+# self.soft=False)"; soft=True only dumps debug info), 0.4-0.5 `managers/scheduler.py`
+# ("Watchdog timeout (self.watchdog_timeout=300)").
+WATCHDOG = re.compile(
+    r"(?:(?P<who>\w+) )?[Ww]atchdog timeout \(self\.watchdog_timeout=(?P<seconds>[\d.]+)"
+    r"(?:, self\.soft=(?P<soft>True|False))?\)"
+)
 SIGNAL_NAMES = {-6: "SIGABRT", -7: "SIGBUS", -9: "SIGKILL", -11: "SIGSEGV", -15: "SIGTERM"}
 
 FAILURE_PATTERNS: tuple[FailurePattern, ...] = (
@@ -413,6 +421,19 @@ class SGLangLogReader(LogReader):
         return super().exception_failure(line, header=header)
 
     def _failure(self, text: str, line: str) -> Failure | None:
+        watchdog = WATCHDOG.search(text)
+        if watchdog is not None and watchdog.group("soft") != "True":
+            seconds = watchdog.group("seconds")
+            return Failure(
+                "stalled",
+                f"SGLang's {watchdog.group('who') or 'Scheduler'} watchdog: one batch ran "
+                f"longer than --watchdog-timeout ({seconds} s), so SGLang ended itself",
+                "a hang in a kernel or in NCCL (another rank or node stopped): find the first "
+                "error above and on the other nodes; for batches that are only slow (a long "
+                f"prefill on a small GPU), raise --watchdog-timeout above {seconds} in "
+                "`extra_args`",
+                line=line,
+            )
         child = CHILD_EXIT.search(text)
         if child is not None:
             code = int(child.group("code") or child.group("code2"))
