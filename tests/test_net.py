@@ -16,8 +16,10 @@ from llm_backend.net import (
     bind_family,
     can_bind,
     connect_url,
+    host_port,
     http_url,
     is_ipv6_literal,
+    parse_host_port,
     publish_spec,
     url_host,
 )
@@ -142,3 +144,21 @@ def test_a_real_server_on_the_ipv6_wildcard_starts_answers_and_stops(world: Env)
         stopped = world.run("stop")
     assert stopped.returncode == 0, stopped.stderr
     assert wait_for(lambda: can_bind("::", world.port), timeout=10)
+
+
+def test_rendezvous_host_port_is_written_and_read_as_sglang_does() -> None:
+    """SGLang 0.5.23 `srt/utils/network.py` NetworkAddress.parse: IPv6 bracketed, port needed;
+    a zone stays as written (not URL-encoded, unlike `url_host`)."""
+    assert host_port("10.0.0.1", 5000) == "10.0.0.1:5000"
+    assert host_port("fd00::1", 5000) == "[fd00::1]:5000"
+    assert host_port("[fd00::1]", "5000") == "[fd00::1]:5000"
+    assert host_port("fe80::1%eth0", 5000) == "[fe80::1%eth0]:5000"
+    assert host_port("node-0.example", 20000) == "node-0.example:20000"
+    assert parse_host_port("[fd00::1]:5000") == ("fd00::1", 5000)
+    assert parse_host_port("node-0.example:20000") == ("node-0.example", 20000)
+    for bad, words in [("fd00::1:5000", "without brackets"), ("fd00::1", "no port"),
+                       ("10.0.0.1", "no port"), ("[fd00::1]", "no :PORT"),
+                       ("[10.0.0.1]:5000", "not an IPv6"), ("10.0.0.1:99999", "out of range"),
+                       ("10.0.0.1:x", "no valid port"), (":5000", "no host"), ("", "empty")]:
+        with pytest.raises(ValueError, match=words):
+            parse_host_port(bad)

@@ -373,3 +373,24 @@ def test_a_value_with_no_near_choice_gets_no_guess() -> None:
     check = check_with_table(["--model-path", "m", "--attention-backend", "banana"], TABLE)
     (problem,) = check.problems
     assert problem.right is None and fix_text(check.problems) is None
+
+
+def test_sglangs_own_parser_gives_the_same_literal_fixes() -> None:
+    """With SGLang's parser doing the check (the installed sglang of a native profile), the
+    fix lines still carry the values, and --dist-init-addr (which the parser accepts and
+    SGLang refuses when it starts) is still read."""
+    profile = Profile.model_validate({
+        "name": "p", "engine": "sglang", "model": "m", "runtime": "native",
+        "python": parser_python(),
+    })
+    cases = {
+        ("--gpu-memory-utilization", "0.9", "--attention-backend", "FLASH_ATTN"):
+            "replace `--gpu-memory-utilization 0.9` with `--mem-fraction-static 0.85`; "
+            "replace `--attention-backend FLASH_ATTN` with `--attention-backend fa3`",
+        ("--dist-init-addr", "fd00::1:5000"):
+            "replace `--dist-init-addr fd00::1:5000` with `--dist-init-addr [fd00::1]:5000`",
+    }
+    for extra, fix in cases.items():
+        check = check_profile_flags(profile, ["--model-path", "m", *extra])
+        assert check.source.startswith("the installed sglang"), check
+        assert sorted((fix_text(check.problems, "p") or "").split("; ")) == sorted(fix.split("; "))

@@ -244,6 +244,8 @@ class FlagProblem:
     # What else to do, said after the edit (e.g. "set ... in [speculative]").
     also: str = ""
     secret: bool = False
+    # Refused when SGLang starts (after its parser accepted it): --dist-init-addr's value.
+    at_launch: bool = False
 
 
 def join_tokens(tokens: Tokens) -> str:
@@ -831,7 +833,7 @@ def _check_value(
                 f"{name} {value!r}: SGLang refuses it ({error}; "
                 "srt/utils/network.py NetworkAddress.parse)",
                 f"{name} {fixed}" if fixed else None,
-                certain=True,
+                certain=True, at_launch=True,
                 wrong=(span,) if fixed else (), right=(name, fixed) if fixed else None,
             )
     return None
@@ -931,6 +933,9 @@ def check_with_parser(
             for problem in from_table.problems
             if problem.certain and not set(problem.flag.split(" and ")) & named
         ]
+    # What SGLang's parser accepts but SGLang refuses when it starts (--dist-init-addr).
+    problems += [problem for problem in from_table.problems
+                 if problem.at_launch and problem not in problems]
     # SGLang's parser accepts unique prefixes; the table names them so the profile is explicit.
     notes = list(from_table.notes)
     return FlagCheck(
