@@ -337,9 +337,11 @@ class LogReader(ABC):
         if self.client_text(message):
             # A prompt or a path can say anything ("CUDA out of memory", "ready to roll").
             self._client_traceback = True
-            return [event for event in self.read_line(text)
-                    if isinstance(event, PhaseEvent) and event.name != "ready"
-                    and not self.reading.ready]
+            phases = [event for event in self.read_line(text)
+                      if isinstance(event, PhaseEvent) and event.name != "ready"
+                      and not self.reading.ready]
+            self.reading.phases += phases
+            return list(phases)
         is_exception = EXCEPTION_LINE.match(bare) is not None
         if self._client_traceback:
             # A request's error logged with its traceback (`logger.exception`): the bare
