@@ -394,3 +394,16 @@ def test_sglangs_own_parser_gives_the_same_literal_fixes() -> None:
         check = check_profile_flags(profile, ["--model-path", "m", *extra])
         assert check.source.startswith("the installed sglang"), check
         assert sorted((fix_text(check.problems, "p") or "").split("; ")) == sorted(fix.split("; "))
+
+
+def test_fixes_for_missing_or_wrong_values_are_literal_too() -> None:
+    """Every entry given no value, a value that is no number, a flag where its value should
+    be, or `--flag=x`: the fix is still a literal edit, and following it leaves flags the
+    table accepts (where no literal value exists it removes the flag and says what to add)."""
+    for flag in FOREIGN.flags:
+        for extra in ([flag], [flag, "junk value"], [flag, "--enable-metrics"], [flag + "=x"],
+                      [flag, ""]):
+            argv = ["--model-path", "m", *extra]
+            fix = fix_text(check_with_table(argv, TABLE).problems, "p")
+            assert fix, extra
+            assert check_with_table(follow(argv, fix), TABLE).ok, (extra, fix)

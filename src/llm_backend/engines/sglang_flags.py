@@ -475,7 +475,7 @@ def foreign_edit(
                       if (found := _value_of(flags, flag)) is not None), None)
         return (name, given or foreign.default or "N"), "", ""
     if value is None:
-        return None, "", f"add {name} with a value"
+        return (), f"{foreign.flag} was given no value", f"add {name} with a value"
     if foreign.json_template is not None:
         try:
             parsed: Any = json.loads(value)
@@ -486,7 +486,7 @@ def foreign_edit(
     if foreign.offset is not None or foreign.scale is not None or foreign.times:
         number = _number(value)
         if number is None:
-            return None, "", f"add {name} with a number"
+            return (), f"{value!r} is not a number", f"add {name} with a number"
         if foreign.scale is not None:
             number *= foreign.scale
         if foreign.offset is not None:
@@ -521,6 +521,11 @@ def _checked_choices(tokens: Tokens, table: FlagTable) -> tuple[Tokens | None, s
             if right is None:
                 return (), f"{token!r} is not one of SGLang's choices for {option.flags[0]}", ""
             token = right
+        if option is not None and option.type in ("int", "float") and (
+            _number(token) is None or (option.type == "int" and not re.fullmatch(r"-?\d+", token))
+        ):
+            kind = "an integer" if option.type == "int" else "a number"
+            return (), f"{token!r} is not {kind}", f"add {option.flags[0]} with {kind}"
         out.append(token)
     return tuple(out), "", ""
 
@@ -605,6 +610,10 @@ def _merge_rendezvous(flags: list[str], problems: list[FlagProblem]) -> list[Fla
     port_problem = next((p for p in ours if p.flag in RENDEZVOUS_PORT), None)
     port = (port_problem.wrong[0][1] if port_problem and len(port_problem.wrong[0]) > 1
             else None)
+    if address == "":
+        address = None
+    if port is not None and not port.isdigit():
+        port = None
     wrong = tuple(span for p in ours for span in p.wrong)
     names = " and ".join(p.flag for p in ours)
     verb = "are" if len(ours) > 1 else "is"
@@ -620,6 +629,10 @@ def _merge_rendezvous(flags: list[str], problems: list[FlagProblem]) -> list[Fla
         port = port or RENDEZVOUS_PORT.get(port_problem.flag if port_problem else "", "29500")
         right = ("--dist-init-addr", host_port(address, port))
         target = join_tokens(right)
+    elif port is None:
+        right = ()
+        target = "--dist-init-addr NODE0_ADDRESS:PORT"
+        also = "add --dist-init-addr with node 0's address and a free port"
     elif (_number(_value_of(flags, "--nnodes") or "1") or 1) > 1:
         right = ()
         target = f"--dist-init-addr NODE0_ADDRESS:{port}"
