@@ -227,3 +227,13 @@ def test_an_ipv6_rendezvous_in_extra_args_is_held_to_the_distributed_rule() -> N
         extra_args=["--dist-init-addr", "10.0.0.2:20000"]))
     assert statuses(twice) == [("warn", "--dist-init-addr 10.0.0.2")]
     assert "repeats `distributed.dist_init_addr`" in twice[0].message
+
+
+def test_context_length_in_extra_args_repeats_the_profile_key() -> None:
+    """The engine writes --context-length from `context_length`: vLLM's --max-model-len fixed
+    to --context-length in extra_args is one more flag the profile already owns."""
+    problems = setting_problems(profile(speculative={"enabled": False}, context_length=8192,
+                                        extra_args=["--context-length", "4096"]))
+    assert [(p.status, p.fix) for p in problems] == [(
+        "warn", "set `context_length` in [profiles.p] and remove --context-length from extra_args",
+    )]

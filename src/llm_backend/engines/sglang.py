@@ -697,6 +697,7 @@ PROFILE_OWNED_FLAGS = (
     ("--port", "port"),
     ("--host", "host"),
     ("--served-model-name", "served_model_name"),
+    ("--context-length", "context_length"),
 )
 PROFILE_FLAG_ALIASES = {"--model-path": ("--model",)}
 
