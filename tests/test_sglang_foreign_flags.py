@@ -316,6 +316,12 @@ def test_following_every_fix_literally_parses_with_sglangs_own_parser() -> None:
         (["--all2all-backend", "deepep_low_latency"],
          "replace `--all2all-backend deepep_low_latency` with "
          "`--moe-a2a-backend deepep --deepep-mode low_latency`"),
+        # Several flags that become one SGLang flag become one fix (argparse keeps the last).
+        (["--temp", "0.7", "--top-p", "0.9", "--top-k", "40"],
+         "replace `--temp 0.7` and `--top-p 0.9` and `--top-k 40` with "
+         "`--preferred-sampling-params '{\"temperature\": 0.7, \"top_p\": 0.9, \"top_k\": 40}'`"),
+        (["-ctk", "q8_0", "-ctv", "q8_0"],
+         "replace `-ctk q8_0` and `-ctv q8_0` with `--kv-cache-dtype fp8_e4m3`"),
         (["--rope-theta", "1000000"],
          "replace `--rope-theta 1000000` with "
          "`--json-model-override-args '{\"rope_theta\": 1000000}'`"),

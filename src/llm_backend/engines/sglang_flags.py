@@ -773,9 +773,54 @@ def check_with_table(flags: list[str], table: FlagTable) -> FlagCheck:
     return FlagCheck(
         source="the flag table",
         sglang_version=table.sglang_version,
-        problems=tuple(_merge_rendezvous(flags, problems)),
+        problems=tuple(_merge_same_target(_merge_rendezvous(flags, problems))),
         notes=tuple(notes),
     )
+
+
+def _json_object(text: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _merge_same_target(problems: list[FlagProblem]) -> list[FlagProblem]:
+    """Other servers' flags that become the same SGLang flag become one fix: llama.cpp's
+    --temp 0.7 --top-p 0.9 one --preferred-sampling-params '{"temperature": 0.7, "top_p": 0.9}'
+    (two would leave only the last, argparse's rule), -ctk q8_0 -ctv q8_0 one --kv-cache-dtype
+    (SGLang has one dtype for K and V: the first is kept)."""
+    groups: dict[str, list[FlagProblem]] = {}
+    for problem in problems:
+        if problem.certain and problem.right and problem.wrong:
+            groups.setdefault(problem.right[0], []).append(problem)
+    out: list[FlagProblem] = []
+    for problem in problems:
+        group = groups.get(problem.right[0]) if problem.right and problem.certain else None
+        if not group or len(group) < 2 or problem not in group:
+            out.append(problem)
+            continue
+        if problem is not group[0]:
+            continue
+        right = group[0].right or ()
+        objects = [_json_object(p.right[1]) if p.right and len(p.right) == 2 else None
+                   for p in group]
+        if all(item is not None for item in objects):
+            merged: dict[str, Any] = {}
+            for item in objects:
+                merged.update(item or {})
+            right = (right[0], json.dumps(merged))
+        out.append(FlagProblem(
+            " and ".join(p.flag for p in group),
+            "; ".join(p.message for p in group)
+            + f"; SGLang takes {right[0]} once (the last one given wins), so they become one",
+            right[0], certain=True,
+            wrong=tuple(span for p in group for span in p.wrong), right=right,
+            also=next((p.also for p in group if p.also), ""),
+            secret=any(p.secret for p in group),
+        ))
+    return out
 
 
 def _skip_values(flags: list[str], index: int) -> int:
