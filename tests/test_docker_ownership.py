@@ -11,6 +11,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import psutil
 import pytest
@@ -201,23 +202,56 @@ def test_a_container_of_another_state_dir_with_the_same_name_is_never_touched(
     assert still["State"]["StartedAt"] == foreign["State"]["StartedAt"]  # never restarted
 
 
+def write_ready_record(world: Env, names: DockerNames, container_id: str) -> Path:
+    """An instance record saying that `container_id` serves, ready (written by the test)."""
+    record = {
+        "profile": "smollm2-cpu", "engine": "llamacpp", "runtime": "docker", "state": "ready",
+        "host": "127.0.0.1", "port": world.port, "served_model_name": "x", "argv": [],
+        "log_path": str(world.state_dir / "logs" / "smollm2-cpu.log"),
+        "created_at": time.time(), "ready_at": time.time(),
+        "runtime_info": {"container": names.container, "container_id": container_id,
+                         "project": names.container},
+    }
+    record_path = world.state_dir / "instance.json"
+    record_path.write_text(json.dumps(record))
+    record_path.chmod(0o600)
+    return record_path
+
+
+def test_an_engine_that_does_not_answer_proves_no_record_forged(
+    world: Env, names: DockerNames
+) -> None:
+    # Our own labelled container, recorded as ready; then the Docker CLI cannot reach the
+    # engine for one `status` (a restarting daemon, a lost socket).
+    docker("run", "-d", "--name", names.container, "--network", "none",
+           *run_labels("server", world.state_dir), "--label", "llm-backend.profile=smollm2-cpu",
+           *SLEEPER)
+    ours = inspect(names.container)
+    assert ours is not None and ours["State"]["Running"]
+    record_path = write_ready_record(world, names, str(ours["Id"]))
+
+    env = dict(world.env)
+    world.env = {**env, "DOCKER_HOST": f"unix://{world.root}/no-engine.sock"}
+    blind = world.run("status", timeout=120)
+    world.env = env
+    assert blind.returncode != 0
+    assert "error: command docker container inspect" in blind.stderr
+    assert "Cannot connect to the Docker daemon" in blind.stderr
+    assert "fix: start the Docker engine" in blind.stderr
+    assert json.loads(record_path.read_text())["state"] == "ready"  # not judged forged
+
+    _, data = status_json(world)  # the engine answers again: still our backend, not failed
+    assert data["state"] != "failed", data
+    assert data["docker"]["state"] == "running"  # type: ignore[index]
+
+
 def test_a_forged_record_naming_a_foreign_container_is_refused(
     world: Env, names: DockerNames
 ) -> None:
     docker("run", "-d", "--name", names.container, "--network", "none", *SLEEPER)
     foreign = inspect(names.container)
     assert foreign is not None and foreign["State"]["Running"]
-    forged = {
-        "profile": "smollm2-cpu", "engine": "llamacpp", "runtime": "docker", "state": "ready",
-        "host": "127.0.0.1", "port": world.port, "served_model_name": "x", "argv": [],
-        "log_path": str(world.state_dir / "logs" / "smollm2-cpu.log"),
-        "created_at": time.time(), "ready_at": time.time(),
-        "runtime_info": {"container": names.container, "container_id": foreign["Id"],
-                         "project": names.container},
-    }
-    record_path = world.state_dir / "instance.json"
-    record_path.write_text(json.dumps(forged))
-    record_path.chmod(0o600)
+    record_path = write_ready_record(world, names, str(foreign["Id"]))
 
     code, data = status_json(world)
     assert (code, data["state"]) == (1, "failed"), data

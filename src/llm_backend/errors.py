@@ -83,6 +83,12 @@ class HostPrepError(BackendError):
     exit_code = 6
 
 
+class NotOurs(BackendError):
+    """A record names something (a container) that this state dir did not launch: refused,
+    left untouched. Only this proves a record forged or stale; a runtime that cannot be
+    asked (its engine down) raises another BackendError."""
+
+
 class CommandFailed(BackendError):
     """A subprocess failed: carries argv, exit code and the tail of stderr."""
 

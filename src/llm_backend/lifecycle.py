@@ -33,6 +33,7 @@ from llm_backend.errors import (
     BackendError,
     ConfigError,
     FailureClass,
+    NotOurs,
     NotRunningError,
     StartFailed,
 )
@@ -954,9 +955,10 @@ class Lifecycle:
             record = self._find_launched(record, runtime)
         try:
             runtime.verify(record=record)
-        except BackendError as error:
+        except NotOurs as error:
             # The record names what this state dir did not launch (forged or stale): say so,
-            # touch nothing; `stop` refuses it with the same words.
+            # touch nothing; `stop` refuses it with the same words. A runtime that cannot be
+            # asked (its engine down) proves nothing: that error goes up, the record stays.
             with contextlib.suppress(StateConflict):
                 return self.store.transition(
                     record, State.FAILED,

@@ -91,8 +91,9 @@ class Runtime(ABC):
         """Raise a BackendError if this runtime cannot run the profile here (at `start`)."""
 
     def verify(self, *, record: InstanceRecord) -> None:
-        """Raise a BackendError when `record` names something this runtime did not launch
-        from this state dir (a forged or stale record); nothing is touched either way."""
+        """Raise `errors.NotOurs` when `record` names something this runtime did not launch
+        from this state dir (a forged or stale record); another BackendError when it cannot
+        tell (its engine does not answer). Nothing is touched either way."""
 
     def differences(self, *, record: InstanceRecord, profile: Profile) -> list[str]:
         """How the running `record` differs from what `profile` would run, in this runtime's

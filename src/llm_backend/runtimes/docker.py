@@ -31,7 +31,7 @@ import psutil
 
 from llm_backend.checks import Check
 from llm_backend.config import Profile
-from llm_backend.errors import BackendError, CommandFailed
+from llm_backend.errors import BackendError, CommandFailed, NotOurs
 from llm_backend.processes import marker_value, process_matches
 from llm_backend.pull import Source
 from llm_backend.runtimes.base import Launched, LaunchSpec, Runtime, StopResult
@@ -154,7 +154,7 @@ def _tail(text: str, lines: int = 10) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
-class ForeignContainer(BackendError):
+class ForeignContainer(NotOurs):
     """A container that the record (or the profile's name) points at is not ours to touch."""
 
 
