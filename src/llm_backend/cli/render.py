@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 from rich.progress import (
     BarColumn,
     Progress,
@@ -37,8 +37,33 @@ if TYPE_CHECKING:
     from llm_backend.serve.service import ServiceResult
     from llm_backend.state import DamagedFile
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+# Wide enough that no value of ours is ever cut or wrapped; rich only lays out what it prints.
+UNBOUNDED_WIDTH = 100_000
+
+
+class _Console(Console):
+    """A rich Console that, writing to a pipe or a file, never cuts a value short.
+
+    rich lays tables and long lines out for 80 columns (or the size of whatever terminal
+    stdin is) when its stream is no terminal, cutting values with an ellipsis and wrapping
+    lines mid-value; output that is piped or captured must keep every value whole, so it
+    gets no width limit. A terminal keeps its own width.
+    """
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        dimensions = super().size
+        if self.is_terminal:
+            return dimensions
+        return ConsoleDimensions(UNBOUNDED_WIDTH, dimensions.height)
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        self._width, self._height = new_size  # as rich's own setter
+
+
+console = _Console(highlight=False)
+err_console = _Console(stderr=True, highlight=False)
 
 
 # --- plain output ------------------------------------------------------------------------
