@@ -32,7 +32,7 @@ from tests.conftest import (
 STATUS_KEYS = {
     "state", "profile", "engine", "runtime", "endpoint", "pid", "uptime_s", "models",
     "health_ms", "health_status", "last_start_s", "phase", "failure", "log_path",
-    "host_prep", "spec", "gpus",
+    "host_prep", "spec", "gpus", "artifacts",
 }
 
 

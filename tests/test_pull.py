@@ -62,7 +62,8 @@ def test_pull_fetches_only_what_sglang_loads_and_dry_run_changes_nothing(
     planned = artifacts_of(dry.stdout)
     expected = sum(len(model_files()[name]) for name in SGLANG_LOADS)
     assert planned["model"] == {
-        "kind": "model", "name": MODEL, "present": False, "bytes": expected,
+        "kind": "model", "name": MODEL, "present": False, "state": "missing",
+        "bytes": expected, "cached_bytes": 0,
         "location": str(cache / "models--acme--tiny-moe"), "missing_bytes": expected,
         "detail": "8 files at 0123456789ab",
     }

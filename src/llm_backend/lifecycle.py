@@ -63,7 +63,7 @@ from llm_backend.state import (
 
 if TYPE_CHECKING:
     from llm_backend.doctor import CheckResult
-    from llm_backend.pull import ProgressEvent, Source
+    from llm_backend.pull import LocalReport, ProgressEvent, Source
 
 __all__ = [
     "ACTIVE_STATES",
@@ -258,10 +258,14 @@ class Status:
     host_prep: dict[str, Any] | None = None
     spec: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # What the profile has on this machine (`Lifecycle.pulled`), when the caller asked.
+    artifacts: LocalReport | None = None
 
     def to_json(self) -> dict[str, Any]:
-        data = {key: getattr(self, key) for key in self.__dataclass_fields__ if key != "extra"}
+        data = {key: getattr(self, key) for key in self.__dataclass_fields__
+                if key not in ("extra", "artifacts")}
         data["state"] = str(self.state)
+        data["artifacts"] = self.artifacts.to_json() if self.artifacts is not None else None
         data.update(self.extra)
         return data
 
@@ -1369,11 +1373,7 @@ class Lifecycle:
                 )
             options = StartOptions.from_record(record)
             try:
-                config = (
-                    load_config(Path(options.config_dir))
-                    if options.config_dir and Path(options.config_dir).is_dir()
-                    else self.config
-                )
+                config = self._config_of(options)
                 profile = config.resolve(options.profile, options.overrides).profile
                 self._skip(options)
                 engine = get_engine(profile.engine)
@@ -1400,6 +1400,38 @@ class Lifecycle:
             except Interrupted as interrupt:
                 self._raise_if_cancelled(options.profile, interrupt)
                 raise
+
+    def _config_of(self, options: StartOptions) -> ConfigSet:
+        """The config a recorded start read: its directory's, else this lifecycle's."""
+        if options.config_dir and Path(options.config_dir).is_dir():
+            return load_config(Path(options.config_dir))
+        return self.config
+
+    def pulled(self, *, otherwise: Callable[[], tuple[str, dict[str, Any] | None]]) -> LocalReport:
+        """What the profile `status` is about has on this machine, judged from the local cache
+        alone (`pull.local_report`: no network, quick enough for every `status`).
+
+        The profile is the recorded backend's, resolved as its start resolved it (profile,
+        overrides, config directory); with no record, the one `otherwise()` names (the one
+        `start` would use, with its overrides). Never raises for a profile that does not
+        resolve: the report carries the error.
+        """
+        from llm_backend.pull import LocalReport, local_report
+
+        record = self.store.load_instance()
+        name: str | None = record.profile if record is not None else None
+        try:
+            if record is not None:
+                options = StartOptions.from_record(record)
+                overrides: dict[str, Any] | None = options.overrides
+                profile = self._config_of(options).resolve(options.profile, overrides).profile
+            else:
+                name, overrides = otherwise()
+                profile = self.resolve(name, overrides).profile
+        except BackendError as error:
+            return LocalReport(name, record.runtime if record else None, error=error.message,
+                               remedy=error.remedy)
+        return local_report(profile, runtime_chosen=bool(overrides and "runtime" in overrides))
 
     def running_record(self) -> InstanceRecord:
         """The ready backend, or a NotRunningError with the `start` fix."""

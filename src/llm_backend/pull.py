@@ -28,8 +28,11 @@ if TYPE_CHECKING:
     from llm_backend.config import Profile
 
 ArtifactKind = Literal["image", "model", "draft_model", "encoding", "binary", "model_file"]
+ArtifactState = Literal["present", "partial", "missing"]
 
 PULL_REMEDY = "llm-backend pull"
+# Where `status` judges what is pulled from: `Source.probe_local`, never the network.
+LOCAL_JUDGEMENT = "local cache"
 PULL_LOCK = "pull.lock"  # in the state dir: one pull at a time
 DOWNLOAD_DEADLINE_S = 600.0  # a small file (the encoding) that takes longer is not coming
 
@@ -45,7 +48,9 @@ class Artifact:
     """One thing a profile needs, as found on this machine now.
 
     `bytes` is the artifact's whole size when known (None when neither the cache nor the
-    source says); `missing_bytes` is what a pull would still download (0 when present).
+    source says); `missing_bytes` is what a pull would still download (0 when present);
+    `cached_bytes` what of it is already on this machine when the source can tell (an
+    interrupted download's complete files), which makes a missing artifact `partial`.
     """
 
     kind: ArtifactKind
@@ -55,13 +60,25 @@ class Artifact:
     location: str
     missing_bytes: int | None = None
     detail: str | None = None
+    cached_bytes: int | None = None
+
+    @property
+    def state(self) -> ArtifactState:
+        """`present`; `partial` (missing, but some of it is here); or `missing`."""
+        if self.present:
+            return "present"
+        if self.cached_bytes:
+            return "partial"
+        return "missing"
 
     def to_json(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
             "name": self.name,
             "present": self.present,
+            "state": self.state,
             "bytes": self.bytes,
+            "cached_bytes": self.cached_bytes,
             "location": self.location,
             "missing_bytes": self.missing_bytes,
             "detail": self.detail,
@@ -103,6 +120,13 @@ class Source(ABC):
     def probe(self) -> Artifact:
         """What is on this machine now; never changes anything, never raises for `missing`."""
 
+    def probe_local(self) -> Artifact:
+        """`probe` without asking anything beyond this machine (no Hub, no registry), quick
+        enough for every `status`. The default is `probe`, for sources whose probe only looks
+        at local files or the local Docker engine; a source whose probe asks a remote service
+        judges from what is cached here instead."""
+        return self.probe()
+
     @abstractmethod
     def fetch(self, *, progress: ProgressCallback) -> None:
         """Bring the artifact in (resuming what an interrupted fetch left); PullError on failure."""
@@ -131,6 +155,56 @@ class PullPlan:
 
 
 @dataclass(frozen=True)
+class LocalReport:
+    """What `status` says a profile has on this machine: its plan judged from the local cache
+    alone (`plan(local_only=True)`: no network). `error` (with `remedy`) when the profile's
+    artifacts could not be listed (a profile that no longer resolves, a folder not mounted);
+    `fix` is the pull command that brings in what is missing (None when nothing is).
+    """
+
+    profile: str | None
+    runtime: str | None
+    artifacts: tuple[Artifact, ...] = ()
+    fix: str | None = None
+    error: str | None = None
+    remedy: str | None = None
+    judged_from: str = LOCAL_JUDGEMENT
+
+    @property
+    def missing(self) -> tuple[Artifact, ...]:
+        return tuple(artifact for artifact in self.artifacts if not artifact.present)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "profile": self.profile,
+            "runtime": self.runtime,
+            "judged_from": self.judged_from,
+            "items": [artifact.to_json() for artifact in self.artifacts],
+            "missing": [artifact.name for artifact in self.missing],
+            "fix": self.fix,
+            "error": self.error,
+            "remedy": self.remedy,
+        }
+
+
+def local_report(profile: Profile, *, runtime_chosen: bool = False) -> LocalReport:
+    """The profile's artifacts judged from this machine alone (for `status`). `runtime_chosen`:
+    the runtime is not the profile's own (an override), so the fix names it."""
+    try:
+        sources = sources_for(profile)
+    except BackendError as error:
+        return LocalReport(profile.name, profile.runtime, error=error.message,
+                           remedy=error.remedy)
+    planned = plan(profile.name, sources, local_only=True)
+    fix = None
+    if planned.missing:
+        fix = f"{PULL_REMEDY} --profile {profile.name}"
+        if runtime_chosen:
+            fix += f" --runtime {profile.runtime}"
+    return LocalReport(profile.name, profile.runtime, planned.artifacts, fix=fix)
+
+
+@dataclass(frozen=True)
 class PullResult:
     """What a pull did: the plan before, the artifacts after, and how long each fetch took."""
 
@@ -149,18 +223,20 @@ class PullResult:
         }
 
 
-def plan(profile_name: str, sources: Sequence[Source]) -> PullPlan:
+def plan(profile_name: str, sources: Sequence[Source], *, local_only: bool = False) -> PullPlan:
     """Probe every source (read-only): what is present, what is missing, how big.
 
-    A source that cannot be looked at (a folder we may not enter) is missing, with the
-    reason in `detail`.
+    `local_only`: judge from this machine alone (`Source.probe_local`: no network), as
+    `status` does. A source that cannot be looked at (a folder we may not enter) is missing,
+    with the reason in `detail`.
     """
-    return PullPlan(profile=profile_name, artifacts=tuple(_probe(source) for source in sources))
+    return PullPlan(profile=profile_name,
+                    artifacts=tuple(_probe(source, local_only) for source in sources))
 
 
-def _probe(source: Source) -> Artifact:
+def _probe(source: Source, local_only: bool = False) -> Artifact:
     try:
-        return source.probe()
+        return source.probe_local() if local_only else source.probe()
     except OSError as error:
         folder = source.disk_path()
         return Artifact(source.kind, source.name, False, None, str(folder or "unknown"), None,
@@ -367,8 +443,15 @@ class VerifiedFile(Source):
     def probe(self) -> Artifact:
         present, why = self.verify()
         size = self.path.stat().st_size if present else self.size
-        return Artifact(self.kind, self.name, present, size, str(self.path),
-                        0 if present else self.size, detail=why or None)
+        partial = 0
+        if not present:  # what an interrupted fetch left to resume from
+            try:
+                partial = (self.folder / (self.filename + ".partial")).stat().st_size
+            except OSError:
+                partial = 0
+        missing = 0 if present else (max(self.size - partial, 0) if self.size else None)
+        return Artifact(self.kind, self.name, present, size, str(self.path), missing,
+                        detail=why or None, cached_bytes=size if present else partial)
 
     def fetch(self, *, progress: ProgressCallback) -> None:
         try:

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from llm_backend.hardware import ProfileChoice
     from llm_backend.lifecycle import StartResult, Status, StopOutcome
     from llm_backend.monitor import MonitorEvent
+    from llm_backend.pull import LocalReport
     from llm_backend.serve.control import ServeRestart, ServeStop
     from llm_backend.serve.service import ServiceResult
     from llm_backend.state import DamagedFile
@@ -399,8 +400,13 @@ def render_status(status: Status, *, clear: bool = False) -> None:
         render_serve(serve)
     if status.host_prep:
         render_host_prep(status.host_prep)
-    if status.profile is None:
-        return
+    if status.profile is not None:
+        _render_backend(status)
+    if status.artifacts is not None:
+        render_local_report(status.artifacts)
+
+
+def _render_backend(status: Status) -> None:
     console.print(f"profile:  {status.profile} ({status.engine}, {status.runtime})")
     console.print(f"endpoint: {status.endpoint}/v1")
     if status.pid:
@@ -434,6 +440,49 @@ def render_status(status: Status, *, clear: bool = False) -> None:
         )
         if status.failure.get("remedy"):
             console.print(f"fix:      {status.failure['remedy']}", markup=False)
+
+
+def render_local_report(report: LocalReport) -> None:
+    """`status`'s `pulled:` lines: each artifact present, partial or missing, with sizes, and
+    the pull command that brings in what is missing. Judged from the local cache only."""
+    from llm_backend.units import format_bytes
+
+    about = f"{report.profile} ({report.runtime})" if report.runtime else str(report.profile)
+    if report.error:
+        console.print(f"pulled:   {about}: cannot tell: {report.error}", markup=False,
+                      soft_wrap=True)
+        if report.remedy:
+            console.print(f"fix:      {report.remedy}", markup=False, soft_wrap=True)
+        return
+    if not report.artifacts:
+        console.print(f"pulled:   {about} needs nothing pulled", markup=False)
+        return
+    verdict = (f"{len(report.missing)} of {len(report.artifacts)} missing" if report.missing
+               else "everything present")
+    console.print(f"pulled:   {about}: {verdict} (judged from the {report.judged_from})",
+                  markup=False,
+                  soft_wrap=True)
+    colours = {"present": "green", "partial": "yellow", "missing": "red"}
+    for artifact in report.artifacts:
+        state = artifact.state
+        if state == "present":
+            size = format_bytes(artifact.bytes, unknown="size unknown")
+        elif state == "partial":
+            here = format_bytes(artifact.cached_bytes)
+            size = (f"{here} of {format_bytes(artifact.bytes)} here" if artifact.bytes
+                    else f"{here} here, the whole size unknown")
+        else:
+            size = (f"{format_bytes(artifact.missing_bytes)} to download"
+                    if artifact.missing_bytes else "size unknown")
+        line = Text(f"  {artifact.kind:<11} ")
+        line.append(f"{state:<8}", style=colours[state])
+        line.append(f" {artifact.name} ({size})")
+        console.print(line, soft_wrap=True)
+        if state != "present":
+            console.print(Text(f"              in {artifact.location}", style="dim"),
+                          soft_wrap=True)
+    if report.fix:
+        console.print(f"fix:      {report.fix}", markup=False, soft_wrap=True)
 
 
 def render_gpus(report: GpuReport, ours: Iterable[int]) -> None:

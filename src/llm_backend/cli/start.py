@@ -135,17 +135,25 @@ def choose_profile(lifecycle: Lifecycle, requested: str | None) -> str:
 
 
 def choose_profile_and_runtime(
-    lifecycle: Lifecycle, requested: str | None
+    lifecycle: Lifecycle, requested: str | None, *, announce: bool = True
 ) -> tuple[str, str | None]:
-    """The profile, and the runtime `auto` needs when the profile's own cannot run here."""
+    """The profile, and the runtime `auto` needs when the profile's own cannot run here.
+    `announce`: print auto's reasons (to stderr)."""
     name = requested or lifecycle.config.default_profile() or "auto"
     if name != "auto":
         return name, None
     from llm_backend.doctor import auto_profile
 
     choice = auto_profile(lifecycle.config)
-    render.render_auto_reasons(choice, to_stderr=True)
+    if announce:
+        render.render_auto_reasons(choice, to_stderr=True)
     return choice.profile, choice.runtime
+
+
+def start_choice(lifecycle: Lifecycle) -> tuple[str, dict[str, object] | None]:
+    """The profile a plain `start` would use here, and its overrides (auto's runtime)."""
+    name, runtime = choose_profile_and_runtime(lifecycle, None, announce=False)
+    return name, {"runtime": runtime} if runtime else None
 
 
 def run_preflight(

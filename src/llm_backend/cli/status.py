@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -10,6 +11,7 @@ import typer
 from llm_backend.cli import render
 from llm_backend.cli.app import make_lifecycle
 from llm_backend.cli.options import check_number
+from llm_backend.cli.start import start_choice
 from llm_backend.errors import BackendError
 from llm_backend.lifecycle import Lifecycle, Status
 from llm_backend.logtail import find_log, log_tail
@@ -18,6 +20,10 @@ from llm_backend.state import StateStore
 
 if TYPE_CHECKING:
     from llm_backend.gpu import GpuReport
+    from llm_backend.pull import LocalReport
+
+# How often `status --watch` looks at the caches again while nothing else changes (seconds).
+PULLED_REFRESH_S = 30.0
 
 
 def status(
@@ -37,8 +43,18 @@ def status(
             else:
                 render.render_replica_statuses(replicas)
             raise typer.Exit(0 if all(r.state == "ready" for r in replicas) else 1)
+    pulled: LocalReport | None = None
+    probed: tuple[float, str | None, str] = (0.0, None, "")
     while True:
         current = with_serve(lifecycle.store, lifecycle.status())
+        # What is pulled is judged from the local cache (no network); `--watch` looks again
+        # only when the profile or the state changes, or every PULLED_REFRESH_S.
+        now = time.monotonic()
+        if (pulled is None or probed[1:] != (current.profile, current.state)
+                or now - probed[0] >= PULLED_REFRESH_S):
+            pulled = lifecycle.pulled(otherwise=lambda: start_choice(lifecycle))
+            probed = (now, current.profile, current.state)
+        current = replace(current, artifacts=pulled)
         gpus, ours = gpu_state(lifecycle)
         if as_json:
             from llm_backend.gpu import status_json
@@ -59,8 +75,6 @@ def with_serve(store: StateStore, status: Status) -> Status:
     door = serve_control.running(store)
     if door is None:
         return status
-    from dataclasses import replace
-
     from llm_backend.serve.record import summary
 
     return replace(status, extra={**status.extra, "serve": summary(door)})

@@ -229,9 +229,12 @@ def check_model_cache(ctx: Context) -> CheckResult | None:
             continue
         size = artifact.missing_bytes
         to_download = f"about {size / 10**9:.0f} GB to download" if size else "size unknown"
-        cached = (artifact.bytes or 0) - (size or 0) if artifact.bytes is not None else 0
-        state = "partly cached" if cached > 0 else "not cached"
-        parts.append(f"{artifact.name} {state} ({to_download})")
+        if artifact.state == "partial":
+            whole = f" of {format_bytes(artifact.bytes)}" if artifact.bytes else ""
+            parts.append(f"{artifact.name} partly cached "
+                         f"({format_bytes(artifact.cached_bytes)}{whole} here, {to_download})")
+        else:
+            parts.append(f"{artifact.name} not cached ({to_download})")
         missing.append(artifact.name)
     summary = "; ".join(parts) + f" in {cache}"
     details: dict[str, Any] = {"artifacts": [artifact.to_json() for artifact in artifacts]}
@@ -467,25 +470,66 @@ class HubRepository(Source):
         cached = self._cached_files(commit)
         missing = [entry for entry in wanted if cached.get(entry.path) != entry.size]
         total = sum(entry.size for entry in wanted)
+        missing_bytes = sum(entry.size for entry in missing)
         return Artifact(self.kind, self.name, not missing and bool(wanted), total,
-                        str(self.storage_folder), sum(entry.size for entry in missing),
-                        detail=f"{len(wanted)} files at {commit[:12]}")
+                        str(self.storage_folder), missing_bytes,
+                        detail=f"{len(wanted)} files at {commit[:12]}",
+                        cached_bytes=total - missing_bytes)
+
+    def probe_local(self) -> Artifact:
+        """Judged from the cache alone, never asking the Hub (for `status`)."""
+        return self._probe_cache("judged from the local cache; the Hub was not asked")
+
+    def _newest_snapshot(self) -> str | None:
+        """The snapshot folder written last: what an interrupted pull (which writes
+        `refs/REVISION` only once every file is in) leaves behind."""
+        try:
+            folders = [(path.stat().st_mtime, path.name)
+                       for path in (self.storage_folder / "snapshots").iterdir()
+                       if path.is_dir()]
+        except OSError:
+            return None
+        return max(folders)[1] if folders else None
 
     def _probe_cache(self, why: str) -> Artifact:
+        """Present when the snapshot of the revision holds a weight file, every shard its
+        weight index names, and (when the model facts give a size) at least 95 % of it.
+
+        SGLang loads only the shards that `model.safetensors.index.json`'s `weight_map`
+        names (sglang 0.5.23 `python/sglang/srt/model_loader/weight_utils.py`
+        `filter_duplicate_safetensors_files`), so a shard that is not cached is a model that
+        cannot load. Without `refs/REVISION` (a pull that was interrupted: it writes the ref
+        last) the newest snapshot's files count as cached, never as present.
+        """
         commit = self._cached_commit()
+        unreferenced = commit is None
+        if unreferenced:
+            commit = self._newest_snapshot()
         files = self._cached_files(commit) if commit else {}
         size = sum(files.values())
         weights = any(fnmatch.fnmatch(path, pattern) for path in files if "/" not in path
                       for pattern in WEIGHT_PATTERNS)
+        absent_shards = _shards_not_cached(self.storage_folder / "snapshots" / commit, files) \
+            if commit else []
         expected = self.expected_bytes
-        present = weights and (expected is None or size >= 0.95 * expected)
+        present = (weights and not absent_shards and not unreferenced
+                   and (expected is None or size >= 0.95 * expected))
         if present:
             missing: int | None = 0
         else:
             missing = max(expected - size, 0) if expected is not None else None
-        total = max(size, expected or 0) or None
+        if expected is not None:
+            total: int | None = max(size, expected)
+        else:  # the cache tells a whole model's size, not a partial one's
+            total = size if present else None
+        notes = [why]
+        if absent_shards:
+            notes.append(f"{len(absent_shards)} weight shards named in its index are not "
+                         f"cached ({absent_shards[0]}{', ...' if len(absent_shards) > 1 else ''})")
+        if unreferenced and files:
+            notes.append(f"no refs/{self.revision}: a pull did not finish")
         return Artifact(self.kind, self.name, present, total, str(self.storage_folder), missing,
-                        detail=why)
+                        detail="; ".join(notes), cached_bytes=size)
 
     def _remove_stale_partials(self) -> None:
         blobs = self.storage_folder / "blobs"
@@ -562,6 +606,25 @@ class HubRepository(Source):
                 remedy=f"make {self.cache_dir} writable, then run `llm-backend pull` again; "
                 "the files are kept",
             ) from error
+
+
+# The weight indexes that name a sharded checkpoint's files (transformers' SAFE_WEIGHTS_INDEX_NAME
+# and WEIGHTS_INDEX_NAME, `utils/__init__.py`), whose `weight_map` maps tensor -> file.
+WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+def _shards_not_cached(snapshot: Path, files: dict[str, int]) -> list[str]:
+    """The files a cached weight index names that the snapshot does not hold, sorted."""
+    for index in WEIGHT_INDEXES:
+        if index not in files:
+            continue
+        try:
+            weight_map = json.loads((snapshot / index).read_text(encoding="utf-8"))["weight_map"]
+            named = {str(name) for name in weight_map.values()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return []  # an index we cannot read says nothing
+        return sorted(name for name in named if name not in files)
+    return []
 
 
 def _status(error: Exception) -> int | None:

@@ -67,8 +67,16 @@ class DockerImage(Source):
                          remedy=START_ENGINE_REMEDY)
 
     def probe(self) -> Artifact:
+        return self._probe(timeout_s=10.0)
+
+    def probe_local(self) -> Artifact:
+        """The local engine's image store only (no registry is asked), with a short timeout:
+        `status` must not wait on an engine that does not answer."""
+        return self._probe(timeout_s=2.0)
+
+    def _probe(self, *, timeout_s: float) -> Artifact:
         try:
-            with engine_client(timeout=10.0) as client:
+            with engine_client(timeout=timeout_s) as client:
                 response = client.get(f"/images/{quote(self.image, safe='')}/json")
         except httpx.HTTPError as error:
             return Artifact("image", self.image, False, None, "docker engine", None,
