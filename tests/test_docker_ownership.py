@@ -297,3 +297,32 @@ def test_a_helper_container_is_labelled_but_never_taken_for_a_server(
     assert (stopped.returncode, stopped.stdout.strip()) == (0, "nothing was running")
     still = inspect(names.container)
     assert still is not None and still["Id"] == created["Id"] and still["State"]["Running"]
+
+
+def test_a_record_naming_another_containers_log_follower_never_signals_it(
+    world: Env, names: DockerNames
+) -> None:
+    # A `docker logs --follow` of a container that is not the record's (another state dir's
+    # follower); the record (forged) names it as its own follower, its container long gone.
+    docker("run", "-d", "--name", names.container, "--network", "none", *SLEEPER)
+    other = inspect(names.container)
+    assert other is not None
+    follower = subprocess.Popen(["docker", "logs", "--follow", str(other["Id"])],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+    try:
+        record_path = write_ready_record(world, names, "0" * 64)
+        record = json.loads(record_path.read_text())
+        record["runtime_info"].update(
+            container=f"{names.container}-gone", log_follower_pid=follower.pid,
+            log_follower_create_time=psutil.Process(follower.pid).create_time())
+        record_path.write_text(json.dumps(record))
+
+        stopped = world.run("stop", timeout=120)
+        assert stopped.returncode == 0, stopped.stderr
+        assert "docker logs follower" not in stopped.stdout + stopped.stderr
+        assert follower.poll() is None  # never signalled
+        assert followers_of(str(other["Id"])) == [follower.pid]
+    finally:
+        follower.kill()
+        follower.wait(timeout=30)

@@ -828,7 +828,8 @@ class DockerRuntime(Runtime):
         follower = process_matches(
             info.get("log_follower_pid"), info.get("log_follower_create_time")
         )
-        if follower is not None:
+        if follower is not None and self._is_follower(
+                follower, str(info.get("container_id") or "")):
             leftovers.append(f"pid {follower.pid} (docker logs follower)")
         return StopResult(
             was_running=was_running,
@@ -857,12 +858,25 @@ class DockerRuntime(Runtime):
         return StopResult(was_running=was_running, killed=killed,
                           duration_s=time.monotonic() - started, leftovers=leftovers)
 
+    def _is_follower(self, process: psutil.Process, container_id: str) -> bool:
+        """`docker logs --follow CONTAINER_ID` of the recorded container (what
+        `_start_follower` runs); nothing without the recorded container's id."""
+        try:
+            command = process.cmdline()
+        except psutil.Error:
+            return False
+        return (bool(container_id) and command[1:] == ["logs", "--follow", container_id]
+                and os.path.basename(command[0]) == os.path.basename(self._docker))
+
     def _stop_follower(self, record: InstanceRecord) -> None:
         info = record.runtime_info
         pid = info.get("log_follower_pid")
         process = process_matches(pid, info.get("log_follower_create_time"))
-        if process is not None and not _is_follower(process):
-            process = None  # the record names some other process: not ours to signal
+        container_id = str(info.get("container_id") or "")
+        if process is not None and not self._is_follower(process, container_id):
+            # The record names some other process (another state dir's follower, say):
+            # not ours to signal.
+            process = None
         if process is not None:
             # It ends by itself once the container is gone; give it a moment to flush.
             _, alive = psutil.wait_procs([process], timeout=2)
@@ -877,15 +891,6 @@ class DockerRuntime(Runtime):
         if child is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 child.wait(timeout=1)
-
-
-def _is_follower(process: psutil.Process) -> bool:
-    """A `docker logs --follow CONTAINER` (what `_start_follower` runs)."""
-    try:
-        command = process.cmdline()
-    except psutil.Error:
-        return False
-    return command[1:3] == ["logs", "--follow"] and len(command) == 4
 
 
 def _int_or(value: Any, default: int = -1) -> int:
