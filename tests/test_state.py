@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import subprocess
 import sys
 import time
@@ -225,3 +226,36 @@ def test_file_lock_says_who_holds_it_and_is_freed_when_the_holder_dies(tmp_path:
     finally:
         holder.kill()
         holder.wait(timeout=10)
+
+
+@pytest.mark.parametrize("planted", ["fifo", "directory", "symlink"])
+def test_a_planted_holder_file_never_hangs_follows_or_litters(tmp_path: Path,
+                                                              planted: str) -> None:
+    """A FIFO, a directory or a symlink at `<lock>.holder`: readers answer at once (nobody),
+    the holder's write does not follow the link or leave its temporary file behind."""
+    path = tmp_path / "start.lock"
+    holder_path = tmp_path / "start.lock.holder"
+    target = tmp_path / "target"
+    target.write_text("untouched\n")
+    if planted == "fifo":
+        os.mkfifo(holder_path)
+    elif planted == "directory":
+        holder_path.mkdir()
+    else:
+        holder_path.symlink_to(target)
+    reader = subprocess.run(
+        [sys.executable, "-c",
+         "from pathlib import Path; from llm_backend.locks import FileLock; "
+         f"print(FileLock(Path({str(path)!r})).holder_info())"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert (reader.returncode, reader.stdout.strip()) == (0, "(None, '')"), reader.stderr
+    lock = FileLock(path)
+    assert lock.acquire(blocking=False, holder="start")
+    if planted == "directory":
+        assert lock.holder_info() == (None, "")  # it could not name itself: nobody, at once
+    else:
+        assert lock.holder_info() == (os.getpid(), "start")  # the link itself was replaced
+    lock.release()
+    assert target.read_text() == "untouched\n"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")) == []

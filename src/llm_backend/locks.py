@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -45,10 +46,15 @@ def _write_atomically(path: Path, line: str) -> None:
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                  0o600)
     try:
-        os.write(fd, line.encode())
-    finally:
-        os.close(fd)
-    os.replace(temp, path)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+        os.replace(temp, path)  # a directory in its place: refused, and the temp file goes
+    except OSError:
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        raise
 
 
 class FileLock:
@@ -145,8 +151,13 @@ class FileLock:
             if attempt:
                 time.sleep(0.02)
             try:
-                fd = os.open(self.holder_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                # O_NONBLOCK: a FIFO in its place must not hang the reader; only a regular
+                # file is read (a link is refused by O_NOFOLLOW).
+                fd = os.open(self.holder_path,
+                             os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
                 with os.fdopen(fd, "r", encoding="utf-8") as handle:
+                    if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                        return None, None, ""
                     text = handle.read(300)
             except (OSError, ValueError):
                 continue
