@@ -7,7 +7,7 @@ two arms through the lifecycle, plot.py draws. Nothing here prints; the CLI's re
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from llm_backend.bench.loadgen import LevelRun, run_level
@@ -33,6 +33,9 @@ class Target:
     profile: str | None = None
     engine: str | None = None
     speculative: bool | None = None
+    # Request headers (API key); None: the key `start` keeps for our own clients, if any.
+    headers: dict[str, str] | None = field(default=None, repr=False)
+    through_door: bool = False  # the endpoint is `serve`'s door, not the backend itself
 
 
 def parse_levels(text: str) -> tuple[int, ...]:
@@ -60,6 +63,7 @@ def warm_up(target: Target, *, extra_body: dict[str, Any] | None = None) -> None
     result = run_level(
         endpoint=target.endpoint,
         model=target.model,
+        headers=target.headers,
         requests=(request,),
         concurrency=1,
         extra_body=extra_body,
@@ -101,6 +105,7 @@ def run_sweep(
             run_level(
                 endpoint=target.endpoint,
                 model=target.model,
+                headers=target.headers,
                 requests=requests,
                 concurrency=level,
                 duration_s=duration_s,
@@ -152,12 +157,31 @@ def run_bench(
     )
 
 
-def running_target(lifecycle: Lifecycle) -> Target:
+def running_target(lifecycle: Lifecycle, *, direct: bool = False) -> Target:
     """The ready backend as a bench target: the endpoint clients use, its model name, and
     whether its profile has speculative decoding on (None when the profile no longer resolves).
 
-    Raises NotRunningError (`llm-backend start`) when no backend is ready.
+    When `serve` runs (and not `direct`), the target is its door, with the door's key: the
+    run then measures what clients of the door get (a request that arrives while the backend
+    loads is held).
+    Raises NotRunningError (`llm-backend start`) when no backend is ready and no door runs.
     """
+    from llm_backend.serve.control import door_client
+
+    door = None if direct else door_client(lifecycle.store)
+    if door is not None:
+        try:
+            profile = lifecycle.resolve(door.profile).profile
+        except BackendError:
+            profile = None
+        model = door.model or (profile.model_name if profile else None)
+        if model is not None:
+            return Target(
+                endpoint=door.endpoint, model=model, profile=door.profile,
+                engine=profile.engine if profile else None,
+                speculative=profile.speculative.enabled if profile else None,
+                headers=door.headers, through_door=True,
+            )
     record = lifecycle.running_record()
     overrides = record.runtime_info.get("overrides") or {}
     try:

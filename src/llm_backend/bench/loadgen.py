@@ -183,6 +183,7 @@ def run_level(
     extra_body: dict[str, Any] | None = None,
     timeout_s: float = 600.0,
     on_done: ProgressCallback = lambda count: None,
+    headers: dict[str, str] | None = None,
 ) -> LevelRun:
     """Run `requests` with `concurrency` in flight; with `duration_s`, cycle them until it passes.
 
@@ -209,7 +210,7 @@ def run_level(
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     with httpx.Client(timeout=timeout_s, limits=limits, trust_env=False,
-                      headers=client_headers()) as client:
+                      headers=client_headers() if headers is None else headers) as client:
 
         def worker() -> None:
             while (request := next_request()) is not None:

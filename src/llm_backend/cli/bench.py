@@ -60,6 +60,10 @@ def bench(
     max_tokens: Annotated[
         int | None, typer.Option(help="Cap every request's output tokens.", min=1)
     ] = None,
+    direct: Annotated[
+        bool, typer.Option("--direct", help="Measure the backend itself, not through the "
+                           "door of a running `serve`.")
+    ] = False,
 ) -> None:
     """Measure serving speed of the backend; with --ab spec, speculative decoding off vs on."""
     from llm_backend.bench import parse_levels, require_some_answered, run_bench, running_target
@@ -85,7 +89,7 @@ def bench(
     display = BenchProgress()
     series: list[tuple[str, BenchReport]]
     if ab is None:
-        target = running_target(lifecycle)
+        target = running_target(lifecycle, direct=direct)
         with display:
             report = run_bench(
                 target, chosen, levels=levels, requests_per_level=requests,
@@ -94,6 +98,8 @@ def bench(
             )
         require_some_answered(report, target)
         title = f"{chosen.name} on {target.profile}"
+        if target.through_door:
+            title += f" through the door of serve ({target.endpoint})"
         render_bench(report, title=title)
         document: dict[str, object] = report.to_json()
         series = [(target.profile or "", report)]

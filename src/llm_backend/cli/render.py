@@ -408,7 +408,8 @@ def render_status(status: Status, *, clear: bool = False) -> None:
 
 def _render_backend(status: Status) -> None:
     console.print(f"profile:  {status.profile} ({status.engine}, {status.runtime})")
-    console.print(f"endpoint: {status.endpoint}/v1")
+    via_door = " (the door of `serve`)" if "serve" in status.extra else ""
+    console.print(f"endpoint: {status.endpoint}/v1{via_door}")
     if status.pid:
         console.print(f"pid:      {status.pid}")
     if status.phase and status.state != "ready":
@@ -428,6 +429,9 @@ def _render_backend(status: Status) -> None:
             render_docker(value)
         elif key == "serve":
             continue
+        elif key == "backend_endpoint":
+            console.print(f"backend:  {value}/v1 (behind the door; chat and bench take "
+                          "--direct to use it)", markup=False)
         elif key == "router" and isinstance(value, dict):
             console.print(f"router:   joined {value.get('router_url')} as "
                           f"{value.get('worker_url')}", markup=False)

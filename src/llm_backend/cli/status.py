@@ -71,13 +71,19 @@ def status(
 
 
 def with_serve(store: StateStore, status: Status) -> Status:
-    """The status plus the door's view when `serve` runs (the door, counts, last restart)."""
+    """The status plus the door's view when `serve` runs (the door, counts, last restart).
+
+    Clients use the door, so `endpoint` is the door's address; the backend's own address
+    behind it is `backend_endpoint`.
+    """
     door = serve_control.running(store)
     if door is None:
         return status
     from llm_backend.serve.record import summary
 
-    return replace(status, extra={**status.extra, "serve": summary(door)})
+    extra = {**status.extra, "backend_endpoint": status.endpoint or door.backend,
+             "serve": summary(door)}
+    return replace(status, endpoint=door.door, extra=extra)
 
 
 def gpu_state(lifecycle: Lifecycle) -> tuple[GpuReport, list[int]]:

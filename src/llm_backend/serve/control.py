@@ -1,15 +1,18 @@
-"""What `stop`, `restart` and `status` do when a `serve` owns the backend: ask the door.
+"""What `stop`, `restart`, `status`, `chat` and `bench` do when a `serve` owns the backend.
 
 `stop` sends SIGTERM (the door drains, stops the backend, restores the host, exits);
-`restart` sends SIGHUP (the door holds or falls back while the backend reloads).
+`restart` sends SIGHUP (the door holds or falls back while the backend reloads);
+`chat` and `bench` talk to the door (its API keys, holding and metrics), not around it.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from llm_backend.errors import BackendError
 from llm_backend.processes import process_matches
@@ -17,6 +20,20 @@ from llm_backend.serve import record as serve_record
 from llm_backend.state import StateStore
 
 POLL_S = 0.1
+# A key the door accepts besides the configured ones, for llm-backend's own clients (`chat`,
+# `bench`): written by `serve` (0600, in a 0700 folder of the state dir), removed when it exits.
+CLIENT_KEY_DIR = "serve-secrets"
+CLIENT_KEY_FILE = "client-key"
+
+
+@dataclass(frozen=True)
+class DoorClient:
+    """How llm-backend's own clients reach a running door: its URL, model and headers."""
+
+    endpoint: str
+    model: str | None
+    profile: str
+    headers: dict[str, str] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True)
@@ -42,6 +59,52 @@ class ServeRestart:
 
 def running(store: StateStore) -> serve_record.ServeRecord | None:
     return serve_record.load(store)
+
+
+def client_key_path(store: StateStore) -> Path:
+    return store.root / CLIENT_KEY_DIR / CLIENT_KEY_FILE
+
+
+def make_client_key(store: StateStore) -> str:
+    """A fresh key for our own clients, written 0600; `serve` adds it to the door's keys."""
+    from llm_backend.credentials import write_secret_file
+
+    key = secrets.token_urlsafe(32)
+    write_secret_file(client_key_path(store), key + "\n")
+    return key
+
+
+def remove_client_key(store: StateStore) -> None:
+    path = client_key_path(store)
+    if path.is_file() and not path.is_symlink():
+        path.unlink()
+
+
+def door_client(store: StateStore) -> DoorClient | None:
+    """The running door as a client target; None when no `serve` runs.
+
+    Headers: the door's client key when the door checks keys (never printed), else the
+    backend's own key when it has one (the door passes it through unchanged).
+    """
+    door = running(store)
+    if door is None:
+        return None
+    from llm_backend.credentials import client_headers
+
+    headers: dict[str, str] = {}
+    if door.api_keys:
+        try:
+            descriptor = os.open(client_key_path(store), os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            descriptor = -1
+        if descriptor >= 0:
+            with os.fdopen(descriptor, encoding="utf-8") as handle:
+                key = handle.read().strip()
+            if key:
+                headers = {"Authorization": f"Bearer {key}"}
+    else:
+        headers = client_headers(store.root)
+    return DoorClient(door.door, door.model, door.profile, headers)
 
 
 def stop(store: StateStore, door: serve_record.ServeRecord, *, timeout_s: float) -> ServeStop:

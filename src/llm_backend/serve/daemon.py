@@ -27,6 +27,7 @@ from llm_backend.errors import BackendError, ConfigError
 from llm_backend.lifecycle import Lifecycle
 from llm_backend.net import connect_url
 from llm_backend.probes import check_port_free
+from llm_backend.serve import control as serve_control
 from llm_backend.serve import record as serve_record
 from llm_backend.serve.door import Door
 from llm_backend.serve.metrics import DoorMetrics
@@ -195,7 +196,10 @@ async def _main(
         started_at=time.time(),
         api_keys=bool(keys),
         fallback_url=settings.fallback_url,
+        model=profile.model_name,
     )
+    if keys:  # llm-backend's own clients (chat, bench) get a key of their own
+        keys = keys | {serve_control.make_client_key(lifecycle.store)}
     dirty = asyncio.Event()
     supervisor = Supervisor(
         lifecycle=lifecycle,
@@ -300,6 +304,7 @@ async def _main(
         await door.close()
         serve_record.save(lifecycle.store, snapshot(state="stopped", stopping=True))
         serve_record.clear(lifecycle.store)
+        serve_control.remove_client_key(lifecycle.store)
         on_line("serve: stopped")
     return code
 

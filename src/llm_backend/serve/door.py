@@ -199,9 +199,17 @@ class Door:
             for name, value in scope["headers"]
             if name.decode("latin-1") not in REQUEST_SKIP
         ]
-        if fallback and self.fallback_authorization:
-            headers = [item for item in headers if item[0] != "authorization"]
-            headers.append(("authorization", self.fallback_authorization))
+        # A key the door checked stays at the door: the backend gets its own key (when it has
+        # one), the fallback serve.fallback_api_key_env's. Without door keys the client's key
+        # is the backend's and passes through.
+        if fallback:
+            replacement = self.fallback_authorization
+        else:
+            replacement = self.supervisor.backend_authorization if self.api_keys else None
+        if replacement or self.api_keys:
+            headers = [item for item in headers if item[0] not in ("authorization", "x-api-key")]
+            if replacement:
+                headers.append(("authorization", replacement))
         handler = asyncio.current_task()
         assert handler is not None
         disconnected = False
@@ -217,6 +225,8 @@ class Door:
         watcher = asyncio.ensure_future(watch_disconnect())
         started = False
         status = 502
+        upstream: aiohttp.ClientResponse | None = None
+        tail = b""
         try:
             try:
                 upstream = await self.session.request(
@@ -234,7 +244,6 @@ class Door:
                 ]
                 if fallback:
                     response_headers.append((ROUTE_HEADER, b"fallback"))
-                tail = b""
                 first = True
                 try:
                     async for chunk in upstream.content.iter_any():
@@ -247,9 +256,9 @@ class Door:
                             first = False
                         if not fallback:
                             self.supervisor.backend_progress = time.monotonic()
+                        tail = (tail + chunk)[-TOKEN_TAIL_BYTES:]
                         await send({"type": "http.response.body", "body": chunk,
                                     "more_body": True})
-                        tail = (tail + chunk)[-TOKEN_TAIL_BYTES:]
                 except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as error:
                     if not started:
                         raise BackendUnreachable(str(error)) from None
@@ -267,6 +276,11 @@ class Door:
         except asyncio.CancelledError:
             if disconnected:
                 asyncio.current_task().uncancel()  # type: ignore[union-attr]
+                if started and _complete(upstream, tail):
+                    # The client had it all: a stream's last event, or the whole body (an
+                    # OpenAI client closes on `data: [DONE]`, before the final empty chunk).
+                    self.metrics.count_tokens(tail)
+                    return status
                 return 499  # nginx's "client closed request": the upstream call was dropped
             raise
         except (aiohttp.ClientError, OSError):
@@ -360,6 +374,16 @@ class Door:
         self.metrics.ttfb.labels(route=route).observe(time.perf_counter() - arrived)
         await send({"type": "http.response.body", "body": payload, "more_body": False})
         return status
+
+
+SSE_END = b"data: [DONE]"  # OpenAI-compatible servers' last server-sent event
+
+
+def _complete(upstream: aiohttp.ClientResponse | None, tail: bytes) -> bool:
+    """Whether everything of the response was forwarded before the client went away."""
+    if upstream is not None and upstream.content.is_eof():
+        return True
+    return tail.rstrip().endswith(SSE_END)
 
 
 async def _read_body(receive: Receive) -> bytes:

@@ -41,6 +41,7 @@ class ServeRecord:
     stopping: bool = False
     api_keys: bool = False  # whether keys are checked (never the keys)
     fallback_url: str | None = None
+    model: str | None = None  # the served model name clients ask for
     extra: dict[str, Any] = field(default_factory=dict)
 
     def evolve(self, **changes: Any) -> ServeRecord:
@@ -84,6 +85,7 @@ def summary(record: ServeRecord) -> dict[str, Any]:
         "pid": record.pid,
         "door": record.door,
         "backend": record.backend,
+        "model": record.model,
         "state": record.state,
         "phase": record.phase,
         "requests": record.requests,

@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 
 from llm_backend.config import Profile, ServeConfig
+from llm_backend.credentials import client_headers
 from llm_backend.engines import get_engine
 from llm_backend.engines.base import Failure
 from llm_backend.errors import BackendError
@@ -79,6 +80,8 @@ class Supervisor:
         self.last_activity = time.monotonic()
         # When the backend last sent response bytes (set by the door on every chunk).
         self.backend_progress = 0.0
+        # `Authorization` for the backend's own API key (None without one), read after a load.
+        self.backend_authorization: str | None = None
         self.loads = 0
         self.restarts = 0
         self.last_restart: dict[str, Any] | None = None
@@ -313,6 +316,8 @@ class Supervisor:
         if self._memory_before_load is not None and available is not None:
             self._memory_taken = max(0, self._memory_before_load - available)
         self.loads += 1
+        self.backend_authorization = client_headers(self.lifecycle.store.root).get(
+            "Authorization")
         self.metrics.loads.labels(outcome="ready").inc()
         self.metrics.load_duration.observe(duration)
         self.on_line(
