@@ -78,6 +78,40 @@ def test_free_port_on_ipv6_wildcard_is_free_and_a_taken_one_is_not() -> None:
         assert not can_bind("::", port)
 
 
+def test_an_address_this_machine_lacks_is_not_reported_as_a_taken_port(world: Env) -> None:
+    # 192.0.2.1 is TEST-NET-1 (RFC 5737), never an address of this machine; the port is free.
+    world.write_config("""
+[profiles.far]
+extends = "smollm2-cpu"
+host = "192.0.2.1"
+""")
+    report = json.loads(world.run("doctor", "--profile", "far", "--json").stdout)
+    port = {check["name"]: check for check in report["checks"]}["port"]
+    assert port["status"] == "fail", port
+    assert port["summary"] == (f"cannot listen on 192.0.2.1 port {world.port}: Cannot assign "
+                               "requested address (host = '192.0.2.1' is not an address of "
+                               "this machine)")
+    assert "in use" not in port["summary"] and "ip addr" in port["fix"]
+    refused = world.run("start", "--profile", "far", "--skip-checks", "port")
+    assert refused.returncode == 1, refused.stderr  # refused before launch, as a taken port is
+    assert "error: cannot listen on 192.0.2.1" in refused.stderr
+    assert not (world.state_dir / "logs" / "far.log").exists()  # nothing was launched
+
+
+def test_a_link_local_host_with_a_zone_is_refused_naming_it(world: Env) -> None:
+    world.write_config("""
+[profiles.zone]
+extends = "smollm2-cpu"
+host = "fe80::1%eth0"
+""")
+    refused = world.run("start", "--profile", "zone", "--dry-run")
+    assert refused.returncode == 2, refused.stderr
+    assert "error: profile 'zone': key 'host' = 'fe80::1%eth0'" in refused.stderr
+    assert "is a link-local IPv6 address with a zone" in refused.stderr
+    assert "fix: correct that key in ./llm-backend.toml" in refused.stderr
+    assert "in use" not in refused.stderr
+
+
 @pytest.fixture
 def ipv6_server() -> Iterator[int]:
     """A real HTTP server bound to the IPv6 wildcard, answering /health with 200."""

@@ -475,6 +475,20 @@ class Profile(StrictModel):
         # reported as a missing file; an empty host or binary is never meant.
         return _trimmed(value)
 
+    @field_validator("host")
+    @classmethod
+    def _no_zone(cls, value: str) -> str:
+        # A link-local IPv6 address with a zone (`fe80::1%eth0`) can be bound, but a URL
+        # carries the zone as `%25eth0` (RFC 6874), which the health poll (http.client) does
+        # not connect to: llama-server loaded on such a host and was never seen ready.
+        if "%" in value:
+            raise ValueError(
+                f"{value!r} is a link-local IPv6 address with a zone ('%'), which llm-backend "
+                "cannot reach to see the server ready; use a global address of this machine "
+                "(`ip -6 addr` shows them), '::' for every interface, or '127.0.0.1'"
+            )
+        return value
+
     @field_validator("router_url", "router_worker_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:

@@ -268,7 +268,10 @@ def check_port(ctx: Context) -> CheckResult:
     from llm_backend.state import ACTIVE_STATES, StateStore
 
     host, port = ctx.profile.host, ctx.profile.port
-    holder = port_holder(host, port)
+    try:
+        holder = port_holder(host, port)
+    except BackendError as error:  # not a taken port: an address this machine does not have
+        return _result("port", "fail", error.message, error.remedy)
     if holder is None:
         return _result("port", "pass", f"port {port} on {host} is free")
     record = StateStore().load_instance()

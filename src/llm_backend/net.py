@@ -1,8 +1,9 @@
 """Host values to URLs and sockets, for IPv4, IPv6 and names alike.
 
 Every place that builds a URL from a profile's `host`, probes a port, or publishes one
-goes through these helpers, so an IPv6 literal (`::`, `fe80::1%eth0`) is bracketed in
-URLs (RFC 3986 section 3.2.2; the zone's `%` is written `%25`, RFC 6874), a port is
+goes through these helpers, so an IPv6 literal (`::`, `fd00::2`) is bracketed in
+URLs (RFC 3986 section 3.2.2; a zone's `%` would be written `%25`, RFC 6874, but a profile's
+`host` refuses zones: config.py), a port is
 probed with the address family of the host, and a wildcard bind is reached through the
 loopback address of its own family.
 """
@@ -82,11 +83,13 @@ def bind_family(host: str) -> socket.AddressFamily:
     return infos[0][0] if infos else socket.AF_INET
 
 
-def can_bind(host: str, port: int) -> bool:
-    """Whether a TCP listener could bind `host:port` now (the family follows the host).
+def bind_error(host: str, port: int) -> OSError | None:
+    """Why a TCP listener could not bind `host:port` now (None: it could); the family follows
+    the host.
 
     `::` binds dual-stack where the kernel allows it (Linux `bindv6only=0`), as the servers
-    do, so a port taken on IPv4 only also counts as taken.
+    do, so a port taken on IPv4 only also counts as taken. The error's errno tells a taken
+    port (EADDRINUSE) from an address this machine does not have (EADDRNOTAVAIL).
     """
     bare = _unbracket(host) or "0.0.0.0"
     family = bind_family(bare)
@@ -99,9 +102,14 @@ def can_bind(host: str, port: int) -> bool:
                 probe.bind((address, port, 0, scope))
             else:
                 probe.bind((bare, port))
-        except OSError:
-            return False
-    return True
+        except OSError as error:
+            return error
+    return None
+
+
+def can_bind(host: str, port: int) -> bool:
+    """Whether a TCP listener could bind `host:port` now (see `bind_error`)."""
+    return bind_error(host, port) is None
 
 
 def publish_spec(publish_host: str | None, host_port: int, container_port: int) -> str:

@@ -4,6 +4,7 @@ holds a port. Standard library HTTP only, so that `status` stays fast."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import http.client
 import json
 import time
@@ -14,7 +15,7 @@ import psutil
 from llm_backend.engines.base import Engine, http_get
 from llm_backend.errors import BackendError, FailureClass
 from llm_backend.logtail import log_tail
-from llm_backend.net import can_bind
+from llm_backend.net import bind_error
 
 
 def health(endpoint: str, engine: Engine) -> tuple[int | None, float | None]:
@@ -48,9 +49,28 @@ def spec_figures(endpoint: str, log_path: str, engine: Engine,
 
 
 def port_holder(host: str, port: int) -> str | None:
-    """Who listens on host:port (pid and name when the OS tells us), or None if it is free."""
-    if can_bind(host, port):
+    """Who listens on host:port (pid and name when the OS tells us), or None if it is free.
+
+    Raises BackendError (error + fix) when the port cannot be bound for another reason than
+    a listener: `host` is no address of this machine (EADDRNOTAVAIL), a name that does not
+    resolve, or a port below 1024 for a user without the right (EACCES).
+    """
+    error = bind_error(host, port)
+    if error is None:
         return None
+    if error.errno == errno.EACCES:
+        raise BackendError(
+            f"cannot listen on port {port} of {host}: {error.strerror} (ports below 1024 "
+            "need root)",
+            remedy="use a port above 1023: llm-backend start --port 30000",
+        )
+    if error.errno != errno.EADDRINUSE:
+        raise BackendError(
+            f"cannot listen on {host} port {port}: {error.strerror or error} "
+            f"(host = {host!r} is not an address of this machine)",
+            remedy="set host to 127.0.0.1 (this machine only), 0.0.0.0 or :: (every "
+            "interface), or an address `ip addr` lists",
+        )
     with contextlib.suppress(psutil.AccessDenied, OSError):
         for connection in psutil.net_connections(kind="inet"):
             if (
