@@ -99,7 +99,7 @@ def test_json_shape_is_stable(world: Env) -> None:
     _, report = doctor_json(world, "--profile", "smollm2-cpu")
     assert set(report) == {
         "schema", "profile", "engine", "runtime", "ok", "counts", "checks", "duration_s",
-        "auto", "gpus", "hardware",
+        "auto", "gpus", "hardware", "artifacts",
     }
     assert report["schema"] == 1
     assert set(report["counts"]) == {"pass", "warn", "fail", "skipped"}

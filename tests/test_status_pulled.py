@@ -125,9 +125,13 @@ def test_status_reports_missing_partial_and_present_without_asking_the_hub(
     assert items["model"]["state"] == "partial"
     assert SHARD_2 in items["model"]["detail"]
     assert data["artifacts"]["missing"] == [MODEL]
-    # pull (which asks the Hub) agrees, and brings it back.
+    # pull and doctor (which ask the Hub) agree, and pull brings it back.
     dry = json.loads(world.run("pull", "--dry-run", "--json", check=True).stdout)
     assert [item["state"] for item in dry["artifacts"]] == ["partial", "present", "present"]
+    doctor = json.loads(world.run("doctor", "--json").stdout)["artifacts"]
+    assert doctor["items"] == dry["artifacts"] and doctor["judged_from"] == "sources"
+    assert doctor["missing"] == [MODEL] and doctor["fix"] == "llm-backend pull --profile hubtest"
+    assert f"model       partial  {MODEL}" in world.run("doctor").stdout
     world.run("pull", check=True)
     assert status(world, hub)[0]["artifacts"]["missing"] == []
 

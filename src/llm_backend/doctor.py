@@ -36,7 +36,7 @@ from llm_backend.host.meminfo import read_meminfo
 from llm_backend.units import format_bytes as gib
 
 if TYPE_CHECKING:
-    from llm_backend.pull import Source
+    from llm_backend.pull import LocalReport, Source
 
 SCHEMA_VERSION = 1
 
@@ -57,6 +57,8 @@ class DoctorReport:
     auto: ProfileChoice | None = None
     # What `start` reports when a check fails (e.g. port -> port_in_use); not in the JSON.
     failure_classes: dict[str, str] = field(default_factory=dict)
+    # Each artifact the profile needs, present, partial or missing (the checks' own plan).
+    artifacts: LocalReport | None = None
 
     @property
     def ok(self) -> bool:
@@ -89,6 +91,7 @@ class DoctorReport:
             "auto": self.auto.to_json() if self.auto else None,
             "gpus": self.gpus.to_json() if self.gpus else None,
             "hardware": self.hardware.to_json() if self.hardware else None,
+            "artifacts": self.artifacts.to_json() if self.artifacts else None,
         }
 
 
@@ -462,11 +465,13 @@ def run_checks(
     auto: ProfileChoice | None = None,
     probe_binaries: bool = True,
     sources: Sequence[Source] | None = None,
+    with_artifacts: bool = False,
 ) -> DoctorReport:
     """Run every check that applies to `profile`; a skipped check's failure becomes `skipped`.
 
     `sources`: what a pull would fetch, when the caller has them already (`start` plans its
-    pull with them); else the checks make them (`Context.sources`).
+    pull with them); else the checks make them (`Context.sources`). `with_artifacts`: add
+    what is pulled and what is missing (`Context.plan`, the answer the checks gave).
     """
     started = time.perf_counter()
     skipped = validate_skip(skip)
@@ -494,6 +499,18 @@ def run_checks(
     hardware = None
     if with_hardware:
         hardware = describe_host(gpu_report=ctx.gpus, docker=ctx.fact(docker_facts))
+    artifacts = None
+    if with_artifacts:
+        from llm_backend.pull import PULL_REMEDY, LocalReport
+
+        found = tuple(artifact for _, artifact in ctx.plan())
+        fix = None
+        if any(not artifact.present for artifact in found):
+            fix = f"{PULL_REMEDY} --profile {profile.name}"
+            if auto is not None and auto.runtime:
+                fix += f" --runtime {auto.runtime}"
+        artifacts = LocalReport(profile.name, profile.runtime, found, fix=fix,
+                                judged_from="sources")
     return DoctorReport(
         profile=profile.name,
         engine=profile.engine,
@@ -504,6 +521,7 @@ def run_checks(
         gpus=ctx.gpus if with_hardware else None,
         auto=auto,
         failure_classes=failure_classes,
+        artifacts=artifacts,
     )
 
 

@@ -156,10 +156,12 @@ class PullPlan:
 
 @dataclass(frozen=True)
 class LocalReport:
-    """What `status` says a profile has on this machine: its plan judged from the local cache
-    alone (`plan(local_only=True)`: no network). `error` (with `remedy`) when the profile's
-    artifacts could not be listed (a profile that no longer resolves, a folder not mounted);
-    `fix` is the pull command that brings in what is missing (None when nothing is).
+    """What a profile has on this machine, artifact by artifact, as `status` and `doctor`
+    show it. `judged_from`: "local cache" (`status`: `plan(local_only=True)`, no network) or
+    "sources" (`doctor`: the pull plan, which asks the Hub for its listing). `error` (with
+    `remedy`) when the profile's artifacts could not be listed (a profile that no longer
+    resolves, a folder not mounted); `fix` is the pull command that brings in what is
+    missing (None when nothing is).
     """
 
     profile: str | None

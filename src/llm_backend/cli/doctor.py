@@ -31,7 +31,7 @@ def doctor(
         name = choice.profile
     overrides = {"runtime": choice.runtime} if choice and choice.runtime else None
     resolved = config.resolve(name, overrides).profile
-    report = run_checks(resolved, with_hardware=True, auto=choice)
+    report = run_checks(resolved, with_hardware=True, auto=choice, with_artifacts=True)
     if as_json:
         render.print_json(report.to_json())
     else:

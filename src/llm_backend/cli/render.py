@@ -447,8 +447,8 @@ def _render_backend(status: Status) -> None:
 
 
 def render_local_report(report: LocalReport) -> None:
-    """`status`'s `pulled:` lines: each artifact present, partial or missing, with sizes, and
-    the pull command that brings in what is missing. Judged from the local cache only."""
+    """The `pulled:` lines of `status` and `doctor`: each artifact present, partial or
+    missing, with sizes, and the pull command that brings in what is missing."""
     from llm_backend.units import format_bytes
 
     about = f"{report.profile} ({report.runtime})" if report.runtime else str(report.profile)
@@ -463,8 +463,9 @@ def render_local_report(report: LocalReport) -> None:
         return
     verdict = (f"{len(report.missing)} of {len(report.artifacts)} missing" if report.missing
                else "everything present")
-    console.print(f"pulled:   {about}: {verdict} (judged from the {report.judged_from})",
-                  markup=False,
+    basis = ("judged from the local cache" if report.judged_from == "local cache"
+             else "as `llm-backend pull --dry-run` sees it")
+    console.print(f"pulled:   {about}: {verdict} ({basis})", markup=False,
                   soft_wrap=True)
     colours = {"present": "green", "partial": "yellow", "missing": "red"}
     for artifact in report.artifacts:

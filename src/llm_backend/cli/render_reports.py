@@ -12,7 +12,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from llm_backend.cli.render import console, err_console, render_auto_reasons, render_spec
+from llm_backend.cli.render import (
+    console,
+    err_console,
+    render_auto_reasons,
+    render_local_report,
+    render_spec,
+)
 
 if TYPE_CHECKING:
     from llm_backend.diagnose import Diagnosis
@@ -145,6 +151,8 @@ def render_doctor(report: DoctorReport, choice: ProfileChoice | None) -> None:
     if choice is not None:
         render_auto_reasons(choice, to_stderr=False)
     render_checks(report.checks)
+    if report.artifacts is not None:
+        render_local_report(report.artifacts)
     counts = report.counts()
     verdict = "[green]ok[/green]" if report.ok else "[red]not ready[/red]"
     console.print(

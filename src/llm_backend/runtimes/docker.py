@@ -493,7 +493,7 @@ class DockerRuntime(Runtime):
             )
             raise BackendError(
                 f"Docker image {image!r} is not present on this machine{build}",
-                remedy=f"docker pull {image}" if not build else
+                remedy=f"llm-backend pull --profile {profile.name}" if not build else
                 "scripts/build-llamacpp-image.sh  (in the llm-backend source tree)",
             )
         existing = self.inspect(profile.docker.container_name)

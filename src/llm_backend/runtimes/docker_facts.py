@@ -237,9 +237,14 @@ def check_image(ctx: Context) -> CheckResult | None:
         size_text = f", {format_bytes(int(size))}" if size.isdigit() else ""
         return result("image", "pass", f"{image} is present ({image_id[:19]}{size_text})",
                       image=image, id=image_id)
+    if image.startswith("llm-backend/"):  # built here, in no registry
+        return result("image", "warn", f"{image} is not present locally (it is built here)",
+                      "scripts/build-llamacpp-image.sh  (in the llm-backend source tree)",
+                      image=image)
     return result("image", "warn",
-                  f"{image} is not present locally; start would have to pull it "
-                  "(GPU engine images are often 10-20 GB)", f"docker pull {image}", image=image)
+                  f"{image} is not present locally; `start` pulls it first "
+                  "(GPU engine images are often 10-20 GB)",
+                  f"llm-backend pull --profile {ctx.profile.name}", image=image)
 
 
 DOCKER_CHECKS: tuple[Check, ...] = (
