@@ -16,7 +16,8 @@ from llm_backend.config import load_config
 from llm_backend.errors import ConfigError
 from llm_backend.runtimes.compose import build_compose, go_duration, image_for, project_name
 from tests.conftest import Env
-from tests.docker_env import require_compose_v1, require_docker
+from tests.docker_env import inspect as docker_inspect
+from tests.docker_env import require_compose_v1, require_docker, unique_names
 
 GPU_PROFILE = """
 [profiles.big]
@@ -211,3 +212,43 @@ def test_bad_volume_and_missing_image_are_refused(world: Env) -> None:
         image_for(profile, "x86_64")
     assert "has no docker image" in raised.value.message
     assert "[profiles.smollm2-cpu.docker]" in raised.value.remedy
+
+
+def test_dollar_signs_reach_the_container_as_written(tmp_path: Path) -> None:
+    """Compose reads `$NAME` as a variable: a state dir, an argument, a variable's value and
+    a path with `$` in them reach the container the engine creates as written (a state-dir
+    label emptied by interpolation made our own container 'not ours')."""
+    require_docker()
+    names = unique_names()
+    state_dir = tmp_path / "a$HOME" / "state"
+    state_dir.mkdir(parents=True)
+    volume_dir = tmp_path / "m$x"
+    volume_dir.mkdir()
+    profile = load_config().resolve(
+        "smollm2-cpu",
+        {"env": {"PROMPT_PREFIX": "cost: $5 ${HOME}"},
+         "docker.container_name": names.container, "docker.network": names.network,
+         "docker.volumes": [f"{volume_dir}:/models-extra:ro"]},
+    ).profile
+    document = build_compose(profile=profile, argv=["llama-server", "--alias", "a$USER"],
+                             state_dir=state_dir)
+    path = document.write(tmp_path / "docker-compose.yml")
+    compose = ["docker", "compose", "-p", document.project, "-f", str(path)]
+    try:
+        created = subprocess.run(
+            [*compose, "create"], capture_output=True, text=True, timeout=120,
+            env={**os.environ, "LLM_BACKEND_INSTANCE": "42.000000"},
+        )
+        assert created.returncode == 0, created.stderr
+        container = docker_inspect(names.container)
+        assert container is not None
+        labels = container["Config"]["Labels"]
+        assert labels["llm-backend.state-dir"] == str(state_dir.resolve())
+        assert labels["llm-backend.instance"] == "42.000000"  # still interpolated
+        assert container["Config"]["Cmd"][-2:] == ["--alias", "a$USER"]
+        assert "PROMPT_PREFIX=cost: $5 ${HOME}" in container["Config"]["Env"]
+        assert f"{volume_dir}:/models-extra:ro" in container["HostConfig"]["Binds"]
+    finally:
+        subprocess.run([*compose, "down", "--remove-orphans"], capture_output=True,
+                       timeout=120, check=False)
+        names.cleanup()

@@ -157,6 +157,19 @@ def _volume(spec: str, profile: Profile, named: set[str], cwd: Path) -> str:
     return ":".join([source, *parts[1:]])
 
 
+def _literal(value: Any) -> Any:
+    """`value` with each `$` in its strings written `$$`, which Compose reads as one `$`
+    (Compose spec, "Interpolation"): a state dir, argument, variable or path with a `$` in it
+    reaches the container as written, not emptied as an unset variable."""
+    if isinstance(value, str):
+        return value.replace("$", "$$")
+    if isinstance(value, list):
+        return [_literal(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _literal(item) for key, item in value.items()}
+    return value
+
+
 def build_compose(
     *,
     profile: Profile,
@@ -229,6 +242,8 @@ def build_compose(
     labels = {LABEL_PROFILE: profile.name, LABEL_VERSION: __version__, LABEL_ROLE: ROLE_SERVER}
     if state_dir is not None:
         labels[LABEL_STATE_DIR] = marker_value(state_dir)
+    # Compose reads `$NAME` in any value as a variable: every value we write means itself.
+    service, labels = _literal(service), _literal(labels)
     spec_hash = hashlib.sha256(
         json.dumps({"service": service, "labels": labels}, sort_keys=True).encode()
     ).hexdigest()[:16]
