@@ -13,6 +13,7 @@ import subprocess
 
 import pytest
 
+from llm_backend.config import Profile
 from tests.conftest import Env
 
 SECRET = "hf_test_SECRET_value_42"
@@ -114,6 +115,30 @@ def test_secret_names_are_whole_words_not_substrings() -> None:
         assert is_secret_name(name), name
     for name in ("TIKTOKEN_ENCODINGS_BASE", "TOKENIZERS_PARALLELISM", "SGLANG_HOST_IP"):
         assert not is_secret_name(name), name
+
+
+def test_secrets_by_name_or_by_value_shape_are_masked_and_plain_values_are_not() -> None:
+    """A cookie, a session, a URL with a password, or an `hf_`/`sk-` shaped value under any
+    name is a secret (review F14); a proxy URL without a password is not."""
+    from llm_backend.credentials import is_secret_env, masked_env
+    from llm_backend.runtimes.compose import secret_environment
+
+    secret = {"MY_COOKIE": "c1", "WEB_SESSION": "s1", "SSH_PRIVATE": "p1", "DB_PASS": "p2",
+              "GITHUB_PAT": "p3", "OPENAI_APIKEY": "p4",
+              "PROXY_URL": "http://user:pw123@proxy:3128",
+              "SOME_VALUE": "hf_abcdefghijklmnopqrstuvwx"}
+    plain = {"HTTPS_PROXY": "http://proxy:3128", "TIKTOKEN_ENCODINGS_BASE": "/enc",
+             "NCCL_DEBUG": "INFO", "HF_HUB_ENABLE_HF_TRANSFER": "1"}
+    for name, value in secret.items():
+        assert is_secret_env(name, value), name
+    for name, value in plain.items():
+        assert not is_secret_env(name, value), name
+    shown = masked_env({**secret, **plain})
+    assert all(shown[name] == "********" for name in secret)
+    assert shown["HTTPS_PROXY"] == "http://proxy:3128"
+    profile = Profile(name="p", engine="llamacpp", runtime="docker", model="m.gguf",
+                      env={**secret, **plain})
+    assert secret_environment(profile) == secret  # through the environment, not the YAML
 
 
 def test_secret_flags_are_whole_words_not_substrings() -> None:

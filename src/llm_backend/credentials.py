@@ -30,7 +30,8 @@ MASK = "********"
 # Whole words of the name only: TIKTOKEN_ENCODINGS_BASE (a folder) and TOKENIZERS_PARALLELISM
 # are not secrets; HF_TOKEN, OPENAI_API_KEY and AWS_SECRET_ACCESS_KEY are.
 SECRET_NAME = re.compile(
-    r"(?:^|_)(?:TOKEN|KEY|APIKEY|SECRET|PASSWORD|PASSWD|PASS|PAT|CREDENTIALS?|AUTH)(?:_|$)",
+    r"(?:^|_)(?:TOKEN|KEY|APIKEY|ACCESSKEY|SECRET|PASSWORD|PASSWD|PASS|PAT|CREDENTIALS?|CREDS|"
+    r"AUTH|COOKIE|SESSION|PRIVATE)(?:_|$)",
     re.IGNORECASE,
 )
 # The secret-bearing flags SGLang, llama.cpp and vLLM know; argparse (SGLang, vLLM) also takes
@@ -55,9 +56,20 @@ def is_secret_name(name: str) -> bool:
     return bool(SECRET_NAME.search(name))
 
 
+def is_secret_env(name: str, value: object) -> bool:
+    """True for an environment variable that holds a secret, by its name (`is_secret_name`) or
+    by its value: a token shape (`hf_...`, `sk-...`, `ghp_...`) or a URL with a password
+    (`https://user:pass@host`), whatever the variable is called. When unsure it is a secret:
+    the cost of hiding a plain value is nil."""
+    if is_secret_name(name):
+        return True
+    text = str(value) if value is not None else ""
+    return bool(SECRET_VALUE.search(text) or URL_PASSWORD.search(text))
+
+
 def masked_env(env: dict[str, str]) -> dict[str, str]:
     """The environment as it may be shown: secret values replaced by a mask."""
-    return {name: MASK if is_secret_name(name) and value else value
+    return {name: MASK if is_secret_env(name, value) and value else value
             for name, value in env.items()}
 
 
@@ -67,7 +79,7 @@ def mask_flat(values: dict[str, Any]) -> dict[str, Any]:
     masked: dict[str, Any] = {}
     for key, value in values.items():
         parts = key.split(".")
-        secret = len(parts) >= 2 and parts[-2] == "env" and is_secret_name(parts[-1])
+        secret = len(parts) >= 2 and parts[-2] == "env" and is_secret_env(parts[-1], value)
         pasted_key = key == "api_key_file" and isinstance(value, str) and not looks_like_path(
             value)
         masked[key] = MASK if (secret or pasted_key) and value else value
@@ -135,6 +147,10 @@ SECRET_VALUE = re.compile(
     r"(?<![A-Za-z0-9])(?:hf_[A-Za-z0-9]{16,}|sk-[A-Za-z0-9_-]{16,}|gh[pousr]_[A-Za-z0-9]{20,}|"
     r"github_pat_[A-Za-z0-9_]{20,}|xox[abprs]-[A-Za-z0-9-]{10,}|AKIA[A-Z0-9]{16})"
 )
+
+
+# A URL that carries a password (`scheme://user:pass@host`): a proxy or a database address.
+URL_PASSWORD = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/@\s:]*:[^/@\s]+@")
 
 
 def _json_secret_names(value: Any) -> list[str]:

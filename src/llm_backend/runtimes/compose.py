@@ -20,7 +20,7 @@ import yaml
 
 from llm_backend import __version__
 from llm_backend.config import Profile
-from llm_backend.credentials import is_secret_name
+from llm_backend.credentials import is_secret_env
 from llm_backend.errors import ConfigError
 from llm_backend.net import publish_spec
 from llm_backend.processes import marker_value
@@ -85,7 +85,8 @@ CONTAINER_SECRET_DIR = "/run/llm-backend-secrets"  # where the server sees our 0
 
 def secret_environment(profile: Profile) -> dict[str, str]:
     """The profile's secret variables, for the environment of `docker compose up`."""
-    return {key: str(value) for key, value in profile.env.items() if is_secret_name(key)}
+    return {key: str(value) for key, value in profile.env.items()
+            if is_secret_env(key, value)}
 
 
 def run_labels(role: str, state_dir: Path | None = None) -> list[str]:
@@ -202,7 +203,8 @@ def build_compose(
         # environment `docker compose` runs in (Compose spec, `environment`), which the Docker
         # runtime fills from the profile (secret_environment).
         service["environment"] = {
-            key: None if is_secret_name(key) else str(value) for key, value in profile.env.items()
+            key: None if is_secret_env(key, value) else str(value)
+            for key, value in profile.env.items()
         }
     if secret_dir is not None:
         volumes.append(f"{secret_dir}:{CONTAINER_SECRET_DIR}:ro")
