@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import Env, wait_for
 from tests.hub_standin import HubStandin, Repo
 from tests.pull_data import DRAFT, ENCODING_NAME, MODEL, model_files, snapshot, use_hub
@@ -165,3 +167,38 @@ def test_a_profile_that_does_not_resolve_is_named_not_a_crash(world: Env) -> Non
     assert "nosuch" in report["error"] and report["remedy"]
     text = world.run("status").stdout
     assert "pulled:   nosuch: cannot tell:" in text and "fix:" in text
+
+
+def test_status_watch_looks_at_the_caches_again_only_every_30_s(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`status --watch` refreshes every second; the artifacts are judged again only when the
+    state or profile changes, or PULLED_REFRESH_S later (the clock here is the test's)."""
+    import llm_backend.cli.status as status_command
+    from llm_backend.lifecycle import Lifecycle
+
+    monkeypatch.setenv("LLM_BACKEND_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("LLM_BACKEND_PROFILE", "smollm2-cpu")
+    monkeypatch.chdir(tmp_path)
+    clock = [1000.0]
+    refreshes: list[float] = []
+    probes: list[float] = []
+    judge = Lifecycle.pulled
+
+    def counted(self: Lifecycle, **kwargs: Any) -> Any:
+        probes.append(clock[0])
+        return judge(self, **kwargs)
+
+    def sleep(seconds: float) -> None:
+        refreshes.append(clock[0])
+        if len(refreshes) == 40:
+            raise KeyboardInterrupt  # the user's Ctrl-C ends --watch
+        clock[0] += seconds
+
+    monkeypatch.setattr(Lifecycle, "pulled", counted)
+    monkeypatch.setattr(status_command.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(status_command.time, "sleep", sleep)
+    with pytest.raises(KeyboardInterrupt):
+        status_command.status(as_json=True, watch=True)
+    assert len(refreshes) == 40
+    assert probes == [1000.0, 1030.0], probes  # 40 refreshes, 2 looks at the caches

@@ -228,7 +228,12 @@ def check_model_cache(ctx: Context) -> CheckResult | None:
             parts.append(f"{artifact.name} cached ({format_bytes(artifact.bytes)})")
             continue
         size = artifact.missing_bytes
-        to_download = f"about {size / 10**9:.0f} GB to download" if size else "size unknown"
+        if not size:
+            to_download = "size unknown"
+        elif size >= 10**9:
+            to_download = f"about {size / 10**9:.0f} GB to download"
+        else:
+            to_download = f"{format_bytes(size)} to download"
         if artifact.state == "partial":
             whole = f" of {format_bytes(artifact.bytes)}" if artifact.bytes else ""
             parts.append(f"{artifact.name} partly cached "
