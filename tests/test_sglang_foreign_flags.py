@@ -406,10 +406,46 @@ def test_fixes_for_missing_or_wrong_values_are_literal_too() -> None:
     """Every entry given no value, a value that is no number, a flag where its value should
     be, or `--flag=x`: the fix is still a literal edit, and following it leaves flags the
     table accepts (where no literal value exists it removes the flag and says what to add)."""
+    followed: list[list[str]] = []
     for flag in FOREIGN.flags:
+        # Values SGLang's typed flags refuse (int, float, human_readable_int, json.loads),
+        # also in the `--flag=value` form, and numbers that cannot be scaled or rounded.
         for extra in ([flag], [flag, "junk value"], [flag, "--enable-metrics"], [flag + "=x"],
-                      [flag, ""]):
+                      [flag, ""], [flag, "a=b"], [flag + "=true"], [flag, "1e3"],
+                      [flag, "4,096"], [flag, "inf"], [flag, "nan"], [flag, "1e999"]):
             argv = ["--model-path", "m", *extra]
             fix = fix_text(check_with_table(argv, TABLE).problems, "p")
             assert fix, extra
-            assert check_with_table(follow(argv, fix), TABLE).ok, (extra, fix)
+            after = follow(argv, fix)
+            assert check_with_table(after, TABLE).ok, (extra, fix)
+            followed.append(after)
+    refused = [(r["argv"], r["stderr"]) for r in parse_all(followed) if r["code"] != 0]
+    assert not refused, refused[:5]
+
+
+@pytest.mark.parametrize(
+    ("extra", "fix"),
+    [
+        (["--max-model-len=true"], "remove `--max-model-len=true`, then add --context-length "
+         "with an integer"),
+        (["-b", "4,096"], "remove `-b 4,096`, then add --max-prefill-tokens with an integer"),
+        (["--max-model-len", "32k"], "replace `--max-model-len 32k` with `--context-length 32k`"),
+        (["--override-generation-config", "temperature=0.7"],
+         "remove `--override-generation-config temperature=0.7`, then add "
+         "--preferred-sampling-params with JSON"),
+        (["--gpu-memory-utilization", "inf"], "remove `--gpu-memory-utilization inf`, then add "
+         "--mem-fraction-static with a number"),
+        # torchrun's address with its port already in it: one port, not HOST:PORT:29500.
+        (["--master-addr", "10.0.0.1:5000"],
+         "replace `--master-addr 10.0.0.1:5000` with `--dist-init-addr 10.0.0.1:5000`"),
+        (["--master-addr", "10.0.0.1:5000", "--master-port", "6000"],
+         "replace `--master-addr 10.0.0.1:5000` and `--master-port 6000` with "
+         "`--dist-init-addr 10.0.0.1:6000`"),
+    ],
+)
+def test_values_sglangs_typed_flags_refuse_are_never_carried(extra: list[str], fix: str) -> None:
+    """SGLang 0.5.23 types --context-length and --max-prefill-tokens with human_readable_int
+    (srt/utils/common.py: 32k is fine, 4,096 is not) and the JSON flags with json.loads; a
+    value they refuse is not carried into the fix, and `inf` is no number to scale."""
+    check = check_with_table(["--model-path", "m", *extra], TABLE)
+    assert fix_text(check.problems, "p") == fix

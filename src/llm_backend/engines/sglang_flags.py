@@ -14,14 +14,17 @@ what the table alone refuses is a warning, not a failure.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import json
+import math
 import os
 import re
 import shlex
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -178,7 +181,10 @@ for action in parser._actions:
         "choices": (sorted(str(c) for c in action.choices)
                     if isinstance(action.choices, (set, frozenset))
                     else [str(c) for c in action.choices]) if action.choices else None,
-        "type": type_name if type_name in ("int", "float") else None,
+        # int, float, SGLang's human_readable_int (1k, 2Mi) and json.loads: values we check.
+        "type": ("json" if action.type is json.loads
+                 else type_name if type_name in ("int", "float", "human_readable_int")
+                 else None),
         "required": bool(action.required),
     })
 print("SGLANG-FLAGS-JSON " + json.dumps({"version": version, "options": options}))
@@ -389,10 +395,12 @@ def _foreign_for(name: str, table: FlagTable) -> tuple[ForeignFlag | None, str]:
 
 
 def _number(text: str) -> float | None:
+    """A finite number, or None (`inf`, `nan` and `1e999` are no value to scale or round)."""
     try:
-        return float(text)
+        number = float(text)
     except ValueError:
         return None
+    return number if math.isfinite(number) else None
 
 
 def _format_number(value: float, integer: bool) -> str:
@@ -521,13 +529,37 @@ def _checked_choices(tokens: Tokens, table: FlagTable) -> tuple[Tokens | None, s
             if right is None:
                 return (), f"{token!r} is not one of SGLang's choices for {option.flags[0]}", ""
             token = right
-        if option is not None and option.type in ("int", "float") and (
-            _number(token) is None or (option.type == "int" and not re.fullmatch(r"-?\d+", token))
-        ):
-            kind = "an integer" if option.type == "int" else "a number"
+        kind = _refused_kind(option, token) if option is not None else None
+        if option is not None and kind is not None:
             return (), f"{token!r} is not {kind}", f"add {option.flags[0]} with {kind}"
         out.append(token)
     return tuple(out), "", ""
+
+
+# SGLang 0.5.23 srt/utils/common.py human_readable_int: an integer, or a number with an SI
+# suffix (decimals allowed) or an IEC suffix (no decimals); suffixes are case-sensitive.
+_HUMAN_INT = re.compile(r"\d+(?:\.\d+)?(?:k|M|G|T)|\d+(?:Ki|Mi|Gi|Ti)")
+
+
+def _refused_kind(option: FlagOption, value: str) -> str | None:
+    """What `value` should be when SGLang's parser refuses it for `option` (its `type`), as
+    "an integer", "a number" or "JSON"; None when it takes it (or the type is not known)."""
+    converters: dict[str | None, tuple[Callable[[str], Any], str]] = {
+        "int": (int, "an integer"), "float": (float, "a number"),
+        "human_readable_int": (int, "an integer"), "json": (json.loads, "JSON"),
+    }
+    if option.type not in converters:
+        return None
+    convert, kind = converters[option.type]
+    if option.type == "human_readable_int":
+        value = value.strip()
+        if _HUMAN_INT.fullmatch(value):
+            return None
+    try:
+        convert(value)  # what argparse calls: int(), float(), json.loads()
+    except ValueError:
+        return kind
+    return None
 
 
 def _value_of(flags: list[str], flag: str) -> str | None:
@@ -614,6 +646,11 @@ def _merge_rendezvous(flags: list[str], problems: list[FlagProblem]) -> list[Fla
         address = None
     if port is not None and not port.isdigit():
         port = None
+    if address is not None:
+        # `--master-addr 10.0.0.1:5000` carries its port already: one port, not two.
+        with contextlib.suppress(ValueError):
+            address, given_port = parse_host_port(address)
+            port = port or str(given_port)
     wrong = tuple(span for p in ours for span in p.wrong)
     names = " and ".join(p.flag for p in ours)
     verb = "are" if len(ours) > 1 else "is"
@@ -876,11 +913,9 @@ def _check_value(
                 wrong=(span,), right=(name, right),
             )
         return FlagProblem(name, f"{name} {value!r} is not one of SGLang's choices ({listed})")
-    if option.type in ("int", "float"):
-        try:
-            (int if option.type == "int" else float)(value)
-        except ValueError:
-            return FlagProblem(name, f"{name} needs a number ({option.type}), got {value!r}")
+    kind = _refused_kind(option, value)
+    if kind is not None:
+        return FlagProblem(name, f"{name} needs {kind}, got {value!r}")
     if option.dest == "dist_init_addr":
         try:
             parse_host_port(value)
