@@ -15,6 +15,9 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
+from llm_backend.engines.sglang import HARMONY_ENCODING_BYTES as ENCODING_BYTES
 from tests.conftest import Env, wait_for
 from tests.hub_standin import HubStandin
 from tests.pull_data import (
@@ -369,3 +372,130 @@ def test_a_second_pull_waits_its_turn(world: Env, hub: HubStandin) -> None:
     finally:
         first.kill()
         first.wait(timeout=30)
+
+
+def test_a_bad_encoding_url_or_a_file_in_the_folder_s_place_is_named_with_a_fix(
+    world: Env, hub: HubStandin
+) -> None:
+    folder = encoding_world(world, hub, "http://[::1")
+    refused = world.run("pull", "--profile", "hubtest")
+    assert refused.returncode == 7, refused.stderr
+    assert "error: LLM_BACKEND_ENCODINGS_URL='http://[::1' is not a valid http(s) URL" \
+        in refused.stderr
+    assert "fix: export LLM_BACKEND_ENCODINGS_URL=https://" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert not folder.exists()  # nothing made on the host
+
+    world.env["LLM_BACKEND_ENCODINGS_URL"] = "ftp://mirror/"  # no network problem either
+    refused = world.run("pull", "--profile", "hubtest")
+    assert "error: LLM_BACKEND_ENCODINGS_URL='ftp://mirror/' is not a valid" in refused.stderr
+
+    world.env["LLM_BACKEND_ENCODINGS_URL"] = "http://127.0.0.1:9/"  # never asked: see below
+    folder.write_text("a file where the folder should be\n")
+    refused = world.run("pull", "--profile", "hubtest")
+    assert refused.returncode == 7, refused.stderr
+    assert f"error: {folder} is a file, not a folder" in refused.stderr
+    assert f"fix: move it away (mv {folder} {folder}.old) or set TIKTOKEN_ENCODINGS_BASE" \
+        in refused.stderr
+    check = doctor_check(world, "tiktoken")  # the same answer, not "fix: llm-backend pull"
+    assert check["status"] == "fail" and check["fix"] == refused.stderr.split("fix: ")[-1].strip()
+
+
+class _BadEncodingServer:
+    """A real HTTP server that misbehaves as review F4/F5 found: `huge` announces and sends far
+    more than the file's size; `trickle` announces the right size and sends a byte at a time."""
+
+    def __init__(self, mode: str) -> None:
+        import http.server
+        import threading
+
+        self.stop = threading.Event()
+        stop = self.stop
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: object) -> None:
+                return
+
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Length",
+                                 str(10**12 if mode == "huge" else ENCODING_BYTES))
+                self.end_headers()
+                try:
+                    while not stop.is_set():
+                        if mode == "huge":
+                            self.wfile.write(b"a" * 65536)
+                        else:
+                            self.wfile.write(b"a")
+                            self.wfile.flush()
+                            stop.wait(0.05)
+                except OSError:
+                    return
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/{ENCODING_NAME}"
+
+    def close(self) -> None:
+        self.stop.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _encoding_source(folder: Path, url: str) -> object:
+    from llm_backend.pull import VerifiedFile
+
+    return VerifiedFile(kind="encoding", name=ENCODING_NAME, folder=folder,
+                        filename=ENCODING_NAME, url=url, sha256=ENCODING_SHA256,
+                        size=ENCODING_BYTES)
+
+
+def test_an_encoding_server_sending_too_much_is_stopped_and_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    from llm_backend.pull import PullError, VerifiedFile
+
+    server = _BadEncodingServer("huge")
+    try:
+        source = _encoding_source(tmp_path / "enc", server.url)
+        assert isinstance(source, VerifiedFile)
+        try:
+            source.fetch(progress=lambda event: None)
+            raise AssertionError("a 1 TB answer for a 3.4 MiB file was accepted")
+        except PullError as error:
+            assert "announced 931.3 GiB for a file of 3.4 MiB; nothing was kept" in error.message
+    finally:
+        server.close()
+    assert not (tmp_path / "enc").exists()  # no partial, and not the folder it made
+
+
+def test_a_trickling_encoding_server_shows_progress_and_meets_the_deadline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from llm_backend import pull
+    from llm_backend.pull import PullError, VerifiedFile
+
+    monkeypatch.setattr(pull, "DOWNLOAD_DEADLINE_S", 2.0)
+    server = _BadEncodingServer("trickle")
+    seen: list[int] = []
+    outcome: list[BaseException] = []
+    source = _encoding_source(tmp_path / "enc", server.url)
+    assert isinstance(source, VerifiedFile)
+
+    def fetch() -> None:
+        try:
+            source.fetch(progress=lambda event: seen.append(event.done))
+        except BaseException as error:  # handed to the test thread
+            outcome.append(error)
+
+    thread = threading.Thread(target=fetch, daemon=True)
+    thread.start()
+    thread.join(timeout=60)  # a chunked read would wait for 64 KiB: hours at this rate
+    server.close()
+    assert not thread.is_alive(), "the pull did not give up on a trickling server"
+    assert outcome and isinstance(outcome[0], PullError), outcome
+    assert "took longer than 2 s" in outcome[0].message
+    assert any(0 < done < 100 for done in seen), seen  # progress as single bytes came in

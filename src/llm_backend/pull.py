@@ -11,6 +11,7 @@ Errors: every failure is a `PullError` (a `BackendError`) with the value and a f
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -19,7 +20,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 from llm_backend.errors import BackendError
 from llm_backend.units import format_bytes
@@ -415,6 +416,8 @@ class VerifiedFile(Source):
         sha256: str,
         size: int | None = None,
         check: str = "",
+        url_setting: str = "",
+        folder_setting: str = "",
     ) -> None:
         self.kind = kind
         self.check = check
@@ -424,6 +427,44 @@ class VerifiedFile(Source):
         self.url = url
         self.sha256 = sha256
         self.size = size
+        # Where the user sets the URL's base and the folder (an environment variable), for
+        # the error that names a bad value; empty when they come from the code.
+        self.url_setting = url_setting
+        self.folder_setting = folder_setting
+
+    def folder_problem(self) -> tuple[str, str] | None:
+        """(what, fix) when `folder` cannot hold the file: a file, or a link to nothing, is in
+        its place (mkdir would fail, and a `mkdir -p` fix would too). None when it is a folder
+        or does not exist yet."""
+        folder = self.folder
+        if folder.is_dir() or not (folder.exists() or folder.is_symlink()):
+            return None
+        what = ("a link to nothing" if folder.is_symlink() and not folder.exists()
+                else "a file, not a folder")
+        where = f" or set {self.folder_setting} to another folder" if self.folder_setting else ""
+        return (f"{folder} is {what}: {self.filename} cannot be put there",
+                f"move it away (mv {folder} {folder}.old){where}, then run `llm-backend pull`")
+
+    def url_problem(self) -> tuple[str, str] | None:
+        """(what, fix) when `url` is no http(s) URL with a host and a valid port; None when
+        it is one. httpx would raise InvalidURL (a traceback) or UnsupportedProtocol (read as a
+        network failure) for these."""
+        from urllib.parse import urlsplit
+
+        try:
+            parts = urlsplit(self.url)
+            parts.port  # noqa: B018 - raises ValueError for a port that is not 0-65535
+            valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+        except ValueError:
+            valid = False
+        if valid:
+            return None
+        if self.url_setting:
+            value = os.environ.get(self.url_setting, "")
+            return (f"{self.url_setting}={value!r} is not a valid http(s) URL",
+                    f"export {self.url_setting}=https://HOST[:PORT]/FOLDER/ (a mirror of "
+                    f"{self.filename}), or `unset {self.url_setting}`")
+        return f"{self.url!r} is not a valid http(s) URL", "correct the URL"
 
     @property
     def path(self) -> Path:
@@ -434,6 +475,9 @@ class VerifiedFile(Source):
 
     def verify(self) -> tuple[bool, str]:
         """(True, '') when the file is there with the right hash; else (False, why)."""
+        problem = self.folder_problem()
+        if problem is not None:
+            return False, problem[0]
         if not self.path.is_file():
             return False, f"{self.path} does not exist"
         digest = sha256_of(self.path)
@@ -456,6 +500,19 @@ class VerifiedFile(Source):
                         detail=why or None, cached_bytes=size if present else partial)
 
     def fetch(self, *, progress: ProgressCallback) -> None:
+        for problem in (self.url_problem(), self.folder_problem()):
+            if problem is not None:  # before anything is made on the host
+                raise PullError(problem[0], remedy=problem[1])
+        created = not self.folder.exists()
+        try:
+            self._fetch(progress)
+        except BaseException:
+            if created:  # a failed pull leaves no folder of its own behind (empty ones only)
+                with contextlib.suppress(OSError):
+                    self.folder.rmdir()
+            raise
+
+    def _fetch(self, progress: ProgressCallback) -> None:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as error:
@@ -484,6 +541,17 @@ class VerifiedFile(Source):
         size = self.path.stat().st_size
         progress(ProgressEvent(self.name, size, size, finished=True))
 
+    def _too_big(self, partial: Path, handle: Any, what: str) -> NoReturn:
+        """Refuse a download larger than the known size, removing what it left."""
+        handle.truncate(0)
+        partial.unlink(missing_ok=True)
+        where = self.url_setting or "the address"
+        raise PullError(
+            f"{self.url} {what} for a file of {format_bytes(self.size)}; nothing was kept",
+            remedy=f"check {where} serves an unmodified {self.filename}, then run "
+            "`llm-backend pull` again",
+        )
+
     def _download(self, partial: Path, progress: ProgressCallback) -> None:
         """GET the file into `partial`, resuming from its size; never through a symlink, never
         past the known size, never longer than DOWNLOAD_DEADLINE_S."""
@@ -493,9 +561,12 @@ class VerifiedFile(Source):
                              0o600)
         with os.fdopen(descriptor, "ab") as handle:
             offset = os.fstat(descriptor).st_size
+            limit = self.size  # the hash is known, so is the size: not a byte more
+            if limit is not None and offset > limit:  # left by an older, looser pull
+                handle.truncate(0)
+                offset = 0
             headers = {"Range": f"bytes={offset}-"} if offset else {}
             deadline = time.monotonic() + DOWNLOAD_DEADLINE_S
-            limit = (self.size or 0) * 2 or None
             try:
                 with httpx.stream("GET", self.url, headers=headers, timeout=30.0,
                                   follow_redirects=True) as response:
@@ -513,18 +584,18 @@ class VerifiedFile(Source):
                         offset = 0
                     length = response.headers.get("Content-Length")
                     total = offset + int(length) if length and length.isdigit() else self.size
+                    if limit is not None and total is not None and total > limit:
+                        self._too_big(partial, handle, f"announced {format_bytes(total)}")
                     done = offset
-                    for chunk in response.iter_bytes(1 << 16):
-                        handle.write(chunk)
+                    # Whatever arrives, as it arrives: a slow server shows progress and meets
+                    # the deadline (a fixed chunk size would wait for it to fill).
+                    for chunk in response.iter_bytes():
                         done += len(chunk)
-                        progress(ProgressEvent(self.name, done, total))
                         if limit is not None and done > limit:
-                            raise PullError(
-                                f"{self.url} sent more than {format_bytes(limit)} for a file "
-                                f"of {format_bytes(self.size)}",
-                                remedy="check LLM_BACKEND_ENCODINGS_URL, then run "
-                                "`llm-backend pull` again",
-                            )
+                            self._too_big(partial, handle, f"sent more than "
+                                          f"{format_bytes(limit)}")
+                        handle.write(chunk)
+                        progress(ProgressEvent(self.name, done, total))
                         if time.monotonic() > deadline:
                             raise PullError(
                                 f"{self.url} took longer than {DOWNLOAD_DEADLINE_S:.0f} s",

@@ -584,6 +584,8 @@ def harmony_encoding(folder: Path) -> VerifiedFile:
         kind="encoding", check="tiktoken", name=HARMONY_ENCODING_FILE, folder=folder,
         filename=HARMONY_ENCODING_FILE, url=base.rstrip("/") + "/" + HARMONY_ENCODING_FILE,
         sha256=HARMONY_ENCODING_SHA256, size=HARMONY_ENCODING_BYTES,
+        url_setting=ENCODINGS_URL_ENV if os.environ.get(ENCODINGS_URL_ENV) else "",
+        folder_setting="TIKTOKEN_ENCODINGS_BASE",
     )
 
 
@@ -653,7 +655,11 @@ def check_tiktoken(ctx: Context) -> CheckResult | None:
             'set TIKTOKEN_ENCODINGS_BASE in the profile\'s env (and mount the folder for '
             "Docker), then `llm-backend pull`",
         )
-    present, why = harmony_encoding(folder).verify()
+    encoding = harmony_encoding(folder)
+    problem = encoding.folder_problem()
+    if problem is not None:  # `pull` cannot fix this one: say what does
+        return result("tiktoken", "fail", problem[0], problem[1])
+    present, why = encoding.verify()
     if present:
         return result("tiktoken", "pass",
                       f"{HARMONY_ENCODING_FILE} in {folder} (SHA-256 checked)")
