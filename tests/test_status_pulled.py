@@ -107,7 +107,7 @@ def test_status_reports_missing_partial_and_present_without_asking_the_hub(
     model = items["model"]
     assert model["state"] == "partial" and model["present"] is False
     assert model["cached_bytes"] >= len(model_files()[SHARD_1])
-    assert "no refs/main" in model["detail"]
+    assert "no refs/main" in model["detail"] and "no refs/main" in text
     assert f"model       partial  {MODEL} (" in text and " here" in text
 
     world.run("pull", "--profile", "hubtest", check=True)
@@ -179,6 +179,7 @@ def test_status_watch_looks_at_the_caches_again_only_every_30_s(
 
     monkeypatch.setenv("LLM_BACKEND_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.setenv("LLM_BACKEND_PROFILE", "smollm2-cpu")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     monkeypatch.chdir(tmp_path)
     clock = [1000.0]
     refreshes: list[float] = []

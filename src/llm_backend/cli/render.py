@@ -486,6 +486,9 @@ def render_local_report(report: LocalReport) -> None:
         if state != "present":
             console.print(Text(f"              in {artifact.location}", style="dim"),
                           soft_wrap=True)
+            if artifact.detail:
+                console.print(Text(f"              {artifact.detail}", style="dim"),
+                              soft_wrap=True)
     if report.fix:
         console.print(f"fix:      {report.fix}", markup=False, soft_wrap=True)
 

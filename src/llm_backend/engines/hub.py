@@ -483,7 +483,7 @@ class HubRepository(Source):
 
     def probe_local(self) -> Artifact:
         """Judged from the cache alone, never asking the Hub (for `status`)."""
-        return self._probe_cache("judged from the local cache; the Hub was not asked")
+        return self._probe_cache(None)
 
     def _newest_snapshot(self) -> str | None:
         """The snapshot folder written last: what an interrupted pull (which writes
@@ -496,7 +496,7 @@ class HubRepository(Source):
             return None
         return max(folders)[1] if folders else None
 
-    def _probe_cache(self, why: str) -> Artifact:
+    def _probe_cache(self, why: str | None) -> Artifact:
         """Present when the snapshot of the revision holds a weight file, every shard its
         weight index names, and (when the model facts give a size) at least 95 % of it.
 
@@ -527,14 +527,16 @@ class HubRepository(Source):
             total: int | None = max(size, expected)
         else:  # the cache tells a whole model's size, not a partial one's
             total = size if present else None
-        notes = [why]
+        notes = [why] if why else []
         if absent_shards:
-            notes.append(f"{len(absent_shards)} weight shards named in its index are not "
-                         f"cached ({absent_shards[0]}{', ...' if len(absent_shards) > 1 else ''})")
+            count = len(absent_shards)
+            notes.append(f"{count} weight shard{'s' if count > 1 else ''} named in its index "
+                         f"{'are' if count > 1 else 'is'} not cached "
+                         f"({absent_shards[0]}{', ...' if count > 1 else ''})")
         if unreferenced and files:
             notes.append(f"no refs/{self.revision}: a pull did not finish")
         return Artifact(self.kind, self.name, present, total, str(self.storage_folder), missing,
-                        detail="; ".join(notes), cached_bytes=size)
+                        detail="; ".join(notes) or None, cached_bytes=size)
 
     def _remove_stale_partials(self) -> None:
         blobs = self.storage_folder / "blobs"
