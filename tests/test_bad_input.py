@@ -193,6 +193,23 @@ draft_model = "{draft}"
     assert "neither a Hub id" not in world.run("start", "--profile", "s", "--dry-run").stderr
 
 
+@pytest.mark.parametrize("value", ["-rf/x", "../missing", "a/.."])
+def test_sglang_model_the_hub_refuses_is_named_before_start(world: Env, value: str) -> None:
+    """`-rf/x` read as a flag ("--model-path needs a value", fix: extra_args) and `../missing`
+    passed the checks to fail in the pull (review F1/F2): both are the model's error now."""
+    world.write_config(f"""
+[profiles.s]
+engine = "sglang"
+runtime = "native"
+model = "{value}"
+python = "{sys.executable}"
+""")
+    completed = world.run("start", "--profile", "s", "--dry-run")
+    assert_refused(world, completed,
+                   f"model = {value!r} is neither a Hub id (org/name) nor an existing local path")
+    assert "extra_args" not in completed.stderr
+
+
 def test_model_that_is_a_directory_is_named_a_directory(world: Env) -> None:
     folder = world.root / "models"
     folder.mkdir()

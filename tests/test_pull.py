@@ -499,3 +499,45 @@ def test_a_trickling_encoding_server_shows_progress_and_meets_the_deadline(
     assert outcome and isinstance(outcome[0], PullError), outcome
     assert "took longer than 2 s" in outcome[0].message
     assert any(0 < done < 100 for done in seen), seen  # progress as single bytes came in
+
+
+def test_a_partial_another_download_holds_is_kept_and_a_dead_one_removed(
+    world: Env, hub: HubStandin
+) -> None:
+    """huggingface_hub holds `.locks/<repo>/<etag>.lock` while it writes
+    `blobs/<etag>.<random>.incomplete`; a pull of another state dir (or the server itself)
+    may share the cache, so only a partial whose lock is free is deleted (review F6)."""
+    import fcntl
+
+    cache = hub_world(world, hub)
+    repo = cache / "models--acme--tiny-moe"
+    (repo / "blobs").mkdir(parents=True)
+    locks = cache / ".locks" / repo.name
+    locks.mkdir(parents=True)
+    live = repo / "blobs" / "aaaa1111.0123abcd.incomplete"
+    dead = repo / "blobs" / "bbbb2222.4567cdef.incomplete"
+    live.write_bytes(b"being written")
+    dead.write_bytes(b"left by a killed pull")
+    (locks / "bbbb2222.lock").touch()
+    with (locks / "aaaa1111.lock").open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as huggingface_hub's WeakFileLock does
+        world.run("pull", "--profile", "hubtest", check=True)
+        assert live.read_bytes() == b"being written"
+    assert not dead.exists()
+
+
+def test_a_linked_blobs_folder_is_refused_and_nothing_written_through_it(
+    world: Env, hub: HubStandin
+) -> None:
+    cache = hub_world(world, hub)
+    repo = cache / "models--acme--tiny-moe"
+    repo.mkdir(parents=True)
+    elsewhere = world.root / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "important.incomplete").write_text("keep\n")
+    (repo / "blobs").symlink_to(elsewhere)
+    refused = world.run("pull", "--profile", "hubtest")
+    assert refused.returncode == 7, refused.stderr
+    assert f"error: {repo / 'blobs'} is a symbolic link (to {elsewhere})" in refused.stderr
+    assert f"fix: rm {repo / 'blobs'} (the link only)" in refused.stderr
+    assert [path.name for path in elsewhere.iterdir()] == ["important.incomplete"]

@@ -538,11 +538,51 @@ class HubRepository(Source):
         return Artifact(self.kind, self.name, present, total, str(self.storage_folder), missing,
                         detail="; ".join(notes) or None, cached_bytes=size)
 
+    def _check_no_links(self) -> None:
+        """Refuse a repository folder whose `blobs`, `snapshots` or `refs` is a symbolic link:
+        huggingface_hub never makes one, and it would write (as root) wherever it points."""
+        for name in ("blobs", "snapshots", "refs"):
+            folder = self.storage_folder / name
+            if folder.is_symlink():
+                raise PullError(
+                    f"{folder} is a symbolic link (to {os.readlink(folder)}); the Hub cache "
+                    "never makes one, and a download would write wherever it points",
+                    remedy=f"rm {folder} (the link only), then run `llm-backend pull` again",
+                )
+
     def _remove_stale_partials(self) -> None:
+        """Delete the temporary files of downloads that are over, never one in progress.
+
+        huggingface_hub (2.4 `file_download.py`) writes a blob to
+        `blobs/<etag>.<random>.incomplete` while holding the file lock
+        `.locks/<repo folder>/<etag>.lock` (`WeakFileLock`, flock); a partial whose lock can
+        be taken belongs to a download that died. Another pull with another state dir, or a
+        server downloading for itself, may share this cache.
+        """
+        import fcntl
+
         blobs = self.storage_folder / "blobs"
-        if blobs.is_dir() and not blobs.is_symlink():  # never delete through a planted link
-            for partial in blobs.glob("*.incomplete"):
+        if not blobs.is_dir() or blobs.is_symlink():  # never delete through a planted link
+            return
+        locks = self.cache_dir / ".locks" / self.storage_folder.name
+        for partial in blobs.glob("*.incomplete"):
+            etag = partial.name.split(".", 1)[0]
+            try:
+                descriptor = os.open(locks / f"{etag}.lock", os.O_RDWR | os.O_NOFOLLOW)
+            except FileNotFoundError:
+                partial.unlink(missing_ok=True)  # no lock file: no download of it runs
+                continue
+            except OSError:
+                continue  # a lock we cannot open: leave the partial alone
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(descriptor)
+                continue  # held: a download is writing it
+            try:
                 partial.unlink(missing_ok=True)
+            finally:
+                os.close(descriptor)  # closing releases the lock
 
     def fetch(self, *, progress: ProgressCallback) -> None:
         check_hub_endpoint()
@@ -559,6 +599,7 @@ class HubRepository(Source):
         cached = self._cached_files(commit)
         total = sum(entry.size for entry in wanted)
         done = sum(entry.size for entry in wanted if cached.get(entry.path) == entry.size)
+        self._check_no_links()
         self._remove_stale_partials()
         progress(ProgressEvent(self.name, done, total))
         counter = _ByteCounter(self.name, done, total, progress)

@@ -993,16 +993,28 @@ def check_model_names(profile: Profile, *, in_container: bool) -> None:
     SGLang downloads a value that is not a local folder from the Hub (0.5.23
     `weight_utils.py` `download_weights_from_hf`), and huggingface_hub's `validate_repo_id`
     (`utils/_validators.py`) takes only `name` or `namespace/name`; absolute, `~` and `./`
-    paths are left to the loader.
+    paths are left to the loader, except a relative one (`./m`, `../x`) that does not exist
+    natively; a value the validator refuses (`-rf/x`: a leading `-`, which would also read
+    as a flag) is refused here, naming it.
     """
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils._validators import validate_repo_id
+
     named = [("model", profile.model)]
     if profile.speculative.enabled and profile.speculative.draft_model:
         named.append(("speculative.draft_model", profile.speculative.draft_model))
     for key, value in named:
-        if "/" not in value or value.startswith(("/", "~", ".")) or hub.is_hub_id(value):
+        if value.startswith(("/", "~")) or (in_container and value.startswith(".")):
             continue
         if not in_container and Path(value).exists():
             continue
+        if not value.startswith("."):
+            try:
+                validate_repo_id(value)
+            except HFValidationError:
+                pass
+            else:
+                continue
         raise ConfigError(
             f"profile {profile.name!r}: {key} = {value!r} is neither a Hub id (org/name) "
             "nor an existing local path",
