@@ -53,7 +53,8 @@ PLAIN_SETTING = "visible"
         assert f"HF_TOKEN: {SECRET}" in config.stdout, config.stderr
 
 
-@pytest.mark.parametrize("flag", ["--api-key", "--api-key=abc", "--admin-api-key", "--hf-token"])
+@pytest.mark.parametrize("flag", ["--api-key", "--api-key=abc", "--admin-api-key", "--hf-token",
+                                  "-hft", "-hft=abc"])
 def test_secret_flags_in_extra_args_are_refused(world: Env, flag: str) -> None:
     world.write_config(f"""
 [profiles.leaky]

@@ -19,7 +19,9 @@ from llm_backend.credentials import MASK
 from llm_backend.engines.sglang_flags import (
     _PARSER_PRELUDE,
     UNRECOGNIZED,
+    FlagCheck,
     check_profile_flags,
+    check_with_parser,
     check_with_table,
     fix_text,
     image_is_release,
@@ -202,6 +204,14 @@ FIX_CLAUSE = re.compile(
 )
 
 
+def masked_match(shown: str, given: str) -> bool:
+    """A fix's token stands for the argv's: the same, or the value masked (`********`,
+    `--flag=********`)."""
+    flag, inline, value = shown.partition("=")
+    return shown in (given, MASK) or (inline == "=" and value == MASK
+                                      and given.startswith(flag + "="))
+
+
 def follow(argv: list[str], fix: str) -> list[str]:
     """Apply a `fix:` text literally, as a user would: every "replace `A` with `B`" and
     "remove `A`" clause (separated by "; ") edits the argv's tokens; nothing else is read."""
@@ -214,7 +224,7 @@ def follow(argv: list[str], fix: str) -> list[str]:
         for number, span in enumerate(spans):
             # A masked secret (********) stands for the value the user wrote there.
             at = next(i for i in range(len(out)) if len(out[i:i + len(span)]) == len(span)
-                      and all(x in (y, MASK) for x, y in zip(span, out[i:], strict=False)))
+                      and all(masked_match(x, y) for x, y in zip(span, out[i:], strict=False)))
             out[at:at + len(span)] = right if number == 0 else []
     return out
 
@@ -449,3 +459,34 @@ def test_values_sglangs_typed_flags_refuse_are_never_carried(extra: list[str], f
     value they refuse is not carried into the fix, and `inf` is no number to scale."""
     check = check_with_table(["--model-path", "m", *extra], TABLE)
     assert fix_text(check.problems, "p") == fix
+
+
+def test_a_secret_flags_value_is_never_shown_even_inline() -> None:
+    """llama.cpp's -hft/--hf-token passes config's secret-flag refusal as `-hft=VALUE` (not a
+    `*-token` long flag); the flag advice `doctor` prints must not echo the value."""
+    secret = "abcdefsecretvalue123"
+    entries = [foreign.flag for foreign in FOREIGN.flags.values() if foreign.secret]
+    assert "-hft" in entries
+    for flag in entries:
+        for extra in ([flag, secret], [f"{flag}={secret}"]):
+            argv = ["--model-path", "m", *extra]
+            check = check_with_table(argv, TABLE)
+            shown = " ".join([fix_text(check.problems, "p") or "",
+                              *(problem.message for problem in check.problems)])
+            assert secret not in shown, shown
+            assert MASK in shown
+            assert check_with_table(follow(argv, fix_text(check.problems, "p") or ""),
+                                    TABLE).ok
+
+
+def test_sglangs_parser_echo_of_a_secret_value_is_masked() -> None:
+    """argparse echoes what it refuses (`-hft=V` is read as -h with `ft=V`): the problems from
+    SGLang's own parser never carry the value of a secret flag."""
+    secret = "abcdefsecretvalue123"
+    for extra in (["-hft", secret], [f"-hft={secret}"]):
+        checked = check_with_parser([parser_python()], ["--model-path", "m", *extra],
+                                    source="sglang", table=TABLE, timeout_s=120)
+        assert isinstance(checked, FlagCheck) and checked.problems, checked
+        shown = " ".join([fix_text(checked.problems, "p") or "",
+                          *(problem.message for problem in checked.problems)])
+        assert secret not in shown and MASK in shown, shown

@@ -38,6 +38,9 @@ SECRET_NAME = re.compile(
 # any unique prefix of a long flag (`--api` for `--api-key`), so a prefix of one is refused too.
 SECRET_FLAG_NAMES = ("--api-key", "--admin-api-key", "--hf-token", "--ssl-keyfile-password")
 SECRET_PREFIX_MIN = 5  # `--api` and longer; `--a` alone names nothing
+# Short spellings of secret flags, which no pattern of words catches: llama.cpp's `-hft`
+# (`{"-hft", "--hf-token"}` in common/arg.cpp).
+SECRET_SHORT_FLAGS = ("-hft",)
 # Flags that carry a secret on the command line, where every local user can read it
 # (`ps`, /proc/PID/cmdline): SGLang's `--api-key`/`--admin-api-key`, llama.cpp's `--api-key`,
 # vLLM's `--api-key`, and any `--hf-token`-style flag.
@@ -128,7 +131,7 @@ def check_extra_args(profile_name: str, extra_args: list[str]) -> None:
         flag_name = argument.split("=", 1)[0].lower()
         abbreviated = len(flag_name) >= SECRET_PREFIX_MIN and flag_name.startswith("--") and any(
             name.startswith(flag_name) for name in SECRET_FLAG_NAMES)
-        if SECRET_FLAG.match(argument) or abbreviated:
+        if SECRET_FLAG.match(argument) or abbreviated or flag_name in SECRET_SHORT_FLAGS:
             flag = argument.split("=", 1)[0]
             raise ConfigError(
                 f"profile {profile_name!r}: extra_args has {flag}, which would put a secret on "

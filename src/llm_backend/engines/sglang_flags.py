@@ -267,7 +267,9 @@ def _shown(tokens: Tokens, secret: bool) -> str:
     from llm_backend.credentials import MASK
 
     if secret:
-        tokens = (tokens[0], *(MASK for _ in tokens[1:]))
+        # The value, given apart (`-hft TOKEN`) or inline (`-hft=TOKEN`), is never shown.
+        flag, inline, _ = tokens[0].partition("=")
+        tokens = (f"{flag}={MASK}" if inline else flag, *(MASK for _ in tokens[1:]))
     return "`" + join_tokens(tokens) + "`"
 
 
@@ -1000,6 +1002,25 @@ def run_parser(command: list[str], flags: list[str], timeout_s: float) -> dict[s
     return f"sglang's parser is not importable with {' '.join(command)}: {tail}"
 
 
+def _mask() -> str:
+    from llm_backend.credentials import MASK
+
+    return MASK
+
+
+def _secret_values(problems: tuple[FlagProblem, ...]) -> list[str]:
+    """The values given to secret flags (`-hft VALUE`, `-hft=VALUE`), longest first."""
+    values: set[str] = set()
+    for problem in problems:
+        if problem.secret:
+            for span in problem.wrong:
+                values.update(token for token in span[1:] if token)
+                inline = span[0].partition("=")[2] if span else ""
+                if inline:
+                    values.add(inline)
+    return sorted(values, key=len, reverse=True)
+
+
 def check_with_parser(
     command: list[str], flags: list[str], *, source: str, table: FlagTable, timeout_s: float
 ) -> FlagCheck | str:
@@ -1009,12 +1030,16 @@ def check_with_parser(
         return result
     problems: list[FlagProblem] = []
     from_table = check_with_table(flags, table)
+    stderr = str(result.get("stderr", ""))
+    for value in _secret_values(from_table.problems):
+        # argparse echoes what it refuses (`ignored explicit argument 'ft=VALUE'`).
+        stderr = stderr.replace(value, _mask())
     if int(result.get("exit_code") or 0) != 0:
         # The table's reading of the same flag carries its value and the literal fix.
         by_flag = {part: problem for problem in from_table.problems
                    for part in problem.flag.split(" and ")}
         problems = []
-        for problem in problems_from_parser_error(str(result.get("stderr", "")), table):
+        for problem in problems_from_parser_error(stderr, table):
             known = by_flag.get(problem.flag)
             chosen = known if known is not None and (known.wrong or known.also) else problem
             if chosen not in problems:
