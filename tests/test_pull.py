@@ -541,3 +541,18 @@ def test_a_linked_blobs_folder_is_refused_and_nothing_written_through_it(
     assert f"error: {repo / 'blobs'} is a symbolic link (to {elsewhere})" in refused.stderr
     assert f"fix: rm {repo / 'blobs'} (the link only)" in refused.stderr
     assert [path.name for path in elsewhere.iterdir()] == ["important.incomplete"]
+
+
+def test_a_local_write_failure_in_the_hub_cache_is_not_blamed_on_the_network(
+    world: Env, hub: HubStandin
+) -> None:
+    """Review F18: an OSError while huggingface_hub writes the cache (disk full, read-only, a
+    file in a folder's place) said "could not reach ... check the network"."""
+    cache = hub_world(world, hub)
+    repo = cache / "models--acme--tiny-moe"
+    repo.mkdir(parents=True)
+    (repo / "blobs").write_text("a file where huggingface_hub makes a folder\n")
+    refused = world.run("pull", "--profile", "hubtest")
+    assert refused.returncode == 7, refused.stderr
+    assert f"error: cannot write {repo / 'blobs'}: File exists" in refused.stderr
+    assert "check the network" not in refused.stderr and "could not reach" not in refused.stderr
