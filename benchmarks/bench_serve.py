@@ -80,9 +80,31 @@ class Backend:
     serve_process: subprocess.Popen[bytes]
     router_process: subprocess.Popen[bytes]
     env: dict[str, str]
+    backend_pid: int
+    # `--baseline SRC`: a second serve running that source tree's code, with its own (same
+    # kind of) backend, measured in the same rounds as "serve_before".
+    before: tuple[subprocess.Popen[bytes], str, int] | None = None
+
+    @property
+    def arms(self) -> tuple[str, ...]:
+        return ARMS + (("serve_before",) if self.before else ())
 
     def url(self, arm: str) -> str:
+        if arm == "serve_before" and self.before:
+            return self.before[1]
         return {"direct": self.backend, "serve": self.door, "router": self.router}[arm]
+
+    def cpu_processes(self, arm: str) -> dict[str, psutil.Process | None]:
+        """The processes whose CPU time a round of `arm` is charged with."""
+        if arm == "serve_before" and self.before:
+            proxy, backend_pid = self.before[0].pid, self.before[2]
+        else:
+            proxy = {"direct": 0, "serve": self.serve_process.pid,
+                     "router": self.router_process.pid}[arm]
+            backend_pid = self.backend_pid
+        return {"proxy": psutil.Process(proxy) if proxy else None,
+                "backend": psutil.Process(backend_pid),
+                "load_generator": psutil.Process()}
 
     def memory_mib(self) -> dict[str, float]:
         def rss(pid: int) -> float:
@@ -94,18 +116,24 @@ class Backend:
         return {"serve": rss(self.serve_process.pid), "router": rss(self.router_process.pid)}
 
     def stop(self) -> None:
-        for process in (self.router_process, self.serve_process):
+        processes = [self.router_process, self.serve_process]
+        if self.before:
+            processes.append(self.before[0])
+        for process in processes:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
-        for process in (self.router_process, self.serve_process):
+        for process in processes:
             try:
                 process.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 process.kill()
 
 
-def start_backend(name: str, root: Path, profile_toml: str) -> Backend:
-    """`llm-backend serve` for a profile, then sglang-router in front of its backend."""
+def start_serve(
+    name: str, root: Path, profile_toml: str, source: Path | None = None
+) -> tuple[subprocess.Popen[bytes], str, str, Path, dict[str, str]]:
+    """`llm-backend serve` for a profile in a world of its own (from `source`/src if given):
+    (process, door URL, backend URL, world, environment)."""
     world = root / name
     for sub in ("state", "config", "cwd"):
         (world / sub).mkdir(parents=True)
@@ -114,13 +142,24 @@ def start_backend(name: str, root: Path, profile_toml: str) -> Backend:
     env = {**os.environ, "LLM_BACKEND_STATE_DIR": str(world / "state"),
            "XDG_CONFIG_HOME": str(world / "config"), "LLM_BACKEND_PORT": str(door_port),
            "NO_COLOR": "1"}
+    if source is not None:
+        env["PYTHONPATH"] = str(source / "src")
     log = open(world / "serve.out", "wb")  # noqa: SIM115 - kept open while serve runs
     serve = subprocess.Popen([*CLI, "serve", "--profile", "bench"], cwd=world / "cwd", env=env,
                              stdout=log, stderr=subprocess.STDOUT)
     door = f"http://127.0.0.1:{door_port}"
     wait_http(door + "/ready")
     record = json.loads((world / "state" / "serve.json").read_text())
-    backend = record["backend"]
+    return serve, door, record["backend"], world, env
+
+
+def backend_pid(world: Path) -> int:
+    return int(json.loads((world / "state" / "instance.json").read_text())["pid"])
+
+
+def start_backend(name: str, root: Path, profile_toml: str) -> Backend:
+    """`llm-backend serve` for a profile, then sglang-router in front of its backend."""
+    serve, door, backend, world, env = start_serve(name, root, profile_toml)
     router_port, metrics_port = free_port(), free_port()
     router_log = open(world / "router.out", "wb")  # noqa: SIM115
     router = subprocess.Popen(
@@ -132,7 +171,7 @@ def start_backend(name: str, root: Path, profile_toml: str) -> Backend:
     )
     router_url = f"http://127.0.0.1:{router_port}"
     wait_http(router_url + "/readiness")
-    return Backend(name, door, backend, router_url, serve, router, env)
+    return Backend(name, door, backend, router_url, serve, router, env, backend_pid(world))
 
 
 # --- load -------------------------------------------------------------------------------
@@ -151,6 +190,14 @@ class LoadResult:
     latencies_ms: list[float] = field(default_factory=list)
     errors: int = 0
     duration_s: float = 0.0
+    # CPU seconds (user + system) each process used during the round: proxy, backend, load
+    # generator. On a machine whose cores are shared this is steadier than throughput.
+    cpu_s: dict[str, float] = field(default_factory=dict)
+
+    def cpu_us_per_request(self, process: str) -> float:
+        if process not in self.cpu_s or not self.latencies_ms:
+            return float("nan")
+        return 1e6 * self.cpu_s[process] / len(self.latencies_ms)
 
     @property
     def throughput(self) -> float:
@@ -234,16 +281,20 @@ def machine() -> str:
 
 
 @contextlib.contextmanager
-def backends(root: Path, llama_binary: str | None) -> Iterator[list[Backend]]:
+def backends(
+    root: Path, llama_binary: str | None, baseline: Path | None = None
+) -> Iterator[list[Backend]]:
     wrapper = root / "instant-server.sh"
     wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} {INSTANT} "$@"\n')
     wrapper.chmod(0o755)
     started: list[Backend] = []
+    instant = ('[profiles.bench]\nextends = "smollm2-cpu"\n'
+               f'binary = "{wrapper}"\n[profiles.bench.serve]\nprobe_interval_s = 10\n')
     try:
-        started.append(start_backend("instant", root, (
-            '[profiles.bench]\nextends = "smollm2-cpu"\n'
-            f'binary = "{wrapper}"\n[profiles.bench.serve]\nprobe_interval_s = 10\n'
-        )))
+        started.append(start_backend("instant", root, instant))
+        if baseline is not None:
+            process, door, _, world, _ = start_serve("instant-before", root, instant, baseline)
+            started[0].before = (process, door, backend_pid(world))
         binary = f'binary = "{llama_binary}"\n' if llama_binary else ""
         started.append(start_backend("llama-server", root, (
             f'[profiles.bench]\nextends = "smollm2-cpu"\n{binary}'
@@ -254,7 +305,7 @@ def backends(root: Path, llama_binary: str | None) -> Iterator[list[Backend]]:
             backend.stop()
 
 
-def run(rounds: int) -> dict[str, Any]:
+def run(rounds: int, baseline: Path | None = None) -> dict[str, Any]:
     from llm_backend.engines.llamacpp import cached_binary_path
 
     llama = shutil.which("llama-server") or str(cached_binary_path())
@@ -271,20 +322,25 @@ def run(rounds: int) -> dict[str, Any]:
         "llama-server": ({**CHAT, "stream": True, "max_tokens": 24}, 4),
     }
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as temporary, \
-            backends(Path(temporary), llama) as started:
+            backends(Path(temporary), llama, baseline) as started:
         for backend in started:
             figures: dict[str, Any] = {}
             for label, concurrency, requests, duration, body in plan[backend.name]:
                 # Warm every arm once, then interleave the arms round by round.
-                for arm in ARMS:
+                for arm in backend.arms:
                     asyncio.run(load(backend.url(arm), min(concurrency, 4), requests=4,
                                      body=body))
-                per_arm: dict[str, list[LoadResult]] = {arm: [] for arm in ARMS}
+                per_arm: dict[str, list[LoadResult]] = {arm: [] for arm in backend.arms}
                 for _ in range(rounds):
-                    for arm in ARMS:
-                        per_arm[arm].append(asyncio.run(load(
+                    for arm in backend.arms:
+                        processes = backend.cpu_processes(arm)
+                        before = {name: cpu_seconds(one) for name, one in processes.items()}
+                        result = asyncio.run(load(
                             backend.url(arm), concurrency, requests=requests,
-                            duration_s=duration, body=body)))
+                            duration_s=duration, body=body))
+                        result.cpu_s = {name: cpu_seconds(one) - before[name]
+                                        for name, one in processes.items() if one is not None}
+                        per_arm[arm].append(result)
                 figures[label] = summarize(per_arm)
             body, repeats = stream_bodies[backend.name]
             figures["stream"] = {
@@ -297,6 +353,13 @@ def run(rounds: int) -> dict[str, Any]:
     return report
 
 
+def cpu_seconds(process: psutil.Process | None) -> float:
+    if process is None:
+        return 0.0
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
 def summarize(per_arm: dict[str, list[LoadResult]]) -> dict[str, Any]:
     """Per arm: medians over rounds of p50, p99, throughput; added = arm - direct per round."""
     out: dict[str, Any] = {}
@@ -307,9 +370,14 @@ def summarize(per_arm: dict[str, list[LoadResult]]) -> dict[str, Any]:
             "throughput_rps": statistics.median(r.throughput for r in results),
             "errors": sum(r.errors for r in results),
             "requests": sum(len(r.latencies_ms) for r in results),
+            "cpu_us_per_request": {
+                process: statistics.median(r.cpu_us_per_request(process) for r in results)
+                for process in ("proxy", "backend", "load_generator")
+                if all(process in r.cpu_s for r in results)
+            },
         }
     direct = per_arm["direct"]
-    for arm in ("serve", "router"):
+    for arm in [name for name in per_arm if name != "direct"]:
         results = per_arm[arm]
         out[arm]["added_p50_ms"] = statistics.median(
             percentile(a.latencies_ms, 0.5) - percentile(d.latencies_ms, 0.5)
@@ -345,19 +413,21 @@ def render(report: dict[str, Any]) -> str:
                  else "Real llama-server (SmolLM2-135M, CPU, max_tokens 4)")
         lines += [f"### {title}", "",
                   "| arm | c | p50 ms | p99 ms | added p50 ms | added p99 ms | req/s | "
-                  "throughput loss | errors |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "throughput loss | errors | proxy CPU µs/req |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for label in [key for key in figures if key.startswith("c")]:
-            for arm in ARMS:
+            for arm in figures[label]:
                 row = figures[label][arm]
                 added50 = f"{row['added_p50_ms']:+.2f}" if "added_p50_ms" in row else ""
                 added99 = f"{row['added_p99_ms']:+.2f}" if "added_p99_ms" in row else ""
                 loss = (f"{row['throughput_loss_pct']:.0f}%"
                         if "throughput_loss_pct" in row and label != "c1" else "")
+                proxy_cpu = row.get("cpu_us_per_request", {}).get("proxy")
+                cpu = "" if proxy_cpu is None else f"{proxy_cpu:.0f}"
                 lines.append(
                     f"| {arm} | {label[1:]} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | "
                     f"{added50} | {added99} | {row['throughput_rps']:.3g} | {loss} | "
-                    f"{row['errors']} |")
+                    f"{row['errors']} | {cpu} |")
         stream = figures["stream"]
         lines += ["", "| arm | streaming: first chunk p50 ms | chunk gap p50 ms | "
                   "gap p99 ms | reads per stream | events per stream |",
@@ -376,9 +446,30 @@ def render(report: dict[str, Any]) -> str:
                       "spread between rounds is larger than any proxy's cost, so these rows "
                       "(negative \"added\" included) show only that neither proxy changes "
                       "the picture in front of a real model on this machine.", ""]
+    lines += before_and_after(report["instant"])
     lines += goals(report["instant"])
     lines.append(END)
     return "\n".join(lines) + "\n"
+
+
+def before_and_after(instant: dict[str, Any]) -> list[str]:
+    """With --baseline: the door of this tree vs the door of the baseline, same rounds."""
+    if "serve_before" not in instant["c64"]:
+        return []
+    now, before = instant["c64"]["serve"], instant["c64"]["serve_before"]
+    cpu_now = now["cpu_us_per_request"].get("proxy", float("nan"))
+    cpu_before = before["cpu_us_per_request"].get("proxy", float("nan"))
+    return [
+        "`serve_before` is the door of the code before its CPU changes (a second `serve` "
+        "with its own instant backend, in the same rounds). At c=64 the door used "
+        f"{cpu_now:.0f} µs of CPU per request against {cpu_before:.0f} µs before "
+        f"({cpu_now / cpu_before:.2f} times), and answered {now['throughput_rps']:.0f} against "
+        f"{before['throughput_rps']:.0f} req/s "
+        f"({now['throughput_rps'] / before['throughput_rps']:.2f} times); c=1 p50 "
+        f"{instant['c1']['serve']['p50_ms']:.2f} against "
+        f"{instant['c1']['serve_before']['p50_ms']:.2f} ms.",
+        "",
+    ]
 
 
 def goals(instant: dict[str, Any]) -> list[str]:
@@ -390,6 +481,11 @@ def goals(instant: dict[str, Any]) -> list[str]:
     serve_gap = instant["stream"]["serve"]["gap_ms_p50"]
     events_kept = (instant["stream"]["serve"]["events_per_stream"]
                    == instant["stream"]["direct"]["events_per_stream"])
+    cpu = {arm: instant["c64"][arm].get("cpu_us_per_request", {}) for arm in ARMS}
+    door_cpu = cpu["serve"].get("proxy", float("nan"))
+    router_cpu = cpu["router"].get("proxy", float("nan"))
+    others_cpu = (cpu["direct"].get("backend", float("nan"))
+                  + cpu["direct"].get("load_generator", float("nan")))
     serve_reads = instant["stream"]["serve"]["reads_per_stream"]
     direct_reads = instant["stream"]["direct"]["reads_per_stream"]
     kept = abs(serve_gap - direct_gap) <= 2 and events_kept and serve_reads >= direct_reads - 1
@@ -405,10 +501,14 @@ def goals(instant: dict[str, Any]) -> list[str]:
         f"{direct_gap:.1f} ms direct, {serve_reads:.1f} reads per stream of 21 events "
         f"({direct_reads:.1f} direct: nothing buffered), {verdict(kept)};",
         f"- at most 10% throughput loss at c=64: {loss:.0f}% (sglang-router: "
-        f"{router_loss:.0f}%), {verdict(loss <= 10)}. The door is one Python process "
-        "(uvicorn + aiohttp, about 0.3 ms of CPU per request) and the instant backend costs "
-        "far less per request; on two shared cores the door, the backend and the load "
-        "generator compete, so the door's CPU is what limits c=64 here.",
+        f"{router_loss:.0f}%), {verdict(loss <= 10)}. Per request at c=64 the door used "
+        f"{door_cpu:.0f} µs of CPU (sglang-router {router_cpu:.0f} µs), while the instant "
+        f"backend and the load generator together used {others_cpu:.0f} µs direct. The "
+        "load generator, the backend and the proxy share the same two cores, which other "
+        "work also used; every request through a proxy adds the proxy's CPU to the "
+        "machine's work, so with the cores busy throughput falls by about the proxy's share "
+        "of the CPU per request. A 10% loss would need a proxy costing about a tenth of "
+        "what the backend and the client cost together here; no proxy measured comes near.",
         "",
     ]
 
@@ -429,6 +529,8 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
     parser.add_argument("--json", type=Path, help="write every figure here")
     parser.add_argument("--from-json", type=Path, help="render a saved run instead of running")
+    parser.add_argument("--baseline", type=Path,
+                        help="a checkout of other code: its door runs beside this one's")
     arguments = parser.parse_args()
     if arguments.from_json:
         section = render(json.loads(arguments.from_json.read_text()))
@@ -442,7 +544,7 @@ def main() -> None:
         uvloop.install()
     except ImportError:
         pass
-    report = run(arguments.rounds)
+    report = run(arguments.rounds, arguments.baseline)
     section = render(report)
     print(section)
     if arguments.json:

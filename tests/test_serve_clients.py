@@ -7,12 +7,19 @@ commands as subprocesses; the door's own /metrics counts what went through it.
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Env, port_is_free, wait_for
-from tests.test_serve import CHAT, FAST, Served, served  # noqa: F401 - `served` is a fixture
+from tests.test_serve import (  # noqa: F401 - `served` is a fixture
+    CHAT,
+    FAST,
+    Served,
+    served,
+    start_serve,
+)
 
 DOOR_KEY = "door-key-7f3a9c1e"
 BACKEND_KEY = "backend-key-5d2b8e4f"
@@ -35,6 +42,12 @@ def door_requests(door: Served) -> list[str]:
     text = httpx.get(door.url + "/metrics", headers={"Authorization": f"Bearer {DOOR_KEY}"},
                      timeout=30).text
     return [line for line in text.splitlines() if line.startswith("llm_backend_requests_")]
+
+
+def busy_slots(backend: str) -> int:
+    """llama-server's slots that are generating now (`/slots`, `is_processing`)."""
+    slots = httpx.get(backend + "/slots", timeout=30).json()
+    return sum(1 for slot in slots if slot.get("is_processing"))
 
 
 def test_status_chat_and_bench_use_the_door_with_its_key(
@@ -105,3 +118,40 @@ def test_status_chat_and_bench_use_the_door_with_its_key(
     assert not client_key.exists()
     said = chatted.stdout + chatted.stderr + status.stdout + text + benched.stdout + door.output()
     assert DOOR_KEY not in said and BACKEND_KEY not in said and own_key not in said
+
+
+def test_a_client_that_leaves_cancels_the_backends_generation(
+    world: Env, served: list[Served]  # noqa: F811 - the fixture
+) -> None:
+    door = start_serve(world, served)
+    port = json.loads((world.state_dir / "instance.json").read_text())["port"]
+    backend = f"http://127.0.0.1:{port}"
+    long_stream = {**CHAT, "stream": True, "max_tokens": 3000, "ignore_eos": True}
+    with httpx.Client(timeout=60) as client, client.stream(
+        "POST", door.url + "/v1/chat/completions", json=long_stream
+    ) as answer:
+        assert answer.status_code == 200
+        chunks = answer.iter_raw()
+        events = next(chunks).count(b"data: ")
+        began = time.monotonic()
+        while events < 30:
+            events += next(chunks).count(b"data: ")
+        seconds_per_token = (time.monotonic() - began) / (events - 1)
+        assert busy_slots(backend) == 1
+    left_at = time.monotonic()
+    # The door drops its upstream request, and llama-server stops generating for it: long
+    # before the rest of the 3000 tokens could have been generated at the speed just seen.
+    assert wait_for(lambda: busy_slots(backend) == 0, timeout=60)
+    idle_after = time.monotonic() - left_at
+    assert idle_after < (3000 - events) * seconds_per_token / 4, (idle_after, seconds_per_token)
+    assert wait_for(lambda: client_closed(door) == 1, timeout=30)
+    assert door.terminate() == 0
+
+
+def client_closed(door: Served) -> float:
+    """Requests the door counted as 499 (the client went away before the response ended)."""
+    text = httpx.get(door.url + "/metrics", timeout=30).text
+    return sum(sample.value for family in text_string_to_metric_families(text)
+               for sample in family.samples
+               if sample.name == "llm_backend_requests_total"
+               and sample.labels.get("status") == "499")

@@ -35,9 +35,14 @@ HOP_BY_HOP = frozenset({
     "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade",
 })
 REQUEST_SKIP = HOP_BY_HOP | {"host", "content-length"}
+# The same names as bytes, as ASGI (request, lower case) and aiohttp (response) give them.
+REQUEST_SKIP_BYTES = frozenset(name.encode() for name in REQUEST_SKIP)
+HOP_BY_HOP_BYTES = frozenset(name.encode() for name in HOP_BY_HOP)
 ROUTE_HEADER = b"x-llm-backend-route"  # "fallback" when the fallback answered
 TOKEN_TAIL_BYTES = 4096
 RETRY_PAUSE_S = 0.05
+WATCH_AFTER_S = 0.05  # a client that leaves is noticed within this (then at once)
+URL_CACHE_SIZE = 1024  # distinct (base, path, query) kept parsed; cleared when full
 
 
 class BackendUnreachable(Exception):
@@ -71,6 +76,7 @@ class Door:
         self.failed = 0
         self.fallback = 0
         self.draining = False
+        self._urls: dict[tuple[str, bytes, bytes], URL] = {}  # parsed upstream URLs
 
     async def open(self) -> None:
         # No pool limit (the backend does its own admission); no decompression, so bodies
@@ -81,6 +87,7 @@ class Door:
             auto_decompress=False,
             trust_env=False,
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+            cookie_jar=aiohttp.DummyCookieJar(),  # a proxy keeps no cookies
         )
 
     async def close(self) -> None:
@@ -97,8 +104,7 @@ class Door:
         route = route_of(path)
         self.requests += 1
         status = await self._handle(scope, receive, send, path, arrived, route)
-        self.metrics.requests.labels(route=route, status=str(status)).inc()
-        self.metrics.latency.labels(route=route).observe(time.perf_counter() - arrived)
+        self.metrics.count_request(route, status, time.perf_counter() - arrived)
 
     async def _handle(
         self, scope: Scope, receive: Receive, send: Send, path: str, arrived: float, route: str
@@ -191,13 +197,20 @@ class Door:
         assert self.session is not None
         raw_path = scope.get("raw_path") or scope["path"].encode()
         query = scope.get("query_string") or b""
-        target = base + raw_path.decode("latin-1")
-        if query:
-            target += "?" + query.decode("latin-1")
+        key = (base, raw_path, query)
+        url = self._urls.get(key)
+        if url is None:
+            target = base + raw_path.decode("latin-1")
+            if query:
+                target += "?" + query.decode("latin-1")
+            url = URL(target, encoded=True)
+            if len(self._urls) >= URL_CACHE_SIZE:
+                self._urls.clear()
+            self._urls[key] = url
         headers = [
             (name.decode("latin-1"), value.decode("latin-1"))
             for name, value in scope["headers"]
-            if name.decode("latin-1") not in REQUEST_SKIP
+            if name not in REQUEST_SKIP_BYTES
         ]
         # A key the door checked stays at the door: the backend gets its own key (when it has
         # one), the fallback serve.fallback_api_key_env's. Without door keys the client's key
@@ -222,7 +235,11 @@ class Door:
                 disconnected = True
                 handler.cancel()
 
-        watcher = asyncio.ensure_future(watch_disconnect())
+        # Most exchanges end within WATCH_AFTER_S: a timer is far cheaper than a task each, so
+        # the task that listens for the client going away starts only for the longer ones.
+        watchers: list[asyncio.Task[None]] = []
+        timer = asyncio.get_running_loop().call_later(
+            WATCH_AFTER_S, lambda: watchers.append(asyncio.ensure_future(watch_disconnect())))
         started = False
         status = 502
         upstream: aiohttp.ClientResponse | None = None
@@ -230,35 +247,39 @@ class Door:
         try:
             try:
                 upstream = await self.session.request(
-                    scope["method"], URL(target, encoded=True), headers=headers,
+                    scope["method"], url, headers=headers,
                     data=body or None, allow_redirects=False,
                 )
             except (aiohttp.ClientConnectionError, OSError) as error:
                 raise BackendUnreachable(str(error)) from None
             async with upstream:
                 status = upstream.status
-                response_headers = [
-                    (name.lower(), value)
-                    for name, value in upstream.raw_headers
-                    if name.lower().decode("latin-1") not in HOP_BY_HOP
-                ]
+                lowered = [(name.lower(), value) for name, value in upstream.raw_headers]
+                response_headers = [item for item in lowered if item[0] not in HOP_BY_HOP_BYTES]
                 if fallback:
                     response_headers.append((ROUTE_HEADER, b"fallback"))
                 first = True
+                ended = False
+                content = upstream.content
                 try:
-                    async for chunk in upstream.content.iter_any():
+                    while chunk := await content.readany():
                         if first:
                             await send({"type": "http.response.start", "status": status,
                                         "headers": response_headers})
                             started = True
-                            self.metrics.ttfb.labels(route=route).observe(
+                            self.metrics.ttfb_of(route).observe(
                                 time.perf_counter() - arrived)
                             first = False
                         if not fallback:
                             self.supervisor.backend_progress = time.monotonic()
                         tail = (tail + chunk)[-TOKEN_TAIL_BYTES:]
+                        # The last chunk ends the response in the same send (one write less).
+                        ended = content.at_eof()
+                        finished = ended
                         await send({"type": "http.response.body", "body": chunk,
-                                    "more_body": True})
+                                    "more_body": not ended})
+                        if ended:
+                            break
                 except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as error:
                     if not started:
                         raise BackendUnreachable(str(error)) from None
@@ -267,9 +288,10 @@ class Door:
                     await send({"type": "http.response.start", "status": status,
                                 "headers": response_headers})
                     started = True
-                    self.metrics.ttfb.labels(route=route).observe(time.perf_counter() - arrived)
+                    self.metrics.ttfb_of(route).observe(time.perf_counter() - arrived)
                 finished = True
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                if not ended:
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
                 if tail:
                     self.metrics.count_tokens(tail)
             return status
@@ -291,7 +313,9 @@ class Door:
             return 502
         finally:
             finished = True
-            watcher.cancel()
+            timer.cancel()
+            for watcher in watchers:
+                watcher.cancel()
 
     # --- answers of the door's own ------------------------------------------------------
 
@@ -371,7 +395,7 @@ class Door:
     ) -> int:
         headers = [*headers, (b"content-length", str(len(payload)).encode())]
         await send({"type": "http.response.start", "status": status, "headers": headers})
-        self.metrics.ttfb.labels(route=route).observe(time.perf_counter() - arrived)
+        self.metrics.ttfb_of(route).observe(time.perf_counter() - arrived)
         await send({"type": "http.response.body", "body": payload, "more_body": False})
         return status
 

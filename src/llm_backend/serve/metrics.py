@@ -6,6 +6,7 @@ Names follow Prometheus' conventions: `_total` counters, `_seconds` histograms.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -95,7 +96,29 @@ class DoorMetrics:
             "From the failure (or restart command) until ready again.",
             buckets=LOAD_BUCKETS, registry=r,
         )
+        self._request_children: dict[tuple[str, int], Any] = {}
+        self._latency_children: dict[str, Any] = {}
+        self._ttfb_children: dict[str, Any] = {}
         self.set_backend_state("stopped")
+
+    def count_request(self, route: str, status: int, duration_s: float) -> None:
+        """One answered request (label lookups are cached: this runs for every request)."""
+        key = (route, status)
+        counter = self._request_children.get(key)
+        if counter is None:
+            counter = self._request_children[key] = self.requests.labels(
+                route=route, status=str(status))
+        counter.inc()
+        latency = self._latency_children.get(route)
+        if latency is None:
+            latency = self._latency_children[route] = self.latency.labels(route=route)
+        latency.observe(duration_s)
+
+    def ttfb_of(self, route: str) -> Any:
+        child = self._ttfb_children.get(route)
+        if child is None:
+            child = self._ttfb_children[route] = self.ttfb.labels(route=route)
+        return child
 
     def set_backend_state(self, state: str) -> None:
         for name in BACKEND_STATES:
