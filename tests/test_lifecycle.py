@@ -97,6 +97,8 @@ def test_start_chat_status_stop(world: Env) -> None:
     again = world.run("start")
     assert again.returncode == 0
     assert "already ready" in again.stdout
+    # nothing starts, so no "starting ..." and no reasons for a choice (new user's finding)
+    assert "starting" not in again.stderr and "auto:" not in again.stderr, again.stderr
     assert read_instance(world)["pid"] == pid  # type: ignore[index]
 
     stopped = world.run("stop", check=True)

@@ -92,9 +92,11 @@ class InstallDisplay:
 def render_installed(result: InstallResult) -> None:
     what = result.binary.name + (f" ({result.variant})" if result.variant else "")
     if result.built:
-        console.print(f"built {what} in {result.duration_s:.0f}s: {result.binary}")
-    else:
-        console.print(f"{what} already installed: {result.binary}")
+        console.print(f"built {what} in {result.duration_s:.0f}s: {result.binary}",
+                      markup=False, soft_wrap=True)
+    else:  # one line, the path whole (rich would break before a long path)
+        console.print(f"{what} already installed: {result.binary}", markup=False,
+                      soft_wrap=True)
 
 
 # --- profiles ----------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from llm_backend.engines import get_engine
 from llm_backend.errors import BackendError
 from llm_backend.lifecycle import Lifecycle
 from llm_backend.serve import control as serve_control
+from llm_backend.state import State
 
 
 def ensure_llama_server(profile: Profile) -> None:
@@ -68,7 +69,11 @@ def start(
             remedy="use it as is; `llm-backend restart` reloads its backend, "
             "`llm-backend stop` stops both",
         )
-    name, auto_runtime = choose_profile_and_runtime(lifecycle, profile)
+    # A backend already ready gets "already ready", not auto's reasons and "starting ...".
+    recorded = lifecycle.store.load_instance()
+    ready = recorded is not None and recorded.state == State.READY
+    name, auto_runtime = choose_profile_and_runtime(lifecycle, profile,
+                                                    announce=not ready or dry_run)
     overrides: dict[str, object] = {}
     if runtime is not None:
         overrides["runtime"] = runtime
@@ -91,7 +96,8 @@ def start(
         render_reports.render_preflight_dry_run(result.checks)
         render.render_dry_run(result)
         return
-    render.render_starting(name)
+    if not (ready and recorded is not None and recorded.profile == name):
+        render.render_starting(name)
     with render.StartDisplay(name) as display:
         # The doctor preflight runs inside Lifecycle.start; its warnings come as notices.
         result = lifecycle.start(
