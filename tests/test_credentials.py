@@ -169,8 +169,12 @@ def test_api_key_reaches_llama_server_through_a_file_and_our_clients_send_it(
 extends = "smollm2-cpu"
 api_key_file = "{key_file}"
 """)
-    world.run("start", "--profile", "keyed", check=True, timeout=180)
+    started = world.run("start", "--profile", "keyed", check=True, timeout=180)
     try:
+        # The curl line shown reads the key from our 0600 copy (it was a 401 without it).
+        copy = world.state_dir / "secrets" / "api-key"
+        assert f'-H "Authorization: Bearer $(cat {copy})"' in started.stdout, started.stdout
+        assert copy.read_text().strip() == key and key not in started.stdout
         record = json.loads((world.state_dir / "instance.json").read_text())
         cmdline = " ".join(psutil.Process(record["pid"]).cmdline())
         assert "--api-key-file" in cmdline and key not in cmdline

@@ -192,6 +192,9 @@ class StartResult:
     host_restored: list[str] = field(default_factory=list)
     state: str = State.READY
     checks: tuple[CheckResult, ...] = ()
+    # The 0600 copy of the API key our own requests send (None: the server takes no key),
+    # so the curl line shown can read it instead of failing with 401.
+    client_key_file: str | None = None
 
     @classmethod
     def of(cls, outcome: str, source: Profile | InstanceRecord, **fields: Any) -> StartResult:
@@ -718,9 +721,13 @@ class Lifecycle:
         self.store.record_start(profile.name, result.duration_s, result.phase_offsets)
         if profile.router_url and role == State.READY:
             record = self._join_router(record, profile, on_notice)
+        from llm_backend import credentials
+
+        key_copy = self.store.root / credentials.SECRETS_DIR / credentials.CLIENT_KEY_FILE
         return StartResult.of(
             "started", profile, pid=record.pid, duration_s=result.duration_s, argv=argv,
             host_restored=restored, state=record.state,
+            client_key_file=str(key_copy) if key_copy.is_file() else None,
         )
 
     def _join_router(

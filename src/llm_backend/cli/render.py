@@ -255,8 +255,10 @@ def render_started(result: StartResult) -> None:
             "messages": [{"role": "user", "content": "Say hello in five words."}],
         }
     )
+    key = (f'-H "Authorization: Bearer $(cat {result.client_key_file})" '
+           if result.client_key_file else "")  # the key's path, never the key
     console.print(
-        f"  curl -s {result.endpoint}/v1/chat/completions "
+        f"  curl -s {result.endpoint}/v1/chat/completions {key}"
         f"-H 'Content-Type: application/json' -d '{body}'",
         markup=False,
         soft_wrap=True,
