@@ -178,3 +178,26 @@ def test_needs_on_one_filesystem_are_summed(tmp_path: Path) -> None:
     (over,) = by_filesystem([DiskNeed("a", tmp_path, free // 2 + 1),
                              DiskNeed("b", tmp_path, free // 2 + 1)])
     assert over.short  # each fits alone; together they do not
+
+
+@pytest.mark.parametrize("planted", ["ref-root", "ref-parent", "snapshot-link"])
+def test_a_damaged_cache_never_leads_the_probe_out_of_its_snapshots(
+    tmp_path: Path, planted: str
+) -> None:
+    """`refs/main` holding `/` or `..`, or a snapshot that is a link to `/`: the cache judge
+    (every `status`) looks only inside the repository's own snapshot folders; it used to walk
+    the whole filesystem (and fail on /proc)."""
+    from llm_backend.engines.hub import HubRepository
+
+    repo = HubRepository("org/m", cache_dir=tmp_path / "hub")
+    (repo.storage_folder / "refs").mkdir(parents=True)
+    (repo.storage_folder / "snapshots").mkdir()
+    if planted == "ref-root":
+        (repo.storage_folder / "refs" / "main").write_text("/")
+    elif planted == "ref-parent":
+        (repo.storage_folder / "refs" / "main").write_text("..\n")
+    else:
+        (repo.storage_folder / "snapshots" / "abc").symlink_to("/")
+    artifact = repo.probe_local()
+    assert not artifact.present
+    assert artifact.cached_bytes == 0

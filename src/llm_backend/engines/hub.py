@@ -335,6 +335,13 @@ def check_hub_endpoint() -> None:
         )
 
 
+def _folder_name(text: str) -> str | None:
+    """`text` when it can name one folder inside another (no `/`, not `.` or `..`, no NUL)."""
+    if not text or "/" in text or "\0" in text or text in (".", ".."):
+        return None
+    return text
+
+
 class HubRepository(Source):
     """A model repository on the Hugging Face Hub, pulled into the hub cache with huggingface_hub.
 
@@ -377,9 +384,11 @@ class HubRepository(Source):
         return self.cache_dir / ("models--" + self.repo_id.replace("/", "--"))
 
     def _cached_commit(self) -> str | None:
+        """The commit `refs/REVISION` names; None when there is none, or when its text is no
+        snapshot folder's name (`/`, `..`: never a way out of `snapshots/`)."""
         ref = self.storage_folder / "refs" / self.revision
         try:
-            return ref.read_text().strip() or None
+            return _folder_name(ref.read_text(errors="replace").strip())
         except OSError:
             return None
 
@@ -453,8 +462,8 @@ class HubRepository(Source):
     def _cached_files(self, commit: str) -> dict[str, int]:
         folder = self.storage_folder / "snapshots" / commit
         found: dict[str, int] = {}
-        if not folder.is_dir():
-            return found
+        if _folder_name(commit) is None or folder.is_symlink() or not folder.is_dir():
+            return found  # huggingface_hub makes each snapshot a real folder
         for path in folder.rglob("*"):
             if path.is_file():  # follows the snapshot's symlink to its blob
                 found[path.relative_to(folder).as_posix()] = path.stat().st_size
@@ -489,9 +498,9 @@ class HubRepository(Source):
         """The snapshot folder written last: what an interrupted pull (which writes
         `refs/REVISION` only once every file is in) leaves behind."""
         try:
-            folders = [(path.stat().st_mtime, path.name)
+            folders = [(path.lstat().st_mtime, path.name)
                        for path in (self.storage_folder / "snapshots").iterdir()
-                       if path.is_dir()]
+                       if path.is_dir() and not path.is_symlink()]
         except OSError:
             return None
         return max(folders)[1] if folders else None
