@@ -311,6 +311,32 @@ def test_llama_server_log_markers_guess_the_engine() -> None:
     assert diagnose_lines(LLAMA_READY).engine == "llamacpp"
 
 
+def test_llama_server_phases_are_timed_from_its_line_prefix() -> None:
+    """llama.cpp's prefix is minutes.seconds.ms.us since the log began (common/log.cpp); the
+    timeline had no times (`at_s: null`) for any llama.cpp log (new user's finding)."""
+    phases = {phase.name: phase.at_s for phase in diagnose_lines(LLAMA_READY).phases}
+    assert phases["init"] == 0.0
+    first = LLAMA_READY[0].split()[0]  # 0.00.026.691
+    last = next(line for line in LLAMA_READY if "model loaded" in line).split()[0]
+
+    def seconds(stamp: str) -> float:
+        minutes, whole, millis, micros = (int(part) for part in stamp.split("."))
+        return minutes * 60 + whole + millis / 1e3 + micros / 1e6
+
+    assert phases["ready"] == pytest.approx(seconds(last) - seconds(first))
+    late = ["1.02.500.000 I srv  llama_server: initializing ...",
+            "2.03.250.000 I srv  llama_server: model loaded"]
+    timed = diagnose_lines(late, "llamacpp").phases
+    assert timed[-1].at_s == pytest.approx(60.75)  # minutes carry over
+
+
+def test_a_log_no_engine_recognises_says_so() -> None:
+    result = diagnose_lines(["garbage"])
+    assert not result.ready and not result.phases
+    assert any("no line is recognised as any engine's log" in note for note in result.notes)
+    assert not any("recognised" in note for note in diagnose_lines(LLAMA_READY).notes)
+
+
 def test_a_llama_server_abort_while_serving_is_a_crash_after_ready() -> None:
     """ggml_abort's line (ggml/src/ggml.c at the pinned llama.cpp) after the ready line."""
     abort = ("/llama.cpp/ggml/src/ggml-cpu/ops.cpp:5123: GGML_ASSERT(n_tokens <= n_batch) "

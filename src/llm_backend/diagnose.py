@@ -73,6 +73,12 @@ def diagnose_lines(lines: Iterable[str], engine_name: str | None = None) -> Diag
     text = [line.rstrip("\n") for line in lines]
     name = engine_name or guess_engine(text)
     engine = get_engine(name)
+    unrecognised: tuple[str, ...] = ()
+    if engine_name is None and engine.log_markers is not None and not any(
+            engine.log_markers.search(line) for line in text):
+        # guess_engine had nothing to go on: say so rather than name an engine as if found
+        unrecognised = (f"no line is recognised as any engine's log; read as {name} "
+                        "(pass --engine NAME if it is another's)",)
     reader = engine.log_reader()
     first_time: datetime | None = None
     timeline: list[PhaseEntry] = []
@@ -104,5 +110,5 @@ def diagnose_lines(lines: Iterable[str], engine_name: str | None = None) -> Diag
         failure=reader.reading.failure or reader.unexplained_error(),
         spec=reader.reading.spec,
         line_count=len(text),
-        notes=tuple(reader.reading.notes),
+        notes=tuple(reader.reading.notes) + unrecognised,
     )

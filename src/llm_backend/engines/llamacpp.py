@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -361,6 +362,12 @@ def gguf_problem(path: Path) -> str | None:
     return None
 
 
+# llama.cpp's log line prefix, minutes.seconds.milliseconds.microseconds since the log began
+# (`common/log.cpp`: "%d.%02d.%03d.%03d").
+LOG_TIMESTAMP = re.compile(r"^(\d+)\.(\d{2})\.(\d{3})\.(\d{3}) ")
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 class LlamaCppEngine(Engine):
     """`llama-server` from llama.cpp: OpenAI API, /health is 503 while loading, 200 when ready."""
 
@@ -430,6 +437,18 @@ class LlamaCppEngine(Engine):
             if spec.draft_min is not None:
                 argv += ["--spec-draft-n-min", str(spec.draft_min)]
         return argv
+
+    def line_time(self, line: str) -> datetime | None:
+        """`0.01.521.623 I ...` -> that moment, counted from the Unix epoch: llama.cpp prefixes
+        each line with minutes.seconds.milliseconds.microseconds since its log started
+        (`common/log.cpp`, `common_log_entry::print`, "[M.s.ms.us]"), so only differences
+        between lines mean anything."""
+        match = LOG_TIMESTAMP.match(line)
+        if match is None:
+            return None
+        minutes, seconds, millis, micros = (int(part) for part in match.groups())
+        return EPOCH + timedelta(minutes=minutes, seconds=seconds, milliseconds=millis,
+                                 microseconds=micros)
 
     def log_reader(self) -> LogReader:
         return LlamaCppLogReader()
