@@ -56,7 +56,7 @@ def test_start_chat_status_stop(world: Env) -> None:
     assert "smollm2-135m-instruct" in started.stdout
     assert "curl -s" in started.stdout
 
-    models = httpx.get(f"{endpoint}/v1/models", timeout=10).json()
+    models = httpx.get(f"{endpoint}/v1/models", timeout=60).json()
     assert [model["id"] for model in models["data"]] == ["smollm2-135m-instruct"]
 
     answer = httpx.post(
