@@ -322,3 +322,14 @@ def test_unparsable_command_line_is_error_and_fix(
     completed = world.run(*args)
     assert_refused(world, completed, shown)
     assert fix in completed.stderr.split("fix: ")[1]
+
+
+def test_a_bad_value_from_the_environment_gets_a_fix_for_the_environment(world: Env) -> None:
+    """The fix said "correct that key in env LLM_BACKEND_THREADS (see `llm-backend profiles
+    show ...`)", and `profiles show` stops at the same error."""
+    world.env["LLM_BACKEND_THREADS"] = "600"
+    completed = world.run("start", "--profile", "smollm2-cpu", "--dry-run")
+    assert_refused(world, completed, "'threads' = '600' (from env LLM_BACKEND_THREADS)")
+    assert "fix: export LLM_BACKEND_THREADS=<a valid value>, or `unset LLM_BACKEND_THREADS`" \
+        in completed.stderr
+    assert "profiles show" not in completed.stderr

@@ -765,8 +765,11 @@ def _config_error(name: str, error: ValidationError, sources: dict[str, str]) ->
     if fix_place == "command line":
         remedy = (f"pass a value in the allowed range on the command line (see "
                   f"`llm-backend profiles show {name}` for the profile's own)")
-    else:
-        remedy = f"correct that key in {fix_place} (see `llm-backend profiles show {name}`)"
+    elif fix_place.startswith("env "):
+        variable = fix_place.removeprefix("env ")
+        remedy = f"export {variable}=<a valid value>, or `unset {variable}`"
+    else:  # `profiles show` would stop at the same error: name only the place to edit
+        remedy = f"correct that key in {fix_place}"
     return ConfigError(f"profile {name!r}: " + "; ".join(lines), remedy=remedy)
 
 
