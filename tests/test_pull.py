@@ -177,17 +177,19 @@ def test_a_malformed_hf_endpoint_is_named_with_a_fix(world: Env, hub: HubStandin
 
 def test_an_invalid_hub_id_is_not_blamed_on_the_network(world: Env, hub: HubStandin) -> None:
     """`-rf/x` and `../missing` look like org/name but huggingface_hub refuses them as ids
-    (HFValidationError): the answer names the value, not the network."""
+    (its validate_repo_id): the answer names the value, not the network, and comes from the
+    profile's check before anything is fetched (exit 2)."""
     hub_world(world, hub)
     text = (world.cwd / "llm-backend.toml").read_text()
     for model in ("-rf/x", "../no-such-folder-here"):
         world.write_config(text.replace(f'model = "{MODEL}"', f'model = "{model}"'))
         refused = world.run("pull", "--profile", "hubtest")
-        assert refused.returncode == 7, refused.stderr
-        assert f"error: {model!r} is neither a valid Hub id nor an existing local path" \
-            in refused.stderr
-        assert "fix: set `model` / `speculative.draft_model` to a Hub id" in refused.stderr
+        assert refused.returncode == 2, refused.stderr
+        assert (f"error: profile 'hubtest': model = {model!r} is neither a Hub id (org/name) "
+                "nor an existing local path") in refused.stderr
+        assert 'fix: set model to a Hub id such as "Qwen/Qwen3-8B"' in refused.stderr
         assert "check the network" not in refused.stderr and "Traceback" not in refused.stderr
+        assert not hub.requests  # refused before the Hub was asked
 
 
 def test_offline_with_nothing_cached(world: Env, hub: HubStandin) -> None:
@@ -556,3 +558,27 @@ def test_a_local_write_failure_in_the_hub_cache_is_not_blamed_on_the_network(
     assert refused.returncode == 7, refused.stderr
     assert f"error: cannot write {repo / 'blobs'}: File exists" in refused.stderr
     assert "check the network" not in refused.stderr and "could not reach" not in refused.stderr
+
+
+def test_an_encoding_partial_another_pull_writes_is_left_to_it(tmp_path: Path) -> None:
+    """Review F6b: two pulls (one pull lock per state dir, so two state dirs) appended to one
+    `.partial`; the second now stops at the first's lock and changes nothing."""
+    import fcntl
+
+    from llm_backend.pull import PullError, VerifiedFile
+
+    folder = tmp_path / "enc"
+    folder.mkdir()
+    partial = folder / (ENCODING_NAME + ".partial")
+    partial.write_bytes(b"first bytes")
+    source = _encoding_source(folder, "http://127.0.0.1:9/" + ENCODING_NAME)
+    assert isinstance(source, VerifiedFile)
+    with partial.open("ab") as writer:
+        fcntl.flock(writer, fcntl.LOCK_EX)  # the other pull, mid-download
+        try:
+            source.fetch(progress=lambda event: None)
+            raise AssertionError("a second writer was let in")
+        except PullError as error:
+            assert error.message == (f"another pull is fetching {ENCODING_NAME} into {folder} "
+                                     "right now")
+    assert partial.read_bytes() == b"first bytes"

@@ -12,6 +12,7 @@ Errors: every failure is a `PullError` (a `BackendError`) with the value and a f
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
@@ -559,6 +560,14 @@ class VerifiedFile(Source):
 
         descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW,
                              0o600)
+        try:  # one writer per partial, across state dirs too (each has its own pull lock)
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(descriptor)
+            raise PullError(
+                f"another pull is fetching {self.filename} into {self.folder} right now",
+                remedy="wait for it to finish (or stop it), then run `llm-backend pull` again",
+            ) from None
         with os.fdopen(descriptor, "ab") as handle:
             offset = os.fstat(descriptor).st_size
             limit = self.size  # the hash is known, so is the size: not a byte more
