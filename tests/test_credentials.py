@@ -289,3 +289,34 @@ def test_flag_values_that_only_mention_tokens_pass(world: Env) -> None:
                        'command = ["env", "TIKTOKEN_ENCODINGS_BASE=/srv/enc", "llama-server"]\n')
     shown = world.run("profiles", "show", "fine")
     assert shown.returncode == 0, shown.stderr
+
+
+def test_compose_and_dry_run_hand_the_key_to_the_server_as_start_does(world: Env) -> None:
+    """Review F13 (Docker): `compose` wrote a file that started the server without its key,
+    and `start --dry-run` showed no key flag, while doctor said "the server takes an API key"."""
+    key = "sk-compose-test-key-314"
+    key_file = world.root / "api-key"
+    key_file.write_text(key + "\n")
+    key_file.chmod(0o600)
+    world.write_config(f"""
+[profiles.keyed]
+extends = "smollm2-cpu"
+runtime = "docker"
+api_key_file = "{key_file}"
+""")
+    secrets = world.state_dir / "secrets"
+    dry = world.run("start", "--profile", "keyed", "--dry-run")
+    assert "--api-key-file /run/llm-backend-secrets/" in dry.stdout, dry.stdout + dry.stderr
+    assert key not in dry.stdout + dry.stderr
+    assert not secrets.exists()  # a dry run writes nothing
+
+    out = world.root / "compose.yml"
+    world.run("compose", "--profile", "keyed", "-o", str(out), check=True)
+    text = out.read_text()
+    assert key not in text
+    assert "- --api-key-file" in text and f"- {secrets}:/run/llm-backend-secrets:ro" in text
+    files = {path.name: path for path in secrets.iterdir()}
+    assert files, "compose wrote no key file for the server to read"
+    for path in files.values():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    assert any(key in path.read_text() for path in files.values())

@@ -412,8 +412,13 @@ class Lifecycle:
         engine.check_profile(profile=profile, for_container=for_container)
         flag_note = check_engine_flags(profile, engine, for_container=for_container)
         argv = engine.build_argv(profile=profile, for_container=for_container)
+        key_folder, key_args = self.api_key_setup(profile, engine, runtime, write=False)
+        argv = [*argv, *key_args]  # as a start passes them (the files are written then)
         plan = [f"launch ({profile.runtime}): {line}"
                 for line in runtime.describe(profile=profile, argv=argv)]
+        if key_folder is not None:
+            plan.append(f"API key: handed to the server in 0600 files under {key_folder} "
+                        "(written at start; the key is never on the command line)")
         if flag_note:
             plan.insert(0, flag_note)
         reached_at = connect_url(runtime.listen_host(profile=profile), profile.port)
@@ -566,20 +571,42 @@ class Lifecycle:
             secret_dir=secret_dir,
         )
 
-    def _api_key(self, profile: Profile, engine: Engine,
-                 runtime: Runtime) -> tuple[Path | None, list[str]]:
+    def api_key_setup(self, profile: Profile, engine: Engine, runtime: Runtime, *,
+                      write: bool = True) -> tuple[Path | None, list[str]]:
+        """The key files' folder and the engine's flags that hand the profile's API key to
+        the server (None, [] without a key); `write`: also write the files. For `start
+        --dry-run` (nothing written) and `compose` (the file run by hand needs them too).
+
+        Raises ConfigError when the key file is unsafe or the engine cannot take a key.
+        """
+        if not write:
+            from llm_backend import credentials
+
+            key = credentials.read_api_key(profile)
+            if key is None:
+                return None, []
+            folder = self.store.root / credentials.SECRETS_DIR
+            files = engine.api_key_files(profile=profile, api_key=key)
+            seen_at = runtime.secret_path(profile=profile, host_dir=folder)
+            paths = {name: f"{seen_at.rstrip('/')}/{name}" for name in files}
+            return (folder, engine.api_key_args(profile=profile, paths=paths)) if files else (
+                None, [])
+        return self._api_key(profile, engine, runtime, remove_stale=False)
+
+    def _api_key(self, profile: Profile, engine: Engine, runtime: Runtime, *,
+                 remove_stale: bool = True) -> tuple[Path | None, list[str]]:
         """Hand the profile's API key to the server through 0600 files of ours (never its
         command line), and keep a copy for our own requests; (folder, the engine's flags).
 
-        Without a key, the files of an earlier keyed start are removed. Raises ConfigError
-        when the key file is unsafe or the engine cannot take a key.
+        Without a key, the files of an earlier keyed start are removed (`remove_stale`).
+        Raises ConfigError when the key file is unsafe or the engine cannot take a key.
         """
         from llm_backend import credentials
 
         folder = self.store.root / credentials.SECRETS_DIR
         key = credentials.read_api_key(profile)
         if key is None:
-            if folder.is_dir() and not folder.is_symlink():
+            if remove_stale and folder.is_dir() and not folder.is_symlink():
                 for stale in folder.iterdir():
                     if stale.is_file() and not stale.is_symlink():
                         stale.unlink()

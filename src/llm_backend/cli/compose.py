@@ -34,10 +34,16 @@ def compose(
     engine = get_engine(resolved.engine)
     engine.check_profile(profile=resolved, for_container=True)
     argv = engine.build_argv(profile=resolved, for_container=True)
+    # A profile with an API key: the file must hand it to the server as `start` does (the
+    # 0600 key files under the state dir, mounted read-only), or a server run by hand from
+    # it would take no key.
+    secret_dir, key_args = lifecycle.api_key_setup(
+        resolved, engine, lifecycle.runtime("docker"), write=True)
     # Labelled with this state dir, as `start` labels it: a container run by hand from this
     # file is one that `start` adopts and `stop` stops.
-    document = build_compose(profile=resolved, argv=argv, health_path=engine.health_path,
-                             state_dir=lifecycle.store.root)
+    document = build_compose(profile=resolved, argv=[*argv, *key_args],
+                             health_path=engine.health_path, state_dir=lifecycle.store.root,
+                             secret_dir=secret_dir)
     if output is None:
         render.print_raw(document.text())
         return
