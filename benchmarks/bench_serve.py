@@ -444,10 +444,11 @@ def render(report: dict[str, Any]) -> str:
         lines += ["", f"Resident memory after the run: serve {memory['serve']:.0f} MiB, "
                   f"sglang-router {memory['router']:.0f} MiB.", ""]
         if name == "llama-server":
-            lines += ["A 4-token reply takes seconds here because the CPU is shared; the "
-                      "spread between rounds is larger than any proxy's cost, so these rows "
-                      "(negative \"added\" included) show only that neither proxy changes "
-                      "the picture in front of a real model on this machine.", ""]
+            lines += ["A 4-token reply takes from a tenth of a second to seconds here "
+                      "because the CPU is shared; the spread between rounds and between runs "
+                      "is larger than any proxy's cost, so these rows (an \"added\" or a loss "
+                      "of either sign) show only that neither proxy changes the picture in "
+                      "front of a real model on this machine.", ""]
     lines += before_and_after(report["instant"])
     lines += goals(report["instant"])
     lines.append(END)
