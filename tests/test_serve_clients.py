@@ -95,6 +95,10 @@ def test_status_chat_and_bench_use_the_door_with_its_key(
     assert "through the door of serve" in " ".join(benched.stdout.split())
     assert wait_for(lambda: chat_requests(door) == 1 + 3, timeout=30), door_requests(door)
 
+    refused = world.run("bench", "--ab", "spec", "--requests", "1", timeout=120)
+    assert refused.returncode == 1 and "serve" in refused.stderr and "\nfix: " in refused.stderr
+    assert refused.stderr.startswith("error:")
+
     direct = world.run("chat", "Say hello.", "--max-tokens", "2", "--direct", timeout=180)
     assert direct.returncode == 0, direct.stderr
     assert chat_requests(door) == 4  # around the door

@@ -105,7 +105,16 @@ def bench(
         series = [(target.profile or "", report)]
     else:
         from llm_backend.bench.ab import run_ab
+        from llm_backend.serve import control as serve_control
 
+        door = serve_control.running(lifecycle.store)
+        if door is not None:  # --ab restarts the backend, which serve owns
+            raise BackendError(
+                f"bench --ab spec restarts the backend, and serve (pid {door.pid}, door "
+                f"{door.door}) owns it here",
+                remedy="llm-backend stop (stops serve), then llm-backend bench --ab spec "
+                "--profile NAME; or measure serve as it is: llm-backend bench",
+            )
         current = lifecycle.refresh()
         name = profile or (
             current.profile if current is not None else choose_profile(lifecycle, None)
