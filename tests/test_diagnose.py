@@ -369,3 +369,18 @@ def test_a_watchdog_timeout_while_serving_is_a_hang_not_cuda_graph_trouble(line:
     soft = line.replace("self.soft=False", "self.soft=True")
     if soft != line:  # a soft watchdog only dumps debug information
         assert diagnose_lines([*READY_LOG, soft], "sglang").failure is None
+
+
+@pytest.mark.parametrize("engine", ["sglang", "llamacpp"])
+def test_a_long_line_is_read_in_linear_time(engine: str) -> None:
+    """A logged 200 000-character prompt (or a run of digits) is one pass of each pattern: the
+    watchdog and byte-progress patterns used to retry from every position (4.5 minutes for
+    such a line, during which `start`'s monitor and `serve` read nothing else)."""
+    import time
+
+    lines = ["x" * 200_000, "7" * 200_000, "a " * 100_000,
+             "[2026-01-01 00:00:00] " + "Watchdog " * 20_000]
+    started = time.monotonic()
+    diagnosis = diagnose_lines(lines, engine)
+    assert time.monotonic() - started < 30  # about 1 s here (2-core VM); minutes before
+    assert diagnosis.failure is None and not diagnosis.ready

@@ -51,7 +51,7 @@ class Phase(StrEnum):
 # [00:30<00:36, 75.3MB/s]" (tqdm `format_meter` with unit="B", unit_scale=True: sizes in powers
 # of 1000 with k/M/G/T/P suffixes, then the rate in B/s, "?B/s" before the first sample).
 BYTE_BAR = re.compile(
-    r"(?P<done>\d+(?:\.\d+)?)(?P<done_unit>[kMGTPE]?)/(?P<total>\d+(?:\.\d+)?)"
+    r"(?<![\d.])(?P<done>\d+(?:\.\d+)?)(?P<done_unit>[kMGTPE]?)/(?P<total>\d+(?:\.\d+)?)"
     r"(?P<total_unit>[kMGTPE]?)\s*\[[^\]]*B/s\]"
 )
 SI_UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18}

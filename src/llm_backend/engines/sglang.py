@@ -111,7 +111,7 @@ CHILD_EXIT = re.compile(
 # self.soft=False)"; soft=True only dumps debug info), 0.4-0.5 `managers/scheduler.py`
 # ("Watchdog timeout (self.watchdog_timeout=300)").
 WATCHDOG = re.compile(
-    r"(?:(?P<who>\w+) )?[Ww]atchdog timeout \(self\.watchdog_timeout=(?P<seconds>[\d.]+)"
+    r"(?:\b(?P<who>\w+) )?[Ww]atchdog timeout \(self\.watchdog_timeout=(?P<seconds>[\d.]+)"
     r"(?:, self\.soft=(?P<soft>True|False))?\)"
 )
 SIGNAL_NAMES = {-6: "SIGABRT", -7: "SIGBUS", -9: "SIGKILL", -11: "SIGSEGV", -15: "SIGTERM"}
