@@ -252,3 +252,24 @@ def test_dollar_signs_reach_the_container_as_written(tmp_path: Path) -> None:
         subprocess.run([*compose, "down", "--remove-orphans"], capture_output=True,
                        timeout=120, check=False)
         names.cleanup()
+
+
+def test_compose_output_to_a_folder_or_a_missing_one_is_an_error_with_a_fix(
+    world: Env,
+) -> None:
+    """`-o /tmp` ended in a traceback and left `/.tmp.PID.tmp` behind; `-o /no/such/x.yml`
+    made the folders (as root) for a mistyped path."""
+    folder = world.root / "out"
+    folder.mkdir()
+    refused = world.run("compose", "--profile", "smollm2-cpu", "-o", str(folder))
+    assert refused.returncode == 2, refused.stderr
+    assert f"error: -o {folder} is a folder" in refused.stderr
+    assert f"fix: name a file in it: -o {folder / 'docker-compose.yml'}" in refused.stderr
+    assert list(folder.iterdir()) == [] and not list(world.root.glob(".*.tmp"))
+
+    missing = world.root / "no" / "such" / "compose.yml"
+    refused = world.run("compose", "--profile", "smollm2-cpu", "-o", str(missing))
+    assert refused.returncode == 2, refused.stderr
+    assert f"the folder {missing.parent} does not exist" in refused.stderr
+    assert not (world.root / "no").exists()
+    assert "Traceback" not in refused.stderr

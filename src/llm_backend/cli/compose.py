@@ -10,6 +10,7 @@ import typer
 from llm_backend.cli import render, render_reports
 from llm_backend.cli.app import make_lifecycle
 from llm_backend.cli.start import choose_profile
+from llm_backend.errors import UsageError
 
 
 def compose(
@@ -25,6 +26,13 @@ def compose(
     from llm_backend.engines import get_engine
     from llm_backend.runtimes.compose import build_compose
 
+    if output is not None:  # before anything is written (the key files below)
+        if output.is_dir():
+            raise UsageError(f"-o {output} is a folder",
+                             remedy=f"name a file in it: -o {output / 'docker-compose.yml'}")
+        if not output.parent.is_dir():
+            raise UsageError(f"-o {output}: the folder {output.parent} does not exist",
+                             remedy=f"mkdir -p {output.parent} first, or write elsewhere")
     lifecycle = make_lifecycle()
     name = choose_profile(lifecycle, profile)
     overrides: dict[str, object] = {"runtime": "docker"}
@@ -47,5 +55,10 @@ def compose(
     if output is None:
         render.print_raw(document.text())
         return
-    document.write(output)
+    try:
+        document.write(output, make_folder=False)
+    except OSError as error:
+        raise UsageError(f"cannot write {output}: {error.strerror or error}",
+                         remedy="write it to a folder you can write: -o ./docker-compose.yml"
+                         ) from error
     render_reports.render_compose_written(document, output)

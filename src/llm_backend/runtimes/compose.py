@@ -69,14 +69,24 @@ class ComposeDocument:
         )
         return header + yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=100)
 
-    def write(self, path: Path, *, with_name: bool = True) -> Path:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def write(self, path: Path, *, with_name: bool = True, make_folder: bool = True) -> Path:
+        """Write the file at `path` (0600, by rename; a link there is replaced, never followed).
+
+        `make_folder`: create the missing folders above it (the state dir's copy); a path the
+        user gave (`compose -o`) gets none made. Raises OSError; no temporary file is left.
+        """
+        if make_folder:
+            path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         # 0600 from the first byte: the file names mounts and settings of a root-run service.
         descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            handle.write(self.text(with_name=with_name))
-        os.replace(tmp, path)
+        try:
+            with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+                handle.write(self.text(with_name=with_name))
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         return path
 
 
