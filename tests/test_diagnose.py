@@ -11,6 +11,7 @@ formats SGLang 0.5.23 (and older releases, where named) prints them; a real llam
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -239,6 +240,26 @@ def test_diagnose_json_of_a_crash_while_serving(tmp_path: Path) -> None:
     assert data["ready"] is True and data["failure_after_ready"] is True
     assert data["failure"]["class"] == "child_crash"
     assert completed.returncode != 0  # ready, then crashed: not a healthy log
+
+
+def test_diagnose_reads_a_pipe_and_names_a_folder(tmp_path: Path) -> None:
+    """`diagnose <(docker logs NAME)` hands over /dev/fd/N, a pipe, which "did not exist";
+    a folder "did not exist" either."""
+    read_end, write_end = os.pipe()
+    with os.fdopen(write_end, "w") as writer:
+        writer.write("\n".join(LLAMA_READY) + "\n")
+    try:
+        completed = subprocess.run(
+            [sys.executable, "-m", "llm_backend", "diagnose", f"/dev/fd/{read_end}"],
+            capture_output=True, text=True, timeout=60, pass_fds=(read_end,))
+    finally:
+        os.close(read_end)
+    assert completed.returncode == 0, completed.stderr
+    assert "ready:   yes" in completed.stdout
+    folder = subprocess.run([sys.executable, "-m", "llm_backend", "diagnose", str(tmp_path)],
+                            capture_output=True, text=True, timeout=60)
+    assert folder.returncode == 1
+    assert f"error: log file {tmp_path} is a folder" in folder.stderr
 
 
 # --- SIGKILL with nothing before it ------------------------------------------------------------

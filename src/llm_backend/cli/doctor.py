@@ -63,13 +63,21 @@ def diagnose(
         lines = sys.stdin.read().splitlines()
     else:
         path = Path(logfile)
-        if not path.is_file():
+        # A file, or a pipe such as `<(docker logs NAME)` (/dev/fd/N): read what it gives.
+        problem = ("does not exist" if not path.exists()
+                   else "is a folder" if path.is_dir() else None)
+        lines = []
+        if problem is None:
+            try:
+                lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+            except OSError as error:
+                problem = f"cannot be read: {error.strerror or error}"
+        if problem is not None:
             raise BackendError(
-                f"log file {logfile} does not exist",
+                f"log file {logfile} {problem}",
                 remedy="pass a saved log (`llm-backend logs -n 1000 > server.log`) or - "
                 "to read stdin",
             )
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     result = diagnose_lines(lines, engine)
     if as_json:
         render.print_json(result.to_json())
