@@ -161,3 +161,30 @@ def test_a_503_is_not_ready(tmp_path: Path, health_server: tuple[int, threading.
     result = monitor(log, port, alive=[True], stall_s=0.5, load_s=30).run()
     assert not result.ready
     assert result.failure is not None and result.failure.failure_class == "stalled"
+
+
+def test_the_log_follower_keeps_a_line_without_breaks_bounded(tmp_path: Path) -> None:
+    """Output with no line break (binary, a runaway print) keeps its first LINE_MAX_BYTES,
+    says how much was cut, and the lines after it are read whole; memory stays bounded."""
+    from llm_backend.logtail import LogFollower
+
+    log = tmp_path / "server.log"
+    follower = LogFollower(log)
+    limit = LogFollower.LINE_MAX_BYTES
+    with log.open("wb") as handle:
+        handle.write(b"Receive: obj=" + b"x" * (limit // 2))
+        handle.flush()
+        assert follower.read_lines() == []
+        for _ in range(3):
+            handle.write(b"y" * limit)
+            handle.flush()
+            assert follower.read_lines() == []
+            assert len(follower._partial) <= limit  # never grows with the line
+        handle.write(b"z" * 10 + b"\nnext line\nlast")
+    lines = follower.flush()
+    assert len(lines) == 3
+    first = lines[0]
+    assert first.startswith("Receive: obj=x")  # its start: what the line is
+    assert first.endswith(f" [cut: {limit // 2 + 2 * limit + 10 + 13} more bytes of this line]")
+    assert len(first) < limit + 100
+    assert lines[1:] == ["next line", "last"]

@@ -108,11 +108,16 @@ class LogFollower:
     new file takes the path (another inode); either way reading starts again at byte 0."""
 
     HEAD_BYTES = 256  # compared on each read: a rewritten log starts with other bytes
+    # A line is kept whole up to this many bytes; the rest of a longer one (output without
+    # line breaks) is dropped and counted, so memory and copying stay bounded. Its start is
+    # kept: that is where a line says what it is (a client's request line, say).
+    LINE_MAX_BYTES = 1 << 20
 
     def __init__(self, path: Path, offset: int = 0) -> None:
         self.path = path
         self.offset = offset
         self._partial = b""
+        self._dropped = 0  # bytes of the current line beyond LINE_MAX_BYTES, not kept
         self._identity: tuple[int, int] | None = None
         self._head = b""
 
@@ -126,7 +131,7 @@ class LogFollower:
                 if (self._identity is not None and identity != self._identity) or (
                     info.st_size < self.offset or (self._head and head[: len(known)] != known)
                 ):
-                    self.offset, self._partial = 0, b""  # rotated or rewritten
+                    self.offset, self._partial, self._dropped = 0, b"", 0  # rotated
                 self._identity = identity
                 if len(head) > len(self._head) or self.offset == 0:
                     self._head = head
@@ -137,16 +142,38 @@ class LogFollower:
         if not data:
             return []
         self.offset += len(data)
-        data = self._partial + data
         # A carriage return ends a line too: progress bars (tqdm, huggingface_hub) redraw
         # themselves with "\r" and no "\n" for as long as a download runs.
-        *complete, self._partial = LINE_END.split(data)
-        return [line.decode("utf-8", errors="replace") for line in complete if line]
+        if self._dropped:
+            # Still inside an over-long line: its next bytes up to a line break go too.
+            found = LINE_END.search(data)
+            if found is None:
+                self._dropped += len(data)
+                return []
+            self._dropped += found.start()
+            data = self._partial + b"\n" + data[found.end():]  # its kept start, ended
+        else:
+            data = self._partial + data
+        *complete, partial = LINE_END.split(data)
+        lines = [self._decode(line, self._dropped if index == 0 else 0)
+                 for index, line in enumerate(complete) if line]
+        if complete:
+            self._dropped = 0
+        if len(partial) > self.LINE_MAX_BYTES:
+            self._dropped = len(partial) - self.LINE_MAX_BYTES
+            partial = partial[: self.LINE_MAX_BYTES]
+        self._partial = partial
+        return lines
+
+    @staticmethod
+    def _decode(line: bytes, dropped: int) -> str:
+        text = line.decode("utf-8", errors="replace")
+        return f"{text} [cut: {dropped} more bytes of this line]" if dropped else text
 
     def flush(self) -> list[str]:
         """The remaining lines, the last one even without its newline."""
         lines = self.read_lines()
         if self._partial:
-            lines.append(self._partial.decode("utf-8", errors="replace"))
-            self._partial = b""
+            lines.append(self._decode(self._partial, self._dropped))
+            self._partial, self._dropped = b"", 0
         return lines
