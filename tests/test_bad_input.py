@@ -292,6 +292,7 @@ def test_absurd_profile_value_is_refused(world: Env, setting: str, shown: str) -
         (("recover", "--swapoff-timeout", "0"), "--swapoff-timeout 0", "llm-backend recover"),
         (("recover", "--swapoff-timeout", "nan"), "--swapoff-timeout nan", "llm-backend recover"),
         (("logs", "-n", "-3"), "-n -3", "llm-backend logs -n"),
+        (("router", "logs", "-n", "-3"), "-n -3", "llm-backend router logs -n"),
         (("start", "--timeout", "inf"), "'load_timeout_s' = inf", "command line"),
         (("start", "--timeout", "0"), "'load_timeout_s' = 0", "command line"),
         (("start", "--port", "70000"), "'port' = 70000", "command line"),

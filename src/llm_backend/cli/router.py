@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from llm_backend.cli import render
+from llm_backend.cli.options import check_number
 from llm_backend.cli.render_more import (
     render_router_started,
     render_router_status,
@@ -68,4 +69,5 @@ def router_logs(
     lines: Annotated[int, typer.Option("-n", help="How many lines to show.")] = 50,
 ) -> None:
     """Print the router's log."""
+    check_number("-n", lines, low=0, high=1_000_000, command="router logs")
     render.render_log_lines(_manager().logs(lines))
