@@ -7,6 +7,7 @@ setpriv, because root reads any file.
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shutil
@@ -40,6 +41,14 @@ def assert_refused(world: Env, completed: subprocess.CompletedProcess[str], *nee
 
 
 # --- config files ----------------------------------------------------------------------------
+
+
+def test_config_saved_with_a_byte_order_mark_is_read(world: Env) -> None:
+    """Notepad's "UTF-8" puts a BOM first; tomllib called it an invalid statement at 1:1."""
+    (world.cwd / "llm-backend.toml").write_bytes(
+        b'\xef\xbb\xbf[profiles.a]\nextends = "smollm2-cpu"\nport = 31999\n')
+    shown = json.loads(world.run("profiles", "show", "a", "--json", check=True).stdout)
+    assert shown["port"]["value"] == 31999
 
 
 def test_config_not_utf8_names_the_file_and_line(world: Env) -> None:

@@ -861,7 +861,9 @@ def _read_config_text(path: Path) -> str | None:
             remedy=f"chmod u+r {path} (or run as the user who owns it)",
         ) from None
     try:
-        return raw.decode("utf-8")
+        # Editors on Windows save UTF-8 with a byte-order mark, which tomllib reads as an
+        # "Invalid statement" at line 1, column 1: the mark is no content, so it is dropped.
+        return raw.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as error:
         line = raw[: error.start].count(b"\n") + 1
         raise ConfigError(
