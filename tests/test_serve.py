@@ -483,3 +483,12 @@ def test_systemd_unit_is_written_verified_and_removed(world: Env, tmp_path: Path
     assert refused.returncode == 1 and "not written by llm-backend" in refused.stderr
     refused = world.run("service", "uninstall", "--unit-dir", str(units))
     assert refused.returncode == 1 and unit.exists()
+    # A unit that cannot be verified (here: no systemd-analyze) never replaces the one before.
+    unit.unlink()
+    world.run("service", "install", "--profile", "t", "--unit-dir", str(units), check=True)
+    before = unit.read_text()
+    world.env["PATH"] = str(tmp_path / "no-tools")
+    refused = world.run("service", "install", "--profile", "t", "--unit-dir", str(units))
+    assert refused.returncode == 1 and "systemd-analyze is not installed" in refused.stderr
+    assert unit.read_text() == before
+    assert sorted(path.name for path in units.iterdir()) == ["llm-backend.service"]

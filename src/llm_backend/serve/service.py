@@ -13,6 +13,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,16 +132,21 @@ def install(
             remedy=f"move it away first (it is not ours to replace): mv {path} {path}.orig",
         )
     text = render_unit(profile, working_directory=working_directory, environment=environment)
+    # Verified in a folder of its own before it goes in place: a unit systemd-analyze objects
+    # to (or no systemd-analyze) never replaces or removes the one installed before.
+    with tempfile.TemporaryDirectory(prefix="llm-backend-unit-") as scratch:
+        candidate = Path(scratch) / UNIT_NAME
+        candidate.write_text(text, encoding="utf-8")
+        try:
+            verify(candidate)
+        except BackendError as error:
+            raise BackendError(error.message.replace(str(candidate), str(path)),
+                               remedy=error.remedy) from None
     unit_dir.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
     temporary.write_text(text, encoding="utf-8")
     temporary.chmod(0o644)
     temporary.rename(path)
-    try:
-        verify(path)
-    except BackendError:
-        path.unlink(missing_ok=True)
-        raise
     notes: list[str] = []
     enabled = False
     if _systemd_running() and unit_dir == UNIT_DIR:
