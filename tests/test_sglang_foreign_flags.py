@@ -241,6 +241,8 @@ def parse_all(argvs: list[list[str]]) -> list[dict[str, object]]:
         "            code = 0\n"
         "        except SystemExit as exit_:\n"
         "            code = exit_.code if isinstance(exit_.code, int) else 2\n"
+        "        except Exception as error:  # an action's assert (LoRAPathAction)\n"
+        "            code, _ = 3, err.write(repr(error))\n"
         "    results.append({'argv': argv, 'code': code, 'stderr': err.getvalue()[-400:]})\n"
         "print('RESULTS ' + json.dumps(results))\n"
     )
@@ -422,7 +424,8 @@ def test_fixes_for_missing_or_wrong_values_are_literal_too() -> None:
         # also in the `--flag=value` form, and numbers that cannot be scaled or rounded.
         for extra in ([flag], [flag, "junk value"], [flag, "--enable-metrics"], [flag + "=x"],
                       [flag, ""], [flag, "a=b"], [flag + "=true"], [flag, "1e3"],
-                      [flag, "4,096"], [flag, "inf"], [flag, "nan"], [flag, "1e999"]):
+                      [flag, "4,096"], [flag, "inf"], [flag, "nan"], [flag, "1e999"],
+                      [flag, "{}"]):
             argv = ["--model-path", "m", *extra]
             fix = fix_text(check_with_table(argv, TABLE).problems, "p")
             assert fix, extra
@@ -445,6 +448,12 @@ def test_fixes_for_missing_or_wrong_values_are_literal_too() -> None:
          "--preferred-sampling-params with JSON"),
         (["--gpu-memory-utilization", "inf"], "remove `--gpu-memory-utilization inf`, then add "
          "--mem-fraction-static with a number"),
+        # vLLM's JSON adapter form; SGLang asserts lora_name/lora_path in a JSON value.
+        (["--lora-modules", '{"name": "a", "path": "/loras/a", "base_model_name": "m"}'],
+         "replace `--lora-modules '{\"name\": \"a\", \"path\": \"/loras/a\", "
+         "\"base_model_name\": \"m\"}'` with `--lora-paths a=/loras/a`"),
+        (["--lora", "{}"],
+         "remove `--lora {}`, then add --lora-paths with NAME=PATH for each adapter"),
         # torchrun's address with its port already in it: one port, not HOST:PORT:29500.
         (["--master-addr", "10.0.0.1:5000"],
          "replace `--master-addr 10.0.0.1:5000` with `--dist-init-addr 10.0.0.1:5000`"),
@@ -457,8 +466,11 @@ def test_values_sglangs_typed_flags_refuse_are_never_carried(extra: list[str], f
     """SGLang 0.5.23 types --context-length and --max-prefill-tokens with human_readable_int
     (srt/utils/common.py: 32k is fine, 4,096 is not) and the JSON flags with json.loads; a
     value they refuse is not carried into the fix, and `inf` is no number to scale."""
-    check = check_with_table(["--model-path", "m", *extra], TABLE)
+    argv = ["--model-path", "m", *extra]
+    check = check_with_table(argv, TABLE)
     assert fix_text(check.problems, "p") == fix
+    (result,) = parse_all([follow(argv, fix)])  # SGLang 0.5.23's own parser takes it
+    assert result["code"] == 0, result
 
 
 def test_a_secret_flags_value_is_never_shown_even_inline() -> None:

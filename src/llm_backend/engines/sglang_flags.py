@@ -513,7 +513,37 @@ def foreign_edit(
         new_values = [str(len([part for part in re.split(r"[,/]+", value) if part]))]
     elif foreign.strip_tag:
         new_values = [value.partition(":")[0]]
+    if name == "--lora-paths":
+        adapters = [_lora_adapter(item) for item in new_values]
+        if None in adapters:
+            bad = new_values[adapters.index(None)]
+            return (), f"{bad!r} is no LoRA adapter SGLang reads", \
+                "add --lora-paths with NAME=PATH for each adapter"
+        new_values = [adapter for adapter in adapters if adapter is not None]
     return _checked_choices((name, *new_values), table)
+
+
+def _lora_adapter(value: str) -> str | None:
+    """A LoRA adapter as SGLang 0.5.23's --lora-paths takes it (`srt/arg_groups/
+    argparse_actions.py` LoRAPathAction: `NAME=PATH`, `PATH`, or a JSON object with
+    `lora_name` and `lora_path`, which it asserts). vLLM's JSON form (`vllm/entrypoints/
+    openai/cli_args.py` LoRAParserAction: `{"name": ..., "path": ...}`) becomes NAME=PATH;
+    None for a JSON object with neither."""
+    text = value.strip()
+    if not (text.startswith("{") and text.endswith("}")):
+        return value
+    try:
+        adapter = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(adapter, dict):
+        return None
+    if "lora_name" in adapter and "lora_path" in adapter:
+        return value
+    name, path = adapter.get("name"), adapter.get("path")
+    if isinstance(name, str) and isinstance(path, str) and name and path and "=" not in name:
+        return f"{name}={path}"
+    return None
 
 
 def _checked_choices(tokens: Tokens, table: FlagTable) -> tuple[Tokens | None, str, str]:
