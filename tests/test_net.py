@@ -110,6 +110,16 @@ host = "fe80::1%eth0"
     assert "is a link-local IPv6 address with a zone" in refused.stderr
     assert "fix: correct that key in ./llm-backend.toml" in refused.stderr
     assert "in use" not in refused.stderr
+    world.write_config("""
+[profiles.zone]
+extends = "smollm2-cpu"
+runtime = "docker"
+[profiles.zone.docker]
+publish_host = "fe80::1%eth0"
+""")
+    refused = world.run("compose", "--profile", "zone")
+    assert refused.returncode == 2, refused.stderr
+    assert "key 'docker.publish_host' = 'fe80::1%eth0'" in refused.stderr
 
 
 @pytest.fixture

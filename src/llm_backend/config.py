@@ -134,6 +134,20 @@ class SpeculativeConfig(StrictModel):
         return _trimmed(value)
 
 
+def _refuse_zone(value: str) -> str:
+    """Refuse a link-local IPv6 address with a zone (`fe80::1%eth0`) as a host or published
+    address: it can be bound, but a URL carries the zone as `%25eth0` (RFC 6874), which the
+    health poll (http.client) does not connect to: llama-server loaded on such a host and
+    was never seen ready."""
+    if "%" in value:
+        raise ValueError(
+            f"{value!r} is a link-local IPv6 address with a zone ('%'), which llm-backend "
+            "cannot reach to see the server ready; use a global address of this machine "
+            "(`ip -6 addr` shows them), '::' for every interface, or '127.0.0.1'"
+        )
+    return value
+
+
 class DockerConfig(StrictModel):
     """How the Docker runtime runs the engine: image, names, devices, mounts."""
 
@@ -158,6 +172,11 @@ class DockerConfig(StrictModel):
     healthcheck_retries: int = Field(default=3, ge=1, le=1000)
     # default: the load timeout
     healthcheck_start_period_s: float | None = Field(default=None, ge=0, le=7 * 86400)
+
+    @field_validator("publish_host")
+    @classmethod
+    def _publish_no_zone(cls, value: str) -> str:
+        return _refuse_zone(value)
 
     @field_validator("restart")
     @classmethod
@@ -478,16 +497,7 @@ class Profile(StrictModel):
     @field_validator("host")
     @classmethod
     def _no_zone(cls, value: str) -> str:
-        # A link-local IPv6 address with a zone (`fe80::1%eth0`) can be bound, but a URL
-        # carries the zone as `%25eth0` (RFC 6874), which the health poll (http.client) does
-        # not connect to: llama-server loaded on such a host and was never seen ready.
-        if "%" in value:
-            raise ValueError(
-                f"{value!r} is a link-local IPv6 address with a zone ('%'), which llm-backend "
-                "cannot reach to see the server ready; use a global address of this machine "
-                "(`ip -6 addr` shows them), '::' for every interface, or '127.0.0.1'"
-            )
-        return value
+        return _refuse_zone(value)
 
     @field_validator("router_url", "router_worker_url")
     @classmethod
