@@ -273,3 +273,22 @@ def test_compose_output_to_a_folder_or_a_missing_one_is_an_error_with_a_fix(
     assert f"the folder {missing.parent} does not exist" in refused.stderr
     assert not (world.root / "no").exists()
     assert "Traceback" not in refused.stderr
+
+
+def test_the_host_folder_of_a_container_path_is_the_deepest_mount() -> None:
+    """Docker shows a container path from the deepest bind mount that holds it; the cache
+    `doctor` and `pull` judge must be that folder, whatever the order of `volumes`."""
+    from llm_backend.runtimes.docker import DockerRuntime
+
+    runtime = DockerRuntime()
+    for volumes in (["/a:/root/.cache", "/b:/root/.cache/huggingface/"],
+                    ["/b/:/root/.cache/huggingface:ro", "/a:/root/.cache"]):
+        profile = load_config().resolve("smollm2-cpu", {"docker.volumes": volumes}).profile
+        assert runtime.host_path(profile=profile, path="/root/.cache/huggingface/hub") == \
+            Path("/b/hub")
+        assert runtime.host_path(profile=profile, path="/root/.cache/huggingface") == \
+            Path("/b")
+        assert runtime.host_path(profile=profile, path="/root/.cache/x") == Path("/a/x")
+        assert runtime.host_path(profile=profile, path="/root/.cachex") is None
+    named = load_config().resolve("smollm2-cpu", {"docker.volumes": ["hf:/root/.cache"]}).profile
+    assert runtime.host_path(profile=named, path="/root/.cache/huggingface") is None

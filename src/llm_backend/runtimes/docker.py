@@ -543,17 +543,21 @@ class DockerRuntime(Runtime):
         return CONTAINER_SECRET_DIR
 
     def host_path(self, *, profile: Profile, path: str) -> Path | None:
-        """The host side of the `host:container` bind mount that holds `path`, if any."""
+        """The host side of the `host:container` bind mount that holds `path`, if any: the
+        deepest one (`/b:/root/.cache/huggingface` over `/a:/root/.cache`), as in the
+        container, where the deeper mount hides what the outer one has there."""
+        best: tuple[int, Path] | None = None
         for volume in profile.docker.volumes:
             host, _, rest = volume.partition(":")
-            target = rest.split(":")[0]
-            if not host.startswith(("/", "~", ".")):
+            target = rest.split(":")[0].rstrip("/") or "/"
+            if not host.startswith(("/", "~", ".")) or not rest.startswith("/"):
                 continue  # a named volume: not a folder of this machine we can write into
-            if target and (path == target or path.startswith(target.rstrip("/") + "/")):
+            if path == target or path.startswith(target.rstrip("/") + "/"):
                 inside = path[len(target):].lstrip("/")
-                return Path(os.path.expanduser(host)) / inside if inside else \
-                    Path(os.path.expanduser(host))
-        return None
+                folder = Path(os.path.expanduser(host))
+                if best is None or len(target) > best[0]:
+                    best = (len(target), folder / inside if inside else folder)
+        return best[1] if best is not None else None
 
     def compose_file_path(self, *, spec: LaunchSpec) -> Path:
         root = spec.state_dir or spec.log_path.parent.parent
