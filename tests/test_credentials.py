@@ -231,6 +231,7 @@ extra_args = ["{flag}", "sk-abbrev-secret"]
 @pytest.mark.parametrize("table", [
     'HF_TOKEN = ["hf_LISTSECRET_2"]',  # a type error under a secret name
     'HF_TOKEN = "hf_LISTSECRET_2\\u0000"',  # a NUL byte: the whole env table is named
+    'SOME_NAME = ["hf_LISTSECRETLISTSECRET_2"]',  # a plain name, a token-shaped value
 ])
 def test_a_bad_secret_value_is_not_echoed_in_the_error(world: Env, table: str) -> None:
     world.write_config(f'[profiles.f]\nextends = "smollm2-cpu"\n[profiles.f.env]\n{table}\n'

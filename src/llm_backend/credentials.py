@@ -113,7 +113,10 @@ def secret_texts(key: str, value: Any) -> list[str]:
     if isinstance(value, dict):
         return [text for name, item in value.items()
                 for text in secret_texts(f"{key}.{name}", item)]
-    return []
+    # Whatever the key: a token-shaped value or a URL with a password (`is_secret_env`).
+    items = value if isinstance(value, list | tuple) else [value]
+    return [str(item) for item in items
+            if isinstance(item, str) and is_secret_env("", item)]
 
 
 def redact(text: str, secrets: list[str]) -> str:
