@@ -74,6 +74,7 @@ def test_status_chat_and_bench_use_the_door_with_its_key(
     chatted = world.run("chat", "Say hello.", "--max-tokens", "4", timeout=180)
     assert chatted.returncode == 0, chatted.stderr
     assert wait_for(lambda: door.serve_record()["held"] == 1, timeout=30)
+    assert door.serve_record()["max_wait_s"] == 60  # chat and bench wait this much longer
     # The door counts a request once its last byte is sent, which can be after the client
     # read [DONE].
     assert wait_for(lambda: chat_requests(door) == 1, timeout=30), door_requests(door)

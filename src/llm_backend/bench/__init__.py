@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 ProgressCallback = Callable[[str, int, int | None], None]
 """(description, completed, total or None for a duration-bound level)."""
 
+REQUEST_TIMEOUT_S = 600.0  # one request's read timeout (plus what a door may hold it)
 WARMUP_MESSAGES = ({"role": "user", "content": "Say hello."},)
 
 
@@ -36,6 +37,7 @@ class Target:
     # Request headers (API key); None: the key `start` keeps for our own clients, if any.
     headers: dict[str, str] | None = field(default=None, repr=False)
     through_door: bool = False  # the endpoint is `serve`'s door, not the backend itself
+    hold_s: float = 0.0  # the door may hold a request this long first: added to the timeout
 
 
 def parse_levels(text: str) -> tuple[int, ...]:
@@ -64,6 +66,7 @@ def warm_up(target: Target, *, extra_body: dict[str, Any] | None = None) -> None
         endpoint=target.endpoint,
         model=target.model,
         headers=target.headers,
+        timeout_s=REQUEST_TIMEOUT_S + target.hold_s,
         requests=(request,),
         concurrency=1,
         extra_body=extra_body,
@@ -106,6 +109,7 @@ def run_sweep(
                 endpoint=target.endpoint,
                 model=target.model,
                 headers=target.headers,
+                timeout_s=REQUEST_TIMEOUT_S + target.hold_s,
                 requests=requests,
                 concurrency=level,
                 duration_s=duration_s,
@@ -180,7 +184,7 @@ def running_target(lifecycle: Lifecycle, *, direct: bool = False) -> Target:
                 endpoint=door.endpoint, model=model, profile=door.profile,
                 engine=profile.engine if profile else None,
                 speculative=profile.speculative.enabled if profile else None,
-                headers=door.headers, through_door=True,
+                headers=door.headers, through_door=True, hold_s=door.hold_s,
             )
     record = lifecycle.running_record()
     overrides = record.runtime_info.get("overrides") or {}

@@ -33,8 +33,10 @@ def chat(
     check_number("--temperature", temperature, low=0, high=2, command="chat")
     lifecycle = make_lifecycle()
     door = None if direct else door_client(lifecycle.store)
+    timeout_s = 300.0
     if door is not None:  # the door holds the request while the backend loads
         endpoint, headers = door.endpoint, door.headers
+        timeout_s += door.hold_s
         model = door.model or lifecycle.resolve(door.profile).profile.model_name
     else:
         record = lifecycle.running_record()
@@ -49,6 +51,7 @@ def chat(
             temperature=temperature,
             on_text=render.stream_text,
             headers=headers,
+            timeout_s=timeout_s,
         )
     except httpx.HTTPError as error:
         raise BackendError(

@@ -34,6 +34,7 @@ class DoorClient:
     model: str | None
     profile: str
     headers: dict[str, str] = field(default_factory=dict, repr=False)
+    hold_s: float = 0.0  # the door may hold a request this long before it answers
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ def door_client(store: StateStore) -> DoorClient | None:
                 headers = {"Authorization": f"Bearer {key}"}
     else:
         headers = client_headers(store.root)
-    return DoorClient(door.door, door.model, door.profile, headers)
+    return DoorClient(door.door, door.model, door.profile, headers, door.max_wait_s or 0.0)
 
 
 def stop(store: StateStore, door: serve_record.ServeRecord, *, timeout_s: float) -> ServeStop:

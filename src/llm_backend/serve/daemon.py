@@ -197,6 +197,7 @@ async def _main(
         api_keys=bool(keys),
         fallback_url=settings.fallback_url,
         model=profile.model_name,
+        max_wait_s=settings.max_wait_s,
     )
     if keys:  # llm-backend's own clients (chat, bench) get a key of their own
         keys = keys | {serve_control.make_client_key(lifecycle.store)}

@@ -42,6 +42,7 @@ class ServeRecord:
     api_keys: bool = False  # whether keys are checked (never the keys)
     fallback_url: str | None = None
     model: str | None = None  # the served model name clients ask for
+    max_wait_s: float | None = None  # how long the door holds a request while not ready
     extra: dict[str, Any] = field(default_factory=dict)
 
     def evolve(self, **changes: Any) -> ServeRecord:
