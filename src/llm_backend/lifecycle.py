@@ -412,7 +412,10 @@ class Lifecycle:
         engine.check_profile(profile=profile, for_container=for_container)
         flag_note = check_engine_flags(profile, engine, for_container=for_container)
         argv = engine.build_argv(profile=profile, for_container=for_container)
-        key_folder, key_args = self.api_key_setup(profile, engine, runtime, write=False)
+        try:
+            key_folder, key_args = self.api_key_setup(profile, engine, runtime, write=False)
+        except ConfigError:  # an unsafe key file: doctor's `access` check reports it above
+            key_folder, key_args = None, []
         argv = [*argv, *key_args]  # as a start passes them (the files are written then)
         plan = [f"launch ({profile.runtime}): {line}"
                 for line in runtime.describe(profile=profile, argv=argv)]
