@@ -320,8 +320,12 @@ class Supervisor:
             "Authorization")
         self.metrics.loads.labels(outcome="ready").inc()
         self.metrics.load_duration.observe(duration)
+        # `status` says "last start took" the launch-to-ready time; this line counts the
+        # preflight and pull too, so it names both.
+        load = (f", the load {result.duration_s:.1f} s" if result.duration_s is not None
+                else "")
         self.on_line(
-            f"backend: ready in {duration:.1f} s (pid {result.pid}, {self.backend_url})"
+            f"backend: ready in {duration:.1f} s{load} (pid {result.pid}, {self.backend_url})"
         )
         self._set("ready", phase="ready", eta_s=0.0, failure=None)
         self.touch()
