@@ -326,3 +326,57 @@ def test_a_record_naming_another_containers_log_follower_never_signals_it(
     finally:
         follower.kill()
         follower.wait(timeout=30)
+
+
+def test_two_commands_finding_a_killed_starts_container_start_one_log_follower(
+    world: Env, names: DockerNames
+) -> None:
+    """`status` and `serve` (say) both reconciling a start killed between `compose up` and
+    its log follower: looking for a follower and starting one is done under one lock, so the
+    second finds the first's instead of starting its own (which doubled every log line)."""
+    import threading
+
+    from llm_backend.locks import FileLock
+    from llm_backend.runtimes.docker import FOLLOWER_LOCK, DockerRuntime
+    from llm_backend.state import InstanceRecord
+
+    created_at = time.time()
+    docker("run", "-d", "--name", names.container, "--network", "none",
+           *run_labels("server", world.state_dir), "--label", "llm-backend.profile=smollm2-cpu",
+           "--label", f"llm-backend.instance={created_at:.6f}", *SLEEPER)
+    ours = inspect(names.container)
+    assert ours is not None and followers_of(str(ours["Id"])) == []
+    (world.state_dir / "compose").mkdir(mode=0o700)
+    record = InstanceRecord.from_json({
+        "profile": "smollm2-cpu", "engine": "llamacpp", "runtime": "docker",
+        "state": "launching", "host": "127.0.0.1", "port": world.port,
+        "served_model_name": "x", "argv": [], "created_at": created_at,
+        "log_path": str(world.state_dir / "logs" / "smollm2-cpu.log"), "runtime_info": {},
+    })
+    found: list[int | None] = []
+
+    def reconcile() -> None:
+        runtime = DockerRuntime()
+        runtime.state_dir = world.state_dir
+        launched = runtime.find_launched(record=record)
+        found.append(launched.runtime_info["log_follower_pid"] if launched else None)
+
+    other = FileLock(world.state_dir / FOLLOWER_LOCK)  # the other command, at work
+    assert other.acquire(timeout_s=30)
+    first = threading.Thread(target=reconcile)
+    try:
+        first.start()
+        first.join(timeout=3)
+        assert first.is_alive() and found == []  # it waits for the other one
+        assert followers_of(str(ours["Id"])) == []
+        other.release()
+        first.join(timeout=120)
+        second = threading.Thread(target=reconcile)
+        second.start()
+        second.join(timeout=120)
+        assert len(found) == 2 and found[0] is not None and found[0] == found[1], found
+        assert followers_of(str(ours["Id"])) == [found[0]]
+    finally:
+        other.release()
+        for pid in followers_of(str(ours["Id"])):
+            psutil.Process(pid).kill()

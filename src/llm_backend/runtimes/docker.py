@@ -32,6 +32,7 @@ import psutil
 from llm_backend.checks import Check
 from llm_backend.config import Profile
 from llm_backend.errors import BackendError, CommandFailed, NotOurs
+from llm_backend.locks import FileLock
 from llm_backend.processes import marker_value, process_matches
 from llm_backend.pull import Source
 from llm_backend.runtimes.base import Launched, LaunchSpec, Runtime, StopResult
@@ -65,6 +66,7 @@ if TYPE_CHECKING:
     from llm_backend.engines.base import Engine
     from llm_backend.hardware import HardwareDescription
 
+FOLLOWER_LOCK = "docker-follower.lock"  # in the state dir: one log follower per container
 INSPECT_CACHE_S = 1.0  # how long a container state read stays fresh for `is_alive`
 COMMAND_TIMEOUT_S = 120.0
 ALIVE_STATES = frozenset({"created", "running"})
@@ -416,9 +418,13 @@ class DockerRuntime(Runtime):
         if len(mine) != 1:
             return None
         state = mine[0]
-        follower_pid = self._follower_of(state.container_id)
-        if follower_pid is None:
-            follower_pid = self._start_follower(state.container_id, Path(record.log_path)).pid
+        # Two commands at once (`status` and `serve`, say) must not both start one.
+        root = self.state_dir if self.state_dir is not None else default_state_dir()
+        with FileLock(root / FOLLOWER_LOCK):
+            follower_pid = self._follower_of(state.container_id)
+            if follower_pid is None:
+                follower_pid = self._start_follower(state.container_id,
+                                                    Path(record.log_path)).pid
         return Launched(
             pid=state.pid or None,
             pid_create_time=_create_time(state.pid) if state.pid else None,
