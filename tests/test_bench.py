@@ -231,3 +231,15 @@ def test_plot_without_matplotlib_names_the_pip_fix(world: Env) -> None:
     assert "--plot needs matplotlib" in completed.stderr
     assert "fix: pip install 'llm-backend[plot]'" in completed.stderr
     assert not (world.cwd / "out.png").exists()
+
+
+def test_a_bad_json_path_is_refused_before_the_run(world: Env) -> None:
+    """`--json /missing/dir/x.json` ran the whole bench, then ended in a traceback (the
+    figures lost with it); it is refused first now, whether or not a backend runs."""
+    missing = world.root / "missing" / "x.json"
+    refused = world.run("bench", "--json", str(missing))
+    assert refused.returncode == 1, refused.stderr
+    assert f"error: --json {missing}: folder {missing.parent} does not exist" in refused.stderr
+    assert "not running" not in refused.stderr and "Traceback" not in refused.stderr
+    refused = world.run("bench", "--json", str(world.root))
+    assert f"error: --json {world.root} is a folder" in refused.stderr

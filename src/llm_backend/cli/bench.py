@@ -75,6 +75,14 @@ def bench(
     if ab is not None and ab != "spec":
         raise BackendError(f"--ab {ab!r} is not known; the A/B kind is: spec",
                            remedy="llm-backend bench --ab spec")
+    if json_path is not None:  # before the run: a bad path must not cost the figures
+        if json_path.is_dir():
+            raise BackendError(f"--json {json_path} is a folder",
+                               remedy=f"name a file in it: --json {json_path / 'bench.json'}")
+        if not json_path.parent.is_dir():
+            raise BackendError(f"--json {json_path}: folder {json_path.parent} does not exist",
+                               remedy=f"mkdir -p {json_path.parent}, or choose another --json "
+                               "path")
     if plot is not None:
         from llm_backend.bench.plot import check_plot_target
 
@@ -131,7 +139,12 @@ def bench(
         series = [("spec off", result.off), ("spec on", result.on)]
         title = f"{chosen.name} on {result.profile}: speculative decoding off vs on"
     if json_path is not None:
-        json_path.write_text(json.dumps(document, indent=2, default=str) + "\n")
+        try:
+            json_path.write_text(json.dumps(document, indent=2, default=str) + "\n")
+        except OSError as error:
+            raise BackendError(f"cannot write --json {json_path}: {error.strerror or error} "
+                               "(the figures are above)",
+                               remedy="choose a --json path in a folder you can write") from error
         render.wrote(json_path)
     if plot is not None:
         from llm_backend.bench.plot import plot_reports
