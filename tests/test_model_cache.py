@@ -201,3 +201,32 @@ def test_a_damaged_cache_never_leads_the_probe_out_of_its_snapshots(
     artifact = repo.probe_local()
     assert not artifact.present
     assert artifact.cached_bytes == 0
+
+
+@pytest.mark.parametrize(("name", "value", "offline"), [
+    ("TRANSFORMERS_OFFLINE", "yes", True),  # huggingface_hub reads it when HF_HUB_OFFLINE is unset
+    ("HF_HUB_OFFLINE", "0", False),
+])
+def test_offline_is_judged_as_huggingface_hub_judges_it(
+    world: Env, hub: HubStandin, name: str, value: str, offline: bool
+) -> None:
+    """huggingface_hub 2.4 (`constants.py`) is offline with HF_HUB_OFFLINE, else
+    TRANSFORMERS_OFFLINE; `pull` and `doctor` judge (and name) the same variable, so the
+    fix unsets the one that is set."""
+    use_hub(world.env, hub, world.root)
+    world.write_config(f"""
+[profiles.hubtest]
+engine = "sglang"
+runtime = "native"
+model = "{MODEL}"
+python = "{sys.executable}"
+""")
+    world.env[name] = value
+    pulled = world.run("pull", "--profile", "hubtest")
+    if offline:
+        assert pulled.returncode == 7, pulled.stderr
+        assert f"{name} is set" in pulled.stderr and f"fix: unset {name}" in pulled.stderr
+        assert hub.requests == []  # judged from the cache alone
+    else:
+        assert pulled.returncode == 0, pulled.stderr
+        assert hub.requests

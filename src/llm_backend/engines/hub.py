@@ -246,7 +246,7 @@ def check_model_cache(ctx: Context) -> CheckResult | None:
     if not missing:
         return result("model_cache", "pass", summary, **details)
     if hub_offline():
-        return result("model_cache", "fail", summary + "; HF_HUB_OFFLINE is set",
+        return result("model_cache", "fail", summary + f"; {_offline_name()} is set",
                       "llm-backend pull on a machine with internet, then copy the cache "
                       f"({', '.join(missing)})", **details)
     return result("model_cache", "warn", summary + "; `start` pulls it first",
@@ -256,8 +256,24 @@ def check_model_cache(ctx: Context) -> CheckResult | None:
 # --- pulling a repository (`llm-backend pull`) -------------------------------------------
 
 
+def offline_variable() -> str | None:
+    """The variable that puts huggingface_hub offline, read as huggingface_hub 2.4 reads it
+    (`constants.py`: `HF_HUB_OFFLINE`, else `TRANSFORMERS_OFFLINE` when the first is unset or
+    empty; true for 1/ON/YES/TRUE in any case, nothing else), so that the tool's judgement and
+    the server's downloads agree; None when online."""
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        value = os.environ.get(name)
+        if value:
+            return name if value.upper() in {"1", "ON", "YES", "TRUE"} else None
+    return None
+
+
 def hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+    return offline_variable() is not None
+
+
+def _offline_name() -> str:
+    return offline_variable() or "HF_HUB_OFFLINE"
 
 
 @dataclass(frozen=True)
@@ -448,9 +464,9 @@ class HubRepository(Source):
             )
         if isinstance(error, hub_errors.OfflineModeIsEnabled):
             return PullError(
-                f"{self.repo_id} is not in {self.cache_dir} and HF_HUB_OFFLINE is set",
-                remedy="unset HF_HUB_OFFLINE and run `llm-backend pull` on a connected network, "
-                "or copy the repository into the cache",
+                f"{self.repo_id} is not in {self.cache_dir} and {_offline_name()} is set",
+                remedy=f"unset {_offline_name()} and run `llm-backend pull` on a connected "
+                "network, or copy the repository into the cache",
                 failure_class="model_not_found",
             )
         return PullError(
@@ -475,7 +491,7 @@ class HubRepository(Source):
         judged from the cache alone: the cached commit holds a weight file, and at least 95 %
         of `expected_bytes` when that is known."""
         if hub_offline():
-            return self._probe_cache("HF_HUB_OFFLINE: only the cache was looked at")
+            return self._probe_cache(f"{_offline_name()}: only the cache was looked at")
         try:
             commit, entries = self._remote()
         except PullError as error:
@@ -599,8 +615,9 @@ class HubRepository(Source):
 
         if hub_offline():
             raise PullError(
-                f"{self.repo_id} is incomplete in {self.cache_dir} and HF_HUB_OFFLINE is set",
-                remedy="unset HF_HUB_OFFLINE and run `llm-backend pull` again",
+                f"{self.repo_id} is incomplete in {self.cache_dir} and {_offline_name()} is "
+                "set",
+                remedy=f"unset {_offline_name()} and run `llm-backend pull` again",
                 failure_class="model_not_found",
             )
         commit, entries = self._remote()
