@@ -259,3 +259,20 @@ def test_a_planted_holder_file_never_hangs_follows_or_litters(tmp_path: Path,
     lock.release()
     assert target.read_text() == "untouched\n"
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")) == []
+
+
+def test_a_holder_killed_while_naming_itself_leaves_no_temporary_file(tmp_path: Path) -> None:
+    """`<lock>.holder.PID.TID.tmp` of a holder SIGKILLed between writing and renaming is
+    removed by the next holder (a link there is removed itself, its target untouched)."""
+    path = tmp_path / "start.lock"
+    target = tmp_path / "target"
+    target.write_text("untouched\n")
+    (tmp_path / "start.lock.holder.999999.1.tmp").write_text("999999 1.0 start\n")
+    (tmp_path / "start.lock.holder.999998.1.tmp").symlink_to(target)
+    (tmp_path / "other.lock.holder.999999.1.tmp").write_text("not this lock's\n")
+    lock = FileLock(path)
+    assert lock.acquire(blocking=False, holder="stop")
+    lock.release()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "other.lock.holder.999999.1.tmp", "start.lock", "target"]
+    assert target.read_text() == "untouched\n"

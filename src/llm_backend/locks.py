@@ -109,10 +109,22 @@ class FileLock:
             time.sleep(pause)
             pause = min(pause * 2, 0.05)
         with contextlib.suppress(OSError):
+            self._remove_stale_temporaries()
             _write_atomically(
                 self.holder_path, f"{os.getpid()} {_start_time()} {holder}".rstrip() + "\n"
             )
         return True
+
+    def _remove_stale_temporaries(self) -> None:
+        """Temporary holder files of holders killed between writing and renaming: only the
+        holder writes one, and we hold the lock now, so every one there is stale."""
+        prefix = self.holder_path.name + "."
+        with os.scandir(self.holder_path.parent) as entries:
+            stale = [entry.name for entry in entries
+                     if entry.name.startswith(prefix) and entry.name.endswith(".tmp")]
+        for name in stale:
+            with contextlib.suppress(OSError):
+                (self.holder_path.parent / name).unlink()  # a link itself, never its target
 
     def release(self) -> None:
         """Let go (only the holding thread can)."""
