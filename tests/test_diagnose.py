@@ -405,3 +405,34 @@ def test_a_long_line_is_read_in_linear_time(engine: str) -> None:
     diagnosis = diagnose_lines(lines, engine)
     assert time.monotonic() - started < 30  # about 1 s here (2-core VM); minutes before
     assert diagnosis.failure is None and not diagnosis.ready
+
+
+def test_a_clients_line_breaks_in_a_logged_request_error_are_never_the_engines() -> None:
+    """SGLang logs a request's exception as `Error in request: {e}` with its traceback
+    (serving_base.py); the client's text in `e` may hold line breaks, so the lines of that
+    record without SGLang's own prefix are the client's: never a failure. A prefixed line
+    after it is SGLang's again."""
+    client = [
+        "[2026-11-30 06:00:00] The server is fired up and ready to roll!",
+        "[2026-11-30 06:00:05] Error in request: unknown tool 'x",
+        "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 GiB",
+        "'",
+        "Traceback (most recent call last):",
+        '  File "/sgl/serving_base.py", line 120, in handle_request',
+        "    raise RuntimeError(msg)",
+        "RuntimeError: unknown tool 'x",
+        "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 GiB",
+        "'",
+        '[2026-11-30 06:00:06] INFO:     127.0.0.1:40000 - "POST /v1/chat/completions HTTP/1.1" '
+        "500 Internal Server Error",
+    ]
+    faked = diagnose_lines(client, "sglang")
+    assert faked.ready and faked.failure is None, faked.failure
+    real = diagnose_lines([
+        *client,
+        "[2026-11-30 06:00:07] Scheduler hit an exception: Traceback (most recent call last):",
+        '  File "/sgl/scheduler.py", line 10, in event_loop',
+        "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB",
+    ], "sglang")
+    assert real.failure is not None and real.failure.failure_class == "out_of_memory"
+    assert real.failure.after_ready

@@ -322,6 +322,9 @@ class LogReader(ABC):
         # The weak failure whose traceback's exception line has not been read yet.
         self._awaiting_cause: Failure | None = None
         self._client_traceback = False  # the last line was a client's (request) line
+        # A client's record that may go on over lines without the engine's prefix (a logged
+        # exception whose text holds the client's line breaks): open until a prefixed line.
+        self._client_record = False
 
     def feed(self, line: str) -> list[PhaseEvent | Failure | SpecStats]:
         """Read one line; return what it told (also kept in `self.reading`)."""
@@ -334,14 +337,27 @@ class LogReader(ABC):
             return []
         message = self.message_of(text)
         bare = message.strip()
+        if self._client_record:
+            if message == text and bare:  # no prefix of its own: the client's record goes on
+                return self._client_phases(text)
+            self._client_record = False
         if self.client_text(message):
             # A prompt or a path can say anything ("CUDA out of memory", "ready to roll").
             self._client_traceback = True
-            phases = [event for event in self.read_line(text)
-                      if isinstance(event, PhaseEvent) and event.name != "ready"
-                      and not self.reading.ready]
-            self.reading.phases += phases
-            return list(phases)
+            self._client_record = self.client_record_continues(message)
+            return self._client_phases(text)
+        return self._engine_line(text, message, bare, in_traceback)
+
+    def _client_phases(self, text: str) -> list[PhaseEvent | Failure | SpecStats]:
+        """A client's line: read for phases only (never `ready`), never for failures."""
+        phases = [event for event in self.read_line(text)
+                  if isinstance(event, PhaseEvent) and event.name != "ready"
+                  and not self.reading.ready]
+        self.reading.phases += phases
+        return list(phases)
+
+    def _engine_line(self, text: str, message: str, bare: str,
+                     in_traceback: bool) -> list[PhaseEvent | Failure | SpecStats]:
         is_exception = EXCEPTION_LINE.match(bare) is not None
         if self._client_traceback:
             # A request's error logged with its traceback (`logger.exception`): the bare
@@ -424,6 +440,12 @@ class LogReader(ABC):
 
     def client_text(self, message: str) -> bool:
         """Whether a line carries text an API client controls (engines say which)."""
+        return False
+
+    def client_record_continues(self, message: str) -> bool:
+        """Whether a client line's log record may go on over the following lines that carry
+        no prefix of the engine's (a logged exception whose text holds the client's line
+        breaks); they are the client's text too. Engines say which."""
         return False
 
     def _is_source_line(self, text: str) -> bool:

@@ -312,6 +312,7 @@ CLIENT_TEXT = re.compile(
     r"\{\"timestamp\": \"[^\"]*\", \"event\": \"request\.|"
     r"\S+:\d+ - \"[A-Z]+ |Error in request: )"
 )
+CLIENT_ERROR_RECORD = re.compile(r"^(?:[A-Z]+:\s+)?Error in request: ")
 SHARDS = re.compile(r"checkpoint shards:\s+\d+% Completed \| (\d+)/(\d+)")
 MOE_LAYER = re.compile(r"Shuffling MoE weights.*\(layer: model\.layers\.(\d+)\.")
 CAPTURE_BS_LIST = re.compile(
@@ -412,6 +413,11 @@ class SGLangLogReader(LogReader):
 
     def client_text(self, message: str) -> bool:
         return CLIENT_TEXT.match(message) is not None
+
+    def client_record_continues(self, message: str) -> bool:
+        # 0.5.23 entrypoints/openai/serving_base.py: `logger.exception(f"Error in request:
+        # {e}")`, where `e` may quote what the client sent, line breaks and all.
+        return CLIENT_ERROR_RECORD.match(message) is not None
 
     def exception_failure(self, line: str, *, header: Failure | None) -> Failure:
         if header is not None and header.message == WARMUP_MESSAGE:
