@@ -151,6 +151,7 @@ def test_unknown_repository_and_unreachable_hub(world: Env, hub: HubStandin) -> 
     assert f"error: no repository 'acme/no-such-model' (revision main) on {hub.endpoint}" \
         in missing.stderr
     assert "fix: check `model` / `speculative.draft_model`" in missing.stderr
+    assert "(`llm-backend profiles show hubtest`)" in missing.stderr  # the name, not NAME
 
     world.env["HF_ENDPOINT"] = "http://127.0.0.1:9"  # discard port: nothing listens
     down = world.run("pull", "--profile", "hubtest", timeout=240)

@@ -173,7 +173,8 @@ def hub_sources(profile: Profile, runtime: Runtime, repos: Sequence[str]) -> lis
     cache = hub_cache_for(profile, runtime)
     return [
         HubRepository(repo, kind="model" if repo == profile.model else "draft_model",
-                      cache_dir=cache, expected_bytes=expected_download_bytes(profile, repo))
+                      cache_dir=cache, expected_bytes=expected_download_bytes(profile, repo),
+                      profile_name=profile.name)
         for repo in repos
     ]
 
@@ -377,6 +378,7 @@ class HubRepository(Source):
         selector: FileSelector = select_like_sglang,
         cache_dir: Path | None = None,
         expected_bytes: int | None = None,
+        profile_name: str = "NAME",
     ) -> None:
         self.repo_id = repo_id
         self.kind = kind
@@ -387,6 +389,7 @@ class HubRepository(Source):
         # The download size the profile's model facts give: judges the cache when the Hub
         # cannot be asked for the listing (offline, unreachable).
         self.expected_bytes = expected_bytes
+        self.profile_name = profile_name  # the profile that needs it, for fix lines
         self._listing: list[RepoEntry] | None = None
         self._commit: str | None = None
 
@@ -451,7 +454,7 @@ class HubRepository(Source):
             return PullError(
                 f"no repository {self.repo_id!r} (revision {self.revision}) on {endpoint}",
                 remedy="check `model` / `speculative.draft_model` in the profile "
-                "(`llm-backend profiles show NAME`)",
+                f"(`llm-backend profiles show {self.profile_name}`)",
                 failure_class="model_not_found",
             )
         if isinstance(error, hub_errors.HFValidationError):  # a malformed id, not the network

@@ -53,7 +53,8 @@ class NativeRuntime(Runtime):
             except OSError as error:
                 raise BackendError(
                     f"could not run {spec.argv[0]}: {error}",
-                    remedy="check the profile's `binary` (llm-backend profiles show NAME)",
+                    remedy="check the profile's `binary` (llm-backend profiles show "
+                    f"{spec.profile.name})",
                     failure_class=FailureClass.EXITED,
                 ) from None
         self._children[child.pid] = child
