@@ -583,3 +583,38 @@ def test_an_encoding_partial_another_pull_writes_is_left_to_it(tmp_path: Path) -
             assert error.message == (f"another pull is fetching {ENCODING_NAME} into {folder} "
                                      "right now")
     assert partial.read_bytes() == b"first bytes"
+
+
+@pytest.mark.hostprep
+def test_a_read_only_encoding_folder_is_named_before_the_pull(
+    world: Env, hub: HubStandin
+) -> None:
+    """Review F18: `pull --dry-run` and doctor said "does not exist, fix: llm-backend pull"
+    for a folder on a read-only filesystem, and the pull then failed writing there."""
+    import os
+    import subprocess
+    import uuid
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a filesystem")
+    mount = world.root / f"ro-{uuid.uuid4().hex[:6]}"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], check=True)
+    try:
+        folder = mount / "enc"
+        folder.mkdir()
+        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+        hub_world(world, hub, env=f'TIKTOKEN_ENCODINGS_BASE = "{folder}"')
+        world.env["LLM_BACKEND_ENCODINGS_URL"] = "http://127.0.0.1:9/"  # never asked
+        check = doctor_check(world, "tiktoken")
+        assert check["status"] == "fail", check
+        assert f"{folder} is on a read-only filesystem" in str(check["summary"])
+        assert str(check["fix"]).startswith("remount it read-write or set TIKTOKEN_ENCODINGS_BASE")
+        dry = artifacts_of(world.run("pull", "--profile", "hubtest", "--dry-run", "--json",
+                                     check=True).stdout)
+        assert "read-only filesystem" in str(dry["encoding"]["detail"])
+        refused = world.run("pull", "--profile", "hubtest")
+        assert refused.returncode == 7, refused.stderr
+        assert f"error: {folder} is on a read-only filesystem" in refused.stderr
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)

@@ -433,16 +433,27 @@ class VerifiedFile(Source):
         self.url_setting = url_setting
         self.folder_setting = folder_setting
 
-    def folder_problem(self) -> tuple[str, str] | None:
+    def folder_problem(self, *, writing: bool = False) -> tuple[str, str] | None:
         """(what, fix) when `folder` cannot hold the file: a file, or a link to nothing, is in
-        its place (mkdir would fail, and a `mkdir -p` fix would too). None when it is a folder
-        or does not exist yet."""
+        its place (mkdir would fail, and a `mkdir -p` fix would too); with `writing`, also a
+        folder that cannot be written (a read-only filesystem, no permission). None when it
+        is a folder (writable, with `writing`) or does not exist yet."""
         folder = self.folder
-        if folder.is_dir() or not (folder.exists() or folder.is_symlink()):
+        where = f" or set {self.folder_setting} to another folder" if self.folder_setting else ""
+        if folder.is_dir():
+            if not writing or os.access(folder, os.W_OK | os.X_OK):
+                return None
+            if os.statvfs(folder).f_flag & os.ST_RDONLY:
+                return (f"{folder} is on a read-only filesystem: {self.filename} cannot be "
+                        "put there",
+                        f"remount it read-write{where}, then run `llm-backend pull`")
+            return (f"{folder} cannot be written by this user: {self.filename} cannot be put "
+                    "there", f"chown $USER {folder} (or run as its owner){where}, then run "
+                    "`llm-backend pull`")
+        if not (folder.exists() or folder.is_symlink()):
             return None
         what = ("a link to nothing" if folder.is_symlink() and not folder.exists()
                 else "a file, not a folder")
-        where = f" or set {self.folder_setting} to another folder" if self.folder_setting else ""
         return (f"{folder} is {what}: {self.filename} cannot be put there",
                 f"move it away (mv {folder} {folder}.old){where}, then run `llm-backend pull`")
 
@@ -480,12 +491,14 @@ class VerifiedFile(Source):
         if problem is not None:
             return False, problem[0]
         if not self.path.is_file():
-            return False, f"{self.path} does not exist"
-        digest = sha256_of(self.path)
-        if digest != self.sha256:
-            return False, (f"{self.path} has SHA-256 {digest[:16]}..., "
-                           f"expected {self.sha256[:16]}...")
-        return True, ""
+            why = f"{self.path} does not exist"
+        else:
+            digest = sha256_of(self.path)
+            if digest == self.sha256:
+                return True, ""
+            why = f"{self.path} has SHA-256 {digest[:16]}..., expected {self.sha256[:16]}..."
+        unwritable = self.folder_problem(writing=True)  # a pull could not put it there
+        return False, why + (f"; {unwritable[0]}" if unwritable else "")
 
     def probe(self) -> Artifact:
         present, why = self.verify()
@@ -501,7 +514,7 @@ class VerifiedFile(Source):
                         detail=why or None, cached_bytes=size if present else partial)
 
     def fetch(self, *, progress: ProgressCallback) -> None:
-        for problem in (self.url_problem(), self.folder_problem()):
+        for problem in (self.url_problem(), self.folder_problem(writing=True)):
             if problem is not None:  # before anything is made on the host
                 raise PullError(problem[0], remedy=problem[1])
         created = not self.folder.exists()

@@ -669,6 +669,10 @@ def check_tiktoken(ctx: Context) -> CheckResult | None:
     if present:
         return result("tiktoken", "pass",
                       f"{HARMONY_ENCODING_FILE} in {folder} (SHA-256 checked)")
+    unwritable = encoding.folder_problem(writing=True)
+    if unwritable is not None:  # nor this one: a pull could not write there
+        return result("tiktoken", "fail", f"{why}: gpt-oss's chat path fails without it",
+                      unwritable[1])
     return result("tiktoken", "fail",
                   f"{why}: gpt-oss's chat path fails without it (TIKTOKEN_ENCODINGS_BASE is "
                   "set, so harmony will not download it)", "llm-backend pull")
