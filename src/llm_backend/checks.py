@@ -71,6 +71,12 @@ class Context:
         self._sources = list(sources) if sources is not None else None
 
     @property
+    def pull_command(self) -> str:
+        """`llm-backend pull --profile NAME`: the pull that fetches what this profile lacks
+        (a bare `llm-backend pull` would pull the default profile)."""
+        return f"llm-backend pull --profile {self.profile.name}"
+
+    @property
     def in_container(self) -> bool:
         """The engine runs inside the runtime's container (paths and binaries are the image's)."""
         return self.runtime.in_container

@@ -30,6 +30,7 @@ from pydantic import (
 from llm_backend.credentials import MASK, hides_value, redact, secret_texts
 from llm_backend.errors import ConfigError
 from llm_backend.net import connect_url, http_url, is_ipv6_literal, parse_host_port
+from llm_backend.toml_names import profile_key, profile_table
 from llm_backend.units import parse_size
 
 ENV_PREFIX = "LLM_BACKEND_"
@@ -687,7 +688,7 @@ class ConfigSet:
             raise ConfigError(
                 f"unknown profile {name!r} (known profiles: {known})",
                 remedy="run `llm-backend profiles` to list them, or add "
-                f"[profiles.{name}] to ./{LOCAL_CONFIG_NAME}",
+                f"{profile_table(name)} to ./{LOCAL_CONFIG_NAME}",
             )
         extends: str | None = None
         for _, table in tables:
@@ -697,7 +698,7 @@ class ConfigSet:
             raise ConfigError(
                 f"profile {name!r}: key 'extends' = {extends!r} is not a profile name",
                 remedy=f'write extends = "smollm2-cpu" (a name from `llm-backend profiles`) '
-                f"in [profiles.{name}]",
+                f"in {profile_table(name)}",
             )
         merged: dict[str, Any] = {}
         sources: dict[str, str] = {}
@@ -911,9 +912,9 @@ def read_layer(path: Path, label: str) -> Layer | None:
     for name, table in profiles.items():
         if not isinstance(table, dict):
             raise ConfigError(
-                f"{path}: profiles.{name} = {table!r} is not a table of settings",
-                remedy=f"write [profiles.{name}] with its keys under it in {path}, or remove "
-                f"profiles.{name}",
+                f"{path}: {profile_key(name)} = {table!r} is not a table of settings",
+                remedy=f"write {profile_table(name)} with its keys under it in {path}, or remove "
+                f"{profile_key(name)}",
             )
     default = data.get("default_profile")
     if default is not None and not isinstance(default, str):
@@ -956,6 +957,19 @@ def env_overrides(environ: dict[str, str] | None = None) -> dict[str, tuple[Any,
         if variable in environ and environ[variable] != "":
             found[key] = (environ[variable], f"env {variable}")
     return found
+
+
+def env_variable_for(key: str, value: object) -> str | None:
+    """The LLM_BACKEND_* variable that set `key` to `value` in this environment, else None.
+
+    Env values apply only where no file sets the key (`env_overrides`), so a value equal
+    to the variable's came from it: its fix is `export`/`unset`, not an edit of a file.
+    """
+    for suffix, name in ENV_KEYS.items():
+        variable = f"{ENV_PREFIX}{suffix}"
+        if name == key and os.environ.get(variable) and os.environ[variable] == str(value):
+            return variable
+    return None
 
 
 def user_config_path() -> Path:

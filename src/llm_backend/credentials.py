@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from llm_backend.errors import ConfigError
 from llm_backend.net import url_host
+from llm_backend.toml_names import profile_table
 
 if TYPE_CHECKING:
     from llm_backend.config import Profile
@@ -141,7 +142,7 @@ def check_extra_args(profile_name: str, extra_args: list[str]) -> None:
                 "the server's command line (visible to every user in `ps`) and in the state "
                 "record",
                 remedy=f"remove {flag} from extra_args; put the key in a file only you can read "
-                f"and set api_key_file = \"PATH\" in [profiles.{profile_name}] (or export "
+                f"and set api_key_file = \"PATH\" in {profile_table(profile_name)} (or export "
                 f"{API_KEY_ENV}); for tokens use the profile's env, which is kept out of sight",
             )
 
@@ -201,7 +202,7 @@ def check_argv_secrets(profile_name: str, key: str, argv: list[str]) -> None:
                 f"profile {profile_name!r}: {key} item {index + 1} holds {found}, which would "
                 "put a secret on the server's command line (visible to every user in `ps`) and "
                 "in the state record",
-                remedy=f"remove it from {key}; put tokens in [profiles.{profile_name}.env] "
+                remedy=f"remove it from {key}; put tokens in {profile_table(profile_name, 'env')} "
                 "(kept out of sight) and the API key in a file named by api_key_file",
             )
 
@@ -226,7 +227,7 @@ def read_api_key(profile: Profile) -> str | None:
                 f"profile {profile.name!r}: api_key_file ({MASK}, not shown) is no readable "
                 "file; it must be the path of a file that holds the key, not the key",
                 remedy="umask 077; echo KEY > ~/.config/llm-backend/api-key, then set "
-                f'api_key_file = "~/.config/llm-backend/api-key" in [profiles.{profile.name}]',
+                f'api_key_file = "~/.config/llm-backend/api-key" in {profile_table(profile.name)}',
             ) from None
         raise ConfigError(
             f"profile {profile.name!r}: api_key_file {path} cannot be read: {error.strerror}",
@@ -299,7 +300,7 @@ def exposure_warning(profile: Profile, listen_host: str | None = None) -> str:
         f"{profile.name} listens on {url_host(host)}:{profile.port} without an API key: "
         "anyone "
         "who can reach this machine can use the model (llama.cpp also allows every CORS "
-        f"origin then); set api_key_file = \"PATH\" in [profiles.{profile.name}] or export "
+        f"origin then); set api_key_file = \"PATH\" in {profile_table(profile.name)} or export "
         f"{API_KEY_ENV}, or listen on 127.0.0.1"
     )
 

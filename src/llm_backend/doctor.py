@@ -33,6 +33,7 @@ from llm_backend.hardware import (
     select_profile,
 )
 from llm_backend.host.meminfo import read_meminfo
+from llm_backend.toml_names import profile_table
 from llm_backend.units import format_bytes as gib
 
 if TYPE_CHECKING:
@@ -307,7 +308,7 @@ def check_access(ctx: Context) -> CheckResult:
     listen_host = ctx.runtime.listen_host(profile=ctx.profile)
     if credentials.exposed_without_key(ctx.profile, listen_host):
         return _result("access", "warn", credentials.exposure_warning(ctx.profile, listen_host),
-                       f"set api_key_file = \"PATH\" in [profiles.{ctx.profile.name}] "
+                       f"set api_key_file = \"PATH\" in {profile_table(ctx.profile.name)} "
                        f"(a file with mode 0600), or export {credentials.API_KEY_ENV}")
     return _result("access", "pass",
                    f"the server listens on {listen_host} only, without an API key")

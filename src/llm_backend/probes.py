@@ -88,12 +88,19 @@ def port_holder(host: str, port: int) -> str | None:
     return "another process"
 
 
-def check_port_free(host: str, port: int) -> None:
-    """Raise a port_in_use BackendError naming the holder when host:port is taken."""
+START_ELSEWHERE = "start on another port: llm-backend start --port {port}"
+
+
+def check_port_free(host: str, port: int, *, elsewhere: str = START_ELSEWHERE) -> None:
+    """Raise a port_in_use BackendError naming the holder when host:port is taken.
+
+    `elsewhere` is the second half of the fix, the command that was run on another port
+    (`{port}` becomes port + 1): `serve` suggests `serve --port`, not `start --port`.
+    """
     holder = port_holder(host, port)
     if holder is not None:
         raise BackendError(
             f"port {port} on {host} is already in use by {holder}",
-            remedy=f"stop {holder}, or start on another port: llm-backend start --port {port + 1}",
+            remedy=f"stop {holder}, or {elsewhere.format(port=port + 1)}",
             failure_class=FailureClass.PORT_IN_USE,
         )

@@ -433,11 +433,13 @@ class VerifiedFile(Source):
         self.url_setting = url_setting
         self.folder_setting = folder_setting
 
-    def folder_problem(self, *, writing: bool = False) -> tuple[str, str] | None:
+    def folder_problem(self, *, writing: bool = False,
+                       pull: str = PULL_REMEDY) -> tuple[str, str] | None:
         """(what, fix) when `folder` cannot hold the file: a file, or a link to nothing, is in
         its place (mkdir would fail, and a `mkdir -p` fix would too); with `writing`, also a
         folder that cannot be written (a read-only filesystem, no permission). None when it
-        is a folder (writable, with `writing`) or does not exist yet."""
+        is a folder (writable, with `writing`) or does not exist yet. `pull`: the pull
+        command the fix ends with (doctor names the profile under check)."""
         folder = self.folder
         where = f" or set {self.folder_setting} to another folder" if self.folder_setting else ""
         if folder.is_dir():
@@ -446,16 +448,16 @@ class VerifiedFile(Source):
             if os.statvfs(folder).f_flag & os.ST_RDONLY:
                 return (f"{folder} is on a read-only filesystem: {self.filename} cannot be "
                         "put there",
-                        f"remount it read-write{where}, then run `llm-backend pull`")
+                        f"remount it read-write{where}, then run `{pull}`")
             return (f"{folder} cannot be written by this user: {self.filename} cannot be put "
                     "there", f"chown $USER {folder} (or run as its owner){where}, then run "
-                    "`llm-backend pull`")
+                    f"`{pull}`")
         if not (folder.exists() or folder.is_symlink()):
             return None
         what = ("a link to nothing" if folder.is_symlink() and not folder.exists()
                 else "a file, not a folder")
         return (f"{folder} is {what}: {self.filename} cannot be put there",
-                f"move it away (mv {folder} {folder}.old){where}, then run `llm-backend pull`")
+                f"move it away (mv {folder} {folder}.old){where}, then run `{pull}`")
 
     def url_problem(self) -> tuple[str, str] | None:
         """(what, fix) when `url` is no http(s) URL with a host and a valid port; None when

@@ -21,6 +21,7 @@ from llm_backend.config import Profile
 from llm_backend.engines.base import Engine
 from llm_backend.errors import BackendError
 from llm_backend.net import connect_host
+from llm_backend.toml_names import profile_table
 
 JOIN_HEALTHY_TIMEOUT_S = 15.0
 
@@ -74,13 +75,13 @@ def join(profile: Profile, *, healthy_timeout_s: float = JOIN_HEALTHY_TIMEOUT_S)
     if profile.router_url is None:
         raise BackendError(
             f"profile {profile.name!r} names no router",
-            remedy=f'set router_url = "http://127.0.0.1:30080" in [profiles.{profile.name}]',
+            remedy=f'set router_url = "http://127.0.0.1:30080" in {profile_table(profile.name)}',
         )
     if profile.router_worker_url is None and connect_host(profile.host) != profile.host:
         raise BackendError(
             f"profile {profile.name!r} binds {profile.host}, which the router cannot dial",
             remedy=f'set router_worker_url = "http://THIS-HOST-ADDRESS:{profile.port}" in '
-            f"[profiles.{profile.name}]",
+            f"{profile_table(profile.name)}",
         )
     from llm_backend.credentials import read_api_key
 

@@ -18,6 +18,7 @@ from llm_backend.config import ConfigSet, Profile
 from llm_backend.errors import BackendError, ConfigError
 from llm_backend.lifecycle import Lifecycle, StartResult, Status, StopOutcome
 from llm_backend.state import StateStore
+from llm_backend.toml_names import profile_table
 
 GROUP_DIR = "replicas"
 
@@ -28,7 +29,7 @@ def replica_overrides(profile: Profile, index: int, base: dict[str, Any]) -> dic
         raise ConfigError(
             f"profile {profile.name!r}: replicas = {profile.replicas} but device_ids has "
             f"{len(profile.device_ids)} entries ({profile.device_ids})",
-            remedy=f"list one device per replica in [profiles.{profile.name}] device_ids, "
+            remedy=f"list one device per replica in {profile_table(profile.name)} device_ids, "
             "or remove device_ids to use 0..N-1",
         )
     device = profile.device_ids[index] if profile.device_ids else str(index)

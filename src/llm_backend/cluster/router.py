@@ -201,13 +201,16 @@ class RouterManager:
             )
         config = self.config
         # Preflight: both ports must be free before anything starts.
-        check_port_free(config.host, config.port)
+        check_port_free(config.host, config.port, elsewhere="start the router on another "
+                        "port: llm-backend router start --port {port}")
         if config.prometheus_port == config.port and config.prometheus_host == config.host:
             raise BackendError(
                 f"the router and its Prometheus endpoint both want port {config.port}",
                 remedy="set a different [router] prometheus_port in ./llm-backend.toml",
             )
-        check_port_free(config.prometheus_host, config.prometheus_port)
+        check_port_free(config.prometheus_host, config.prometheus_port,
+                        elsewhere="set prometheus_port = {port} under [router] in "
+                        "./llm-backend.toml")
         remembered = self.remembered_workers()
         needed = MIN_WORKERS_AT_START.get(config.policy, 0)
         initial: list[str] = []

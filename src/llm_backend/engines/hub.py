@@ -37,6 +37,7 @@ from llm_backend.pull import (
     PullError,
     Source,
 )
+from llm_backend.toml_names import profile_table
 from llm_backend.units import format_bytes
 
 if TYPE_CHECKING:
@@ -149,7 +150,7 @@ def hub_cache_for(profile: Profile, runtime: Runtime) -> Path:
             f"profile {profile.name!r}: the server's Hugging Face cache {inner} is not mounted "
             "from this machine, so every start would download the weights again",
             remedy=f'add "~/.cache/huggingface:{inner}" to volumes under '
-            f"[profiles.{profile.name}.docker]",
+            f"{profile_table(profile.name, 'docker')}",
         )
     explicit = os.environ.get("HF_HUB_CACHE")
     return Path(explicit) if explicit and not runtime.in_container else folder / "hub"
@@ -248,10 +249,10 @@ def check_model_cache(ctx: Context) -> CheckResult | None:
         return result("model_cache", "pass", summary, **details)
     if hub_offline():
         return result("model_cache", "fail", summary + f"; {_offline_name()} is set",
-                      "llm-backend pull on a machine with internet, then copy the cache "
+                      f"{ctx.pull_command} on a machine with internet, then copy the cache "
                       f"({', '.join(missing)})", **details)
     return result("model_cache", "warn", summary + "; `start` pulls it first",
-                  "llm-backend pull", **details)
+                  ctx.pull_command, **details)
 
 
 # --- pulling a repository (`llm-backend pull`) -------------------------------------------

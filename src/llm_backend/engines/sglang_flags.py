@@ -36,6 +36,7 @@ from llm_backend.net import host_port, parse_host_port
 from llm_backend.runtimes import get_runtime
 from llm_backend.runtimes.compose import image_for, run_labels
 from llm_backend.runtimes.docker_facts import docker_cli, image_present
+from llm_backend.toml_names import profile_table
 
 TABLE_RESOURCE = "sglang_flags.json"
 
@@ -276,7 +277,7 @@ def _shown(tokens: Tokens, secret: bool) -> str:
 def fix_of(problem: FlagProblem, profile_name: str | None = None) -> str | None:
     """The fix as the user follows it, literally: "replace `A 1` with `B 1`", "remove `A`"
     (then `also`); None when the problem carries no edit."""
-    section = f"[profiles.{profile_name}.speculative]" if profile_name else "[speculative]"
+    section = f"{profile_table(profile_name, 'speculative')}" if profile_name else "[speculative]"
     also = problem.also.replace("[speculative]", section)
     if problem.wrong and problem.right is not None:
         spans = " and ".join(_shown(span, problem.secret) for span in problem.wrong)
@@ -1197,7 +1198,7 @@ def raise_for_problems(check: FlagCheck, profile: Profile) -> None:
     raise ConfigError(
         f"profile {profile.name!r}: SGLang would refuse its flags ({messages}); "
         f"checked with {check.source}",
-        remedy=f"in `extra_args` of [profiles.{profile.name}]: {fix} "
+        remedy=f"in `extra_args` of {profile_table(profile.name)}: {fix} "
         f"(see `llm-backend profiles show {profile.name}`)",
         failure_class="bad_flag",
         details={"flag_check": check.summary},

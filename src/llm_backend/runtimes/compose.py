@@ -24,6 +24,7 @@ from llm_backend.credentials import is_secret_env
 from llm_backend.errors import ConfigError
 from llm_backend.net import publish_spec
 from llm_backend.processes import marker_value
+from llm_backend.toml_names import profile_table
 
 SERVICE_NAME = "server"
 # Labels on every container llm-backend starts: they say whose it is. A container is ours
@@ -118,7 +119,7 @@ def image_for(profile: Profile, machine: str | None = None) -> str:
         return docker.image
     raise ConfigError(
         f"profile {profile.name!r} has no docker image (docker.image is not set)",
-        remedy=f'set image = "REPOSITORY:TAG" under [profiles.{profile.name}.docker] in '
+        remedy=f'set image = "REPOSITORY:TAG" under {profile_table(profile.name, "docker")} in '
         "./llm-backend.toml, or run it with --runtime native",
     )
 
@@ -156,7 +157,7 @@ def _volume(spec: str, profile: Profile, named: set[str], cwd: Path) -> str:
             f"profile {profile.name!r}: docker.volumes entry {spec!r} is not "
             "'HOST_PATH:CONTAINER_PATH[:ro]'",
             remedy=f'write volumes = ["~/.cache/huggingface:/root/.cache/huggingface"] under '
-            f"[profiles.{profile.name}.docker]",
+            f"{profile_table(profile.name, 'docker')}",
         )
     source = parts[0]
     if source.startswith("~"):

@@ -61,6 +61,7 @@ from llm_backend.runtimes.docker_facts import (
 from llm_backend.runtimes.docker_image import DockerImage
 from llm_backend.state import INSTANCE_FILE, InstanceRecord, open_log
 from llm_backend.state import state_dir as default_state_dir
+from llm_backend.toml_names import profile_table
 
 if TYPE_CHECKING:
     from llm_backend.engines.base import Engine
@@ -303,7 +304,7 @@ class DockerRuntime(Runtime):
         """The refusal for a container of the profile's name that is not ours."""
         name = existing.name
         rename = (f"give this profile another name: container_name = \"{name}-2\" under "
-                  f"[profiles.{profile.name}.docker] in ./llm-backend.toml")
+                  f"{profile_table(profile.name, 'docker')} in ./llm-backend.toml")
         seen = f"image {existing.image}, {existing.status}"
         if not existing.by_llm_backend:
             return ForeignContainer(

@@ -18,6 +18,7 @@ from typing import Any
 
 from llm_backend.checks import Check, CheckResult, Context, result
 from llm_backend.errors import ConfigError
+from llm_backend.toml_names import profile_table
 from llm_backend.units import format_bytes
 
 COMPOSE_ENV = "LLM_BACKEND_COMPOSE"  # e.g. "docker-compose" to force the v1 fallback
@@ -218,7 +219,7 @@ def check_image(ctx: Context) -> CheckResult | None:
         image = image_for(ctx.profile)
     except ConfigError:
         return result("image", "fail", f"profile {ctx.profile.name} has no docker.image",
-                      f"set [profiles.{ctx.profile.name}.docker] image = \"...\"")
+                      f"set {profile_table(ctx.profile.name, 'docker')} image = \"...\"")
     facts = ctx.fact(docker_facts)
     if not facts.engine_reachable:
         return result("image", "warn", f"not checked: no Docker engine to look for {image} in",
@@ -244,7 +245,7 @@ def check_image(ctx: Context) -> CheckResult | None:
     return result("image", "warn",
                   f"{image} is not present locally; `start` pulls it first "
                   "(GPU engine images are often 10-20 GB)",
-                  f"llm-backend pull --profile {ctx.profile.name}", image=image)
+                  ctx.pull_command, image=image)
 
 
 DOCKER_CHECKS: tuple[Check, ...] = (

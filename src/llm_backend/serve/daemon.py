@@ -33,6 +33,7 @@ from llm_backend.serve.door import Door
 from llm_backend.serve.metrics import DoorMetrics
 from llm_backend.serve.supervisor import Supervisor
 from llm_backend.state import ACTIVE_STATES
+from llm_backend.toml_names import profile_table
 
 API_KEYS_ENV = "LLM_BACKEND_API_KEYS"  # comma-separated keys, instead of serve.api_keys_file
 RECORD_FLUSH_S = 1.0
@@ -85,10 +86,14 @@ def plan(lifecycle: Lifecycle, profile_name: str, port: int | None) -> ServePlan
         raise ConfigError(
             f"profile {profile.name!r}: serve.backend_port = {backend_port} is the door's own "
             "port",
-            remedy=f"set serve.backend_port to another port in [profiles.{profile.name}.serve]",
+            remedy="set serve.backend_port to another port in "
+            f"{profile_table(profile.name, 'serve')}",
         )
-    check_port_free(profile.host, profile.port)
-    check_port_free("127.0.0.1", backend_port)
+    check_port_free(profile.host, profile.port,
+                    elsewhere="serve on another port: llm-backend serve --port {port}")
+    check_port_free("127.0.0.1", backend_port,
+                    elsewhere="set serve.backend_port = {port} in "
+                    f"{profile_table(profile.name, 'serve')}")
     # The backend listens on loopback only; a Docker runtime publishes it on loopback only.
     backend_overrides = {
         **(overrides or {}),
