@@ -38,3 +38,21 @@ description = "{LONG_DESCRIPTION}"
     for check in steady:  # each summary on one line, whole
         assert any(check["summary"] in line for line in doctor.splitlines()), (check, doctor)
     assert "…" not in doctor
+
+
+def test_chat_speed_line_cannot_contradict_itself() -> None:
+    """New-user run 2: `5 tokens in 2.59s: 8655.6 tokens/s` (the tokens came in one burst
+    after the first, and the rate counted only the time after it) and `1 tokens ... ?`."""
+    from llm_backend.cli.render import chat_speed_line
+    from llm_backend.client import ChatResult
+
+    burst = ChatResult(text="ok", completion_tokens=5, duration_s=2.5946,
+                       time_to_first_token_s=2.594, model="m")
+    line = chat_speed_line(burst)
+    assert line == "5 tokens in 2.59s (1.9 tokens/s), first token after 2594 ms", line
+    one = chat_speed_line(ChatResult(text="ok", completion_tokens=1, duration_s=0.1,
+                                     time_to_first_token_s=0.098, model="m"))
+    assert one == "1 token in 0.10s, first token after 98 ms", one
+    uncounted = chat_speed_line(ChatResult(text="ok", completion_tokens=None, duration_s=0.5,
+                                           time_to_first_token_s=None, model="m"))
+    assert "None" not in uncounted and "?" not in uncounted, uncounted

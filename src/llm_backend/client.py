@@ -13,14 +13,27 @@ import httpx
 
 @dataclass(frozen=True)
 class ChatResult:
-    """One streamed reply and its speed."""
+    """One streamed reply and its speed: `completion_tokens` as the server's usage counts
+    them (None when it sent no usage), `duration_s` from the request to the end of the
+    stream, `time_to_first_token_s` to the first text (None when no text came)."""
 
     text: str
     completion_tokens: int | None
     duration_s: float
     time_to_first_token_s: float | None
-    tokens_per_s: float | None
     model: str | None
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        """Tokens over the whole reply's seconds, so it cannot contradict "N tokens in Xs".
+
+        Not over the time after the first token: a server that sends the tokens in one
+        burst (speculative decoding, a busy machine) made that thousands of tokens/s. None
+        for fewer than 2 tokens (one token is a latency, not a rate) or no token count.
+        """
+        if self.completion_tokens is None or self.completion_tokens < 2 or self.duration_s <= 0:
+            return None
+        return self.completion_tokens / self.duration_s
 
 
 def stream_chunks(
@@ -85,18 +98,10 @@ def chat(
             if isinstance(usage, dict) and usage.get("completion_tokens") is not None:
                 usage_tokens = int(usage["completion_tokens"])
     duration = time.perf_counter() - started
-    # Decode speed: the tokens after the first over the time after the first. With one token
-    # (or none, or no text seen) there is no interval to measure: None, not a huge number.
-    generation_s = duration - first if first is not None else 0.0
-    tokens_per_s = (
-        (usage_tokens - 1) / generation_s
-        if usage_tokens is not None and usage_tokens > 1 and generation_s > 0 else None
-    )
     return ChatResult(
         text="".join(pieces),
         completion_tokens=usage_tokens,
         duration_s=duration,
         time_to_first_token_s=first,
-        tokens_per_s=tokens_per_s,
         model=model_name,
     )

@@ -566,16 +566,22 @@ def render_log_lines(lines: Iterable[str]) -> None:
         console.print(line, markup=False, soft_wrap=True)
 
 
+def chat_speed_line(result: ChatResult) -> str:
+    """`24 tokens in 1.20s (20.0 tokens/s), first token after 310 ms`; no rate for one token
+    (`ChatResult.tokens_per_s`), `reply in 1.20s` when the server counted no tokens."""
+    tokens = result.completion_tokens
+    if tokens is None:
+        line = f"reply in {result.duration_s:.2f}s (the server sent no token count)"
+    else:
+        line = f"{tokens} token{'' if tokens == 1 else 's'} in {result.duration_s:.2f}s"
+    if result.tokens_per_s is not None:
+        line += f" ({result.tokens_per_s:.1f} tokens/s)"
+    if result.time_to_first_token_s is not None:
+        line += f", first token after {result.time_to_first_token_s * 1000:.0f} ms"
+    return line
+
+
 def render_chat_speed(result: ChatResult) -> None:
-    """After the streamed reply: tokens, seconds, tokens/s and the time to the first token."""
+    """After the streamed reply, on stderr: `chat_speed_line`."""
     sys.stdout.write("\n")
-    speed = f"{result.tokens_per_s:.1f} tokens/s" if result.tokens_per_s else "? tokens/s"
-    ttft = (
-        f", first token after {result.time_to_first_token_s * 1000:.0f} ms"
-        if result.time_to_first_token_s is not None
-        else ""
-    )
-    err_console.print(
-        f"[dim]{result.completion_tokens} tokens in {result.duration_s:.2f}s: "
-        f"{speed}{ttft}[/dim]"
-    )
+    err_console.print(chat_speed_line(result), style="dim", markup=False)
