@@ -56,3 +56,29 @@ def test_chat_speed_line_cannot_contradict_itself() -> None:
     uncounted = chat_speed_line(ChatResult(text="ok", completion_tokens=None, duration_s=0.5,
                                            time_to_first_token_s=None, model="m"))
     assert "None" not in uncounted and "?" not in uncounted, uncounted
+
+
+def test_status_watch_json_is_one_object_a_line(world: Env) -> None:
+    """`status --watch --json` printed indented objects one after another (new-user run 2):
+    now JSON Lines, each line whole as it comes through a pipe."""
+    import select
+    import time
+
+    process = world.popen("status", "--watch", "--json")
+    lines: list[str] = []
+    try:
+        assert process.stdout is not None
+        deadline = time.monotonic() + 90
+        while len(lines) < 2 and time.monotonic() < deadline:
+            ready, _, _ = select.select([process.stdout], [], [], 1.0)
+            if ready:
+                line = process.stdout.readline()
+                assert line, process.stderr.read() if process.stderr else ""
+                lines.append(line)
+    finally:
+        process.terminate()  # our own child, by its handle
+        process.communicate(timeout=30)
+    assert len(lines) == 2, lines
+    for line in lines:
+        record = json.loads(line)
+        assert record["state"] == "stopped" and "artifacts" in record, record

@@ -75,6 +75,14 @@ def print_json(data: object) -> None:
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def print_json_line(data: object) -> None:
+    """One JSON Lines record: compact, keys sorted, on one line, flushed at once (a `--watch`
+    reader sees each as it comes, through a pipe too)."""
+    sys.stdout.write(json.dumps(data, sort_keys=True, default=str, separators=(",", ":"))
+                     + "\n")
+    sys.stdout.flush()
+
+
 def print_raw(text: str) -> None:
     """Text exactly as given (a sudoers file, a compose file), on stdout."""
     sys.stdout.write(text)

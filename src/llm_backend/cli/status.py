@@ -28,7 +28,8 @@ PULLED_REFRESH_S = 30.0
 
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
-    watch: Annotated[bool, typer.Option("--watch", help="Refresh every second.")] = False,
+    watch: Annotated[bool, typer.Option(
+        "--watch", help="Refresh every second (with --json: one JSON object a line).")] = False,
 ) -> None:
     """Show the backend's state; exit 0 only when it is ready (or alive: a follower rank of a
     multi-node model, which serves no API of its own)."""
@@ -59,7 +60,9 @@ def status(
         if as_json:
             from llm_backend.gpu import status_json
 
-            render.print_json({**current.to_json(), "gpus": status_json(gpus, ours)})
+            shown = {**current.to_json(), "gpus": status_json(gpus, ours)}
+            # `--watch --json` is JSON Lines: one compact object a line, each one whole.
+            (render.print_json_line if watch else render.print_json)(shown)
         else:
             render.render_status(current, clear=watch)
             render.render_gpus(gpus, ours)
