@@ -231,7 +231,7 @@ def test_docker_profile_without_engine_fails_and_start_changes_nothing(world: En
     encoding = Path.home() / "tiktoken_encodings" / "o200k_base.tiktoken"
     assert checks["tiktoken"]["status"] == ("pass" if encoding.is_file() else "fail")
     if not encoding.is_file():
-        assert checks["tiktoken"]["fix"] == "llm-backend pull"
+        assert checks["tiktoken"]["fix"] == f"llm-backend pull --profile {SGLANG}"
 
     before = host_snapshot(world)
     started = world.run("start", "--profile", SGLANG)

@@ -261,9 +261,10 @@ def test_doctor_fails_on_a_missing_or_wrong_encoding_and_pull_repairs_it(
     missing = doctor_check(world, "tiktoken")
     assert missing["status"] == "fail"
     assert missing["summary"].startswith(f"{folder / ENCODING_NAME} does not exist")  # type: ignore[union-attr]
-    assert missing["fix"] == "llm-backend pull"
+    assert missing["fix"] == "llm-backend pull --profile hubtest"
     model_cache = doctor_check(world, "model_cache")
-    assert model_cache["status"] == "warn" and model_cache["fix"] == "llm-backend pull"
+    assert model_cache["status"] == "warn"
+    assert model_cache["fix"] == "llm-backend pull --profile hubtest"
 
     folder.mkdir(parents=True)
     (folder / ENCODING_NAME).write_bytes(b"wrong\n")

@@ -419,8 +419,11 @@ class VerifiedFile(Source):
         check: str = "",
         url_setting: str = "",
         folder_setting: str = "",
+        pull_command: str = PULL_REMEDY,
     ) -> None:
         self.kind = kind
+        # The pull a fix ends with: `llm-backend pull --profile NAME` for a profile's file.
+        self.pull_command = pull_command
         self.check = check
         self.name = name
         self.folder = folder
@@ -433,14 +436,13 @@ class VerifiedFile(Source):
         self.url_setting = url_setting
         self.folder_setting = folder_setting
 
-    def folder_problem(self, *, writing: bool = False,
-                       pull: str = PULL_REMEDY) -> tuple[str, str] | None:
+    def folder_problem(self, *, writing: bool = False) -> tuple[str, str] | None:
         """(what, fix) when `folder` cannot hold the file: a file, or a link to nothing, is in
         its place (mkdir would fail, and a `mkdir -p` fix would too); with `writing`, also a
         folder that cannot be written (a read-only filesystem, no permission). None when it
-        is a folder (writable, with `writing`) or does not exist yet. `pull`: the pull
-        command the fix ends with (doctor names the profile under check)."""
-        folder = self.folder
+        is a folder (writable, with `writing`) or does not exist yet. The fix ends with
+        `pull_command`."""
+        folder, pull = self.folder, self.pull_command
         where = f" or set {self.folder_setting} to another folder" if self.folder_setting else ""
         if folder.is_dir():
             if not writing or os.access(folder, os.W_OK | os.X_OK):

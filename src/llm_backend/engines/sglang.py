@@ -43,7 +43,7 @@ from llm_backend.engines.base import (
 from llm_backend.engines.hub import HubRepository
 from llm_backend.errors import ConfigError
 from llm_backend.net import bind_host, is_ipv6_literal, parse_host_port
-from llm_backend.pull import Source, VerifiedFile
+from llm_backend.pull import PULL_REMEDY, Source, VerifiedFile
 from llm_backend.toml_names import profile_table
 
 if TYPE_CHECKING:
@@ -584,8 +584,9 @@ HARMONY_ENCODINGS_URL = "https://openaipublic.blob.core.windows.net/encodings/"
 ENCODINGS_URL_ENV = "LLM_BACKEND_ENCODINGS_URL"  # a mirror of the folder above
 
 
-def harmony_encoding(folder: Path) -> VerifiedFile:
-    """The encoding file gpt-oss needs in `folder`, fetched from ENCODINGS_URL_ENV or OpenAI."""
+def harmony_encoding(folder: Path, profile_name: str) -> VerifiedFile:
+    """The encoding file gpt-oss needs in `folder`, fetched from ENCODINGS_URL_ENV or OpenAI;
+    its fixes end with `llm-backend pull --profile <profile_name>`."""
     base = os.environ.get(ENCODINGS_URL_ENV) or HARMONY_ENCODINGS_URL
     return VerifiedFile(
         kind="encoding", check="tiktoken", name=HARMONY_ENCODING_FILE, folder=folder,
@@ -593,6 +594,7 @@ def harmony_encoding(folder: Path) -> VerifiedFile:
         sha256=HARMONY_ENCODING_SHA256, size=HARMONY_ENCODING_BYTES,
         url_setting=ENCODINGS_URL_ENV if os.environ.get(ENCODINGS_URL_ENV) else "",
         folder_setting="TIKTOKEN_ENCODINGS_BASE",
+        pull_command=f"{PULL_REMEDY} --profile {profile_name}",
     )
 
 
@@ -662,15 +664,15 @@ def check_tiktoken(ctx: Context) -> CheckResult | None:
             'set TIKTOKEN_ENCODINGS_BASE in the profile\'s env (and mount the folder for '
             f"Docker), then `{ctx.pull_command}`",
         )
-    encoding = harmony_encoding(folder)
-    problem = encoding.folder_problem(pull=ctx.pull_command)
+    encoding = harmony_encoding(folder, ctx.profile.name)
+    problem = encoding.folder_problem()
     if problem is not None:  # `pull` cannot fix this one: say what does
         return result("tiktoken", "fail", problem[0], problem[1])
     present, why = encoding.verify()
     if present:
         return result("tiktoken", "pass",
                       f"{HARMONY_ENCODING_FILE} in {folder} (SHA-256 checked)")
-    unwritable = encoding.folder_problem(writing=True, pull=ctx.pull_command)
+    unwritable = encoding.folder_problem(writing=True)
     if unwritable is not None:  # nor this one: a pull could not write there
         return result("tiktoken", "fail", f"{why}: gpt-oss's chat path fails without it",
                       unwritable[1])
@@ -1241,7 +1243,7 @@ class SGLangEngine(Engine):
             hub.hub_sources(profile, runtime, self.hub_models(profile=profile)))
         folder = encoding_folder(profile, runtime)
         if folder is not None:
-            sources.append(harmony_encoding(folder))
+            sources.append(harmony_encoding(folder, profile.name))
         return sources
 
     def check_flags(self, *, profile: Profile, for_container: bool = False) -> str | None:
