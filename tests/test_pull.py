@@ -202,6 +202,8 @@ def test_offline_with_nothing_cached(world: Env, hub: HubStandin) -> None:
     assert offline.returncode == 7
     assert f"error: {MODEL} is incomplete in {cache} and HF_HUB_OFFLINE is set" in offline.stderr
     assert "fix: unset HF_HUB_OFFLINE" in offline.stderr
+    # The fix re-runs this profile's pull (a bare `llm-backend pull` pulls the default one).
+    assert "`llm-backend pull --profile hubtest`" in offline.stderr, offline.stderr
     assert [request for request in hub.requests] == []
 
 

@@ -15,6 +15,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import time
 from abc import ABC, abstractmethod
@@ -351,29 +352,42 @@ def pull(
             return pull(profile_name, sources, progress=progress, planned=planned)
         finally:
             guard.release()
-    before = planned or plan(profile_name, sources)
-    check_disk(sources, before.artifacts)
     fetched: list[str] = []
     durations: dict[str, float] = {}
-    for source, artifact in zip(sources, before.artifacts, strict=True):
-        if artifact.present:
-            continue
-        started = time.monotonic()
-        source.fetch(progress=progress)
-        durations[artifact.name] = time.monotonic() - started
-        fetched.append(artifact.name)
+    try:
+        before = planned or plan(profile_name, sources)
+        check_disk(sources, before.artifacts)
+        for source, artifact in zip(sources, before.artifacts, strict=True):
+            if artifact.present:
+                continue
+            started = time.monotonic()
+            source.fetch(progress=progress)
+            durations[artifact.name] = time.monotonic() - started
+            fetched.append(artifact.name)
+    except BackendError as error:  # "run `llm-backend pull` again": this profile's pull
+        error.remedy = name_the_profile(error.remedy, profile_name)
+        raise
     after = plan(profile_name, sources)
     still = [artifact for artifact in after.artifacts if not artifact.present]
     if still:
         names = ", ".join(f"{artifact.kind} {artifact.name}" for artifact in still)
         raise PullError(
             f"still missing after the pull: {names}",
-            remedy="run `llm-backend pull` again and read the error above each artifact",
+            remedy=f"run `{PULL_REMEDY} --profile {profile_name}` again and read the error "
+            "above each artifact",
         )
     return PullResult(profile_name, before.artifacts, after.artifacts, tuple(fetched), durations)
 
 
 # --- helpers -------------------------------------------------------------------------------
+
+
+def name_the_profile(remedy: str, profile_name: str) -> str:
+    """`... run `llm-backend pull` again` -> `... llm-backend pull --profile NAME ...`: the
+    sources' fixes say "pull" without knowing the profile, and a bare `llm-backend pull`
+    pulls the default profile, not the one that failed."""
+    return re.sub(r"llm-backend pull(?! --profile)",
+                  lambda _: f"{PULL_REMEDY} --profile {profile_name}", remedy)
 
 
 def _existing_parent(path: Path) -> Path:
