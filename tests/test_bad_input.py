@@ -319,10 +319,11 @@ def test_absurd_command_line_value_is_refused(
 @pytest.mark.parametrize(
     ("args", "shown", "fix"),
     [
-        (("start", "--port", "abc"), "Invalid value for '--port'", "llm-backend start --help"),
+        (("start", "--port", "abc"), "Invalid value 'abc' for '--port'",
+         "llm-backend start --help"),
         (("stop", "--bogus"), "No such option: --bogus", "llm-backend stop --help"),
         (("bogus",), "No such command 'bogus'", "llm-backend --help"),
-        (("logs", "-n", "x"), "Invalid value for '-n'", "llm-backend logs --help"),
+        (("logs", "-n", "x"), "Invalid value 'x' for '-n'", "llm-backend logs --help"),
         (("profiles", "show"), "Missing argument 'name'", "llm-backend profiles show --help"),
     ],
 )

@@ -174,7 +174,7 @@ def test_bench_dataset_bad_line_is_named(world: Env, bad_line: str, problem: str
     good = json.dumps({"messages": [{"role": "user", "content": "Say hi."}]})
     dataset.write_text(f"{good}\n\n{bad_line}\n{good}\n")
     completed = world.run("bench", "--dataset", str(dataset))
-    assert completed.returncode == 1
+    assert completed.returncode == 2
     error = completed.stderr.replace("\n", " ")
     assert "prompts.jsonl line 3: " in error
     assert problem in error
@@ -238,7 +238,7 @@ def test_a_bad_json_path_is_refused_before_the_run(world: Env) -> None:
     figures lost with it); it is refused first now, whether or not a backend runs."""
     missing = world.root / "missing" / "x.json"
     refused = world.run("bench", "--json", str(missing))
-    assert refused.returncode == 1, refused.stderr
+    assert refused.returncode == 2, refused.stderr
     assert f"error: --json {missing}: folder {missing.parent} does not exist" in refused.stderr
     assert "not running" not in refused.stderr and "Traceback" not in refused.stderr
     refused = world.run("bench", "--json", str(world.root))

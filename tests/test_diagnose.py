@@ -258,7 +258,7 @@ def test_diagnose_reads_a_pipe_and_names_a_folder(tmp_path: Path) -> None:
     assert "ready:   yes" in completed.stdout
     folder = subprocess.run([sys.executable, "-m", "llm_backend", "diagnose", str(tmp_path)],
                             capture_output=True, text=True, timeout=60)
-    assert folder.returncode == 1
+    assert folder.returncode == 2
     assert f"error: log file {tmp_path} is a folder" in folder.stderr
 
 

@@ -253,11 +253,17 @@ def test_unknown_check_name_is_refused(world: Env) -> None:
     assert port_is_free(world.port)
 
 
-def test_dry_run_shows_the_checks_without_enforcing_them(world: Env) -> None:
+def test_dry_run_shows_every_check_and_fails_as_start_would(world: Env) -> None:
+    """A dry run shows all checks, and exits as the real start would (1 for a failed check),
+    so a script can use it as a check; the plan is still shown."""
     world.env["DOCKER_HOST"] = dead_docker_host(world)
     result = world.run("start", "--profile", SGLANG, "--dry-run")
     assert "preflight checks" in result.stderr
     assert "fail    docker_engine" in result.stderr
+    assert result.returncode == 1, result.stderr
+    assert "would NOT start" in result.stdout and "launch (docker)" in result.stdout
+    assert "error: dry run: a real start would fail: preflight for" in result.stderr
+    assert "docker_engine" in result.stderr.split("error:")[1]
 
 
 def test_status_has_a_gpu_part(world: Env) -> None:

@@ -533,22 +533,37 @@ def preflight(
     """The checks `start` runs first: raises a BackendError naming every failed check."""
     report = run_checks(profile, host_prep=host_prep, skip=skip, probe_binaries=False,
                         sources=sources)
-    if report.ok:
-        return report
-    first = report.failures[0]
-    names = ", ".join(check.name for check in report.failures)
-    message = f"preflight for {profile.name} failed ({names}): " + "; ".join(
-        f"{check.name}: {check.summary}" for check in report.failures
+    error = preflight_error(profile.name, report)
+    if error is not None:
+        raise error
+    return report
+
+
+def preflight_error(
+    profile_name: str, report: DoctorReport, *, ignore: Collection[str] = ()
+) -> BackendError | None:
+    """The error `start` stops with when `report` has failed checks (None: it would go on).
+
+    `ignore`: failed checks that do not count (what a pull would bring in first). The error is
+    a ConfigError (exit 2) when only the profile's flags are wrong, else a BackendError (exit 1).
+    """
+    failures = [check for check in report.failures if check.name not in ignore]
+    if not failures:
+        return None
+    first = failures[0]
+    names = ", ".join(check.name for check in failures)
+    message = f"preflight for {profile_name} failed ({names}): " + "; ".join(
+        f"{check.name}: {check.summary}" for check in failures
     )
     # Only the profile is wrong (its flags or settings): a configuration error (exit 2).
-    classes = {report.failure_classes.get(check.name) for check in report.failures}
+    classes = {report.failure_classes.get(check.name) for check in failures}
     error_type = ConfigError if classes == {"bad_flag"} else BackendError
-    raise error_type(
+    return error_type(
         message + "; nothing on the host was changed",
         remedy=f"{first.fix or 'see `llm-backend doctor`'} (or, at your own risk, "
         f"llm-backend start --skip-checks {first.name})",
         failure_class=report.failure_classes.get(first.name),
-        details={"checks": [check.to_json() for check in report.failures]},
+        details={"checks": [check.to_json() for check in failures]},
     )
 
 

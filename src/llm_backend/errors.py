@@ -54,7 +54,8 @@ class ConfigError(BackendError):
 
 
 class UsageError(BackendError):
-    """A command-line value is out of its range (names the option, the value, the range)."""
+    """A command-line value is wrong: out of its range, not one of the names allowed, a file
+    or folder that is not there (names the option, the value and what is allowed)."""
 
     exit_code = 2
 

@@ -62,7 +62,7 @@ from llm_backend.state import (
 )
 
 if TYPE_CHECKING:
-    from llm_backend.doctor import CheckResult
+    from llm_backend.doctor import CheckResult, DoctorReport
     from llm_backend.pull import LocalReport, ProgressEvent, Source
 
 __all__ = [
@@ -195,6 +195,8 @@ class StartResult:
     # The 0600 copy of the API key our own requests send (None: the server takes no key),
     # so the curl line shown can read it instead of failing with 401.
     client_key_file: str | None = None
+    # A dry run: the error a real start would stop with at its preflight (None: it would go on).
+    refusal: BackendError | None = None
 
     @classmethod
     def of(cls, outcome: str, source: Profile | InstanceRecord, **fields: Any) -> StartResult:
@@ -409,6 +411,7 @@ class Lifecycle:
         for_container = runtime.in_container
         report = run_checks(profile, host_prep=options.host_prep, skip=self._skip(options),
                             probe_binaries=False)
+        refusal = self._dry_run_refusal(profile, options, report)
         engine.check_profile(profile=profile, for_container=for_container)
         flag_note = check_engine_flags(profile, engine, for_container=for_container)
         argv = engine.build_argv(profile=profile, for_container=for_container)
@@ -437,9 +440,24 @@ class Lifecycle:
         host_plan = preparation.plan() if preparation else []
         return StartResult.of(
             "dry_run", profile, argv=argv, plan=[*host_plan, *plan], state=State.STOPPED,
-            checks=report.checks,
+            checks=report.checks, refusal=refusal,
             endpoint=http_url(runtime.listen_host(profile=profile), profile.port),
         )
+
+    def _dry_run_refusal(self, profile: Profile, options: StartOptions,
+                         report: DoctorReport) -> BackendError | None:
+        """The preflight error a real start would raise now, as `_start_locked` judges it:
+        none while a backend runs (start reports that instead), and a failed check of what
+        the pull would bring in first does not count."""
+        from llm_backend.doctor import preflight_error
+        from llm_backend.pull import sources_for
+
+        recorded = self.store.load_instance()
+        if recorded is not None and recorded.state in ACTIVE_STATES:
+            return None
+        pulled = frozenset(source.check for source in sources_for(profile)
+                           if source.check and source.fetchable()) if options.pull else frozenset()
+        return preflight_error(profile.name, report, ignore=pulled)
 
     def _preflight(self, profile: Profile, options: StartOptions,
                    on_notice: Callable[[str], None], *,

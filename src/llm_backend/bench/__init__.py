@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from llm_backend.bench.loadgen import LevelRun, run_level
 from llm_backend.bench.report import BenchReport, build_report
 from llm_backend.bench.workloads import BenchRequest, Workload
-from llm_backend.errors import BackendError
+from llm_backend.errors import BackendError, UsageError
 
 if TYPE_CHECKING:
     from llm_backend.lifecycle import Lifecycle
@@ -46,12 +46,12 @@ def parse_levels(text: str) -> tuple[int, ...]:
     for part in text.split(","):
         part = part.strip()
         if not part.isdigit() or int(part) < 1:
-            raise BackendError(
+            raise UsageError(
                 f"--concurrency {text!r}: {part!r} is not a positive integer",
                 remedy="pass levels like --concurrency 1,4,16",
             )
         if int(part) in levels:
-            raise BackendError(
+            raise UsageError(
                 f"--concurrency {text!r} names {part} twice",
                 remedy="list each level once, like --concurrency 1,4,16",
             )

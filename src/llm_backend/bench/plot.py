@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_backend.bench.report import BenchReport
-from llm_backend.errors import BackendError
+from llm_backend.errors import BackendError, UsageError
 
 PLOT_REMEDY = "pip install 'llm-backend[plot]' (or: pip install matplotlib), or drop --plot"
 
@@ -33,11 +33,11 @@ def check_plot_target(path: Path) -> None:
     """Fail before the bench runs: matplotlib present, a .png name, an existing folder."""
     _pyplot()
     if path.suffix.lower() != ".png":
-        raise BackendError(
+        raise UsageError(
             f"--plot {path}: the file name must end in .png", remedy="use --plot FILE.png"
         )
     if not path.parent.exists():
-        raise BackendError(
+        raise UsageError(
             f"--plot {path}: folder {path.parent} does not exist",
             remedy=f"mkdir -p {path.parent}, or choose another --plot path",
         )

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llm_backend.errors import BackendError
+from llm_backend.errors import UsageError
 
 WORKLOAD_NAMES = ("chat", "long", "copy", "mixed")
 DEFAULT_SEED = 1234
@@ -51,7 +51,7 @@ class Workload:
     def capped(self, max_tokens: int) -> Workload:
         """The same requests with at most `max_tokens` output tokens each."""
         if max_tokens < 1:
-            raise BackendError(
+            raise UsageError(
                 f"--max-tokens {max_tokens} is not positive", remedy="use --max-tokens 1 or more"
             )
         requests = tuple(
@@ -203,12 +203,12 @@ _MAKERS = {"chat": _chat_request, "long": _long_request}
 def builtin_workload(name: str, *, count: int = 32, seed: int = DEFAULT_SEED) -> Workload:
     """`count` requests of a built-in workload; the same seed gives the same requests."""
     if name not in WORKLOAD_NAMES:
-        raise BackendError(
+        raise UsageError(
             f"unknown workload {name!r}; built-in workloads: {', '.join(WORKLOAD_NAMES)}",
             remedy="use --workload chat|long|copy|mixed, or --dataset FILE.jsonl",
         )
     if count < 1:
-        raise BackendError(
+        raise UsageError(
             f"a workload needs at least one request, got {count}",
             remedy="use --requests 1 or more",
         )
@@ -247,11 +247,11 @@ def load_dataset(
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise BackendError(
+        raise UsageError(
             f"dataset file {path} does not exist", remedy="pass an existing --dataset FILE.jsonl"
         ) from None
     except (OSError, UnicodeDecodeError) as error:
-        raise BackendError(
+        raise UsageError(
             f"cannot read dataset file {path}: {error}",
             remedy="pass a readable UTF-8 --dataset FILE.jsonl",
         ) from None
@@ -263,7 +263,7 @@ def load_dataset(
         index = len(requests)
         requests.append(BenchRequest(index, "dataset", messages, max_tokens, seed + index))
     if not requests:
-        raise BackendError(
+        raise UsageError(
             f"dataset file {path} has no requests (it is empty)",
             remedy=f"put one request per line in {path}: {_DATASET_SHAPE}",
         )
@@ -278,8 +278,8 @@ def load_dataset(
 def _parse_dataset_line(
     path: Path, number: int, line: str, default_max_tokens: int
 ) -> tuple[tuple[dict[str, str], ...], int]:
-    def bad(problem: str) -> BackendError:
-        return BackendError(
+    def bad(problem: str) -> UsageError:
+        return UsageError(
             f"dataset {path} line {number}: {problem}",
             remedy=f"fix line {number} of {path}: {_DATASET_SHAPE}",
             details={"line": number, "path": str(path)},

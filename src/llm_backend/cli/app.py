@@ -34,11 +34,9 @@ def error_boundary() -> Iterator[None]:
         render.render_error(error)
         raise typer.Exit(error.exit_code) from None
     except UsageError as error:  # a value typer could not parse: `--port abc`, a typo'd option
-        command = "llm-backend"
-        if error.ctx is not None:  # the root's name is "python -m llm_backend" under -m
-            root = error.ctx.find_root().command_path
-            command += error.ctx.command_path.removeprefix(root)
-        render.render_usage_error(error.format_message(), command)
+        from llm_backend.cli.hints import usage_error
+
+        render.render_usage_error(*usage_error(error))
         raise typer.Exit(error.exit_code) from None
     except (KeyboardInterrupt, Interrupted) as error:
         name = "SIGINT" if isinstance(error, KeyboardInterrupt) else str(error)

@@ -13,7 +13,7 @@ from llm_backend.cli.app import make_lifecycle
 from llm_backend.cli.options import check_number
 from llm_backend.cli.render_bench import BenchProgress, render_ab, render_bench
 from llm_backend.cli.start import choose_profile, ensure_llama_server
-from llm_backend.errors import BackendError
+from llm_backend.errors import BackendError, UsageError
 
 if TYPE_CHECKING:
     from llm_backend.bench.report import BenchReport
@@ -73,14 +73,14 @@ def bench(
     check_number("--duration", duration, low=0.1, high=86400, command="bench")
     levels = parse_levels(concurrency)
     if ab is not None and ab != "spec":
-        raise BackendError(f"--ab {ab!r} is not known; the A/B kind is: spec",
+        raise UsageError(f"--ab {ab!r} is not known; the A/B kind is: spec",
                            remedy="llm-backend bench --ab spec")
     if json_path is not None:  # before the run: a bad path must not cost the figures
         if json_path.is_dir():
-            raise BackendError(f"--json {json_path} is a folder",
+            raise UsageError(f"--json {json_path} is a folder",
                                remedy=f"name a file in it: --json {json_path / 'bench.json'}")
         if not json_path.parent.is_dir():
-            raise BackendError(f"--json {json_path}: folder {json_path.parent} does not exist",
+            raise UsageError(f"--json {json_path}: folder {json_path.parent} does not exist",
                                remedy=f"mkdir -p {json_path.parent}, or choose another --json "
                                "path")
     if plot is not None:

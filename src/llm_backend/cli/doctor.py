@@ -10,7 +10,7 @@ import typer
 
 from llm_backend.cli import render, render_reports
 from llm_backend.config import load_config
-from llm_backend.errors import BackendError
+from llm_backend.errors import UsageError
 
 
 def doctor(
@@ -55,7 +55,7 @@ def diagnose(
 
         problem = REGISTRY.unknown(engine)
         if problem:
-            raise BackendError(
+            raise UsageError(
                 f"{problem}; diagnose reads those engines' logs",
                 remedy="pass --engine with one of those, or leave it out to guess",
             )
@@ -73,7 +73,7 @@ def diagnose(
             except OSError as error:
                 problem = f"cannot be read: {error.strerror or error}"
         if problem is not None:
-            raise BackendError(
+            raise UsageError(
                 f"log file {logfile} {problem}",
                 remedy="pass a saved log (`llm-backend logs -n 1000 > server.log`) or - "
                 "to read stdin",

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from llm_backend.cli import render_reports
-from llm_backend.errors import BackendError
+from llm_backend.errors import UsageError
 
 if TYPE_CHECKING:
     from llm_backend.config import Profile
@@ -57,7 +57,7 @@ def engine_install(
     engine = installable_engine(name)
     if engine is None:
         names = [item.install_names[0] for item in REGISTRY.all() if item.install_names]
-        raise BackendError(
+        raise UsageError(
             f"cannot install engine {name!r}; installable: {', '.join(names)}",
             remedy=f"llm-backend engine install {names[0]} (other engines come as a Docker "
             "image or a Python package: see `llm-backend doctor`)",

@@ -140,11 +140,10 @@ def render_error(error: BackendError) -> None:
     err_console.print(Text("fix: ", style="green") + Text(error.remedy), soft_wrap=True)
 
 
-def render_usage_error(message: str, command: str) -> None:
+def render_usage_error(message: str, fix: str) -> None:
     """A command line typer could not parse: the same `error:` + `fix:` shape as the rest."""
     err_console.print(Text("error: ", style="red") + Text(message), soft_wrap=True)
-    err_console.print(Text("fix: ", style="green") + Text(f"see `{command} --help`"),
-                      soft_wrap=True)
+    err_console.print(Text("fix: ", style="green") + Text(fix), soft_wrap=True)
 
 
 def render_interrupted(name: str) -> None:
@@ -233,10 +232,17 @@ def render_starting(name: str) -> None:
 
 
 def render_dry_run(result: StartResult) -> None:
-    console.print(
-        f"dry run: {result.profile} ({result.engine}, {result.runtime}) would serve "
-        f"{result.served_model_name} at {result.endpoint}; nothing was changed"
-    )
+    if result.refusal is not None:  # the error itself follows on stderr
+        console.print(
+            f"dry run: {result.profile} ({result.engine}, {result.runtime}) would NOT start: "
+            f"a preflight check fails (model {result.served_model_name}, endpoint "
+            f"{result.endpoint}); nothing was changed"
+        )
+    else:
+        console.print(
+            f"dry run: {result.profile} ({result.engine}, {result.runtime}) would serve "
+            f"{result.served_model_name} at {result.endpoint}; nothing was changed"
+        )
     for step in result.plan:
         console.print(f"  {step}", markup=False, soft_wrap=True)
 

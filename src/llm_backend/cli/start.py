@@ -91,10 +91,12 @@ def start(
     if dry_run:
         result = lifecycle.start(
             profile_name=name, overrides=overrides, dry_run=True,
-            host_prep=not no_host_prep, skip_checks=skip_checks or [],
+            host_prep=not no_host_prep, skip_checks=skip_checks or [], pull=not no_pull,
         )
         render_reports.render_preflight_dry_run(result.checks)
         render.render_dry_run(result)
+        if result.refusal is not None:  # the same error and exit code as the real start
+            raise dry_run_refusal(result.refusal)
         return
     if not (ready and recorded is not None and recorded.profile == name):
         render.render_starting(name)
@@ -112,6 +114,14 @@ def start(
             on_pull=PullDisplay(terminal=False),
         )
     render.render_started(result)
+
+
+def dry_run_refusal(error: BackendError) -> BackendError:
+    """The error a real start would stop with, said of a dry run (same type: same exit code)."""
+    return type(error)(
+        f"dry run: a real start would fail: {error.message}", remedy=error.remedy,
+        failure_class=error.failure_class, details=error.details,
+    )
 
 
 def restart() -> None:
@@ -177,7 +187,7 @@ def run_preflight(
     Skipped when the backend is already running (start then just reports it). In a dry run
     the checks are shown, not enforced.
     """
-    from llm_backend.doctor import preflight, run_checks, validate_skip
+    from llm_backend.doctor import preflight, preflight_error, run_checks, validate_skip
     from llm_backend.lifecycle import ACTIVE_STATES
 
     skip = validate_skip([*skip_checks, os.environ.get("LLM_BACKEND_SKIP_CHECKS", "")])
@@ -188,6 +198,9 @@ def run_preflight(
     if dry_run:
         report = run_checks(profile, host_prep=host_prep, skip=skip, probe_binaries=False)
         render_reports.render_preflight_dry_run(report.checks)
+        error = preflight_error(profile.name, report)
+        if error is not None:
+            raise dry_run_refusal(error)
         return
     report = preflight(profile, host_prep=host_prep, skip=skip)
     render_reports.render_preflight_warnings(
