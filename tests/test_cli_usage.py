@@ -88,3 +88,26 @@ def test_other_tools_commands_get_the_llm_backend_command(
     assert completed.returncode == 2, completed.stderr
     assert "error: " in completed.stderr
     assert f"fix: {fix}" in completed.stderr, completed.stderr
+
+
+def test_a_replica_groups_dry_run_fails_on_a_copys_taken_port(world: Env) -> None:
+    """Each copy's checks run in the dry run of `replicas = 2`; copy 1's taken port fails it
+    as the real start would (exit 1), before anything starts."""
+    world.write_config(f"""
+[profiles.pair]
+extends = "smollm2-cpu"
+port = {world.port}
+replicas = 2
+""")
+    with socket.socket() as holder:
+        try:
+            holder.bind(("127.0.0.1", world.port + 1))
+            holder.listen()
+        except OSError:  # taken by someone else already: the dry run must fail all the same
+            pass
+        dry = world.run("start", "--profile", "pair", "--dry-run")
+    assert dry.returncode == 1, dry.stdout + dry.stderr
+    error = dry.stderr.partition("error: ")[2]
+    assert error.startswith("dry run: a real start would fail: preflight for pair"), dry.stderr
+    assert f"port {world.port + 1}" in error
+    assert "replica 0 would serve" not in dry.stdout
