@@ -380,7 +380,7 @@ def test_engine_install_is_a_noop_when_the_binary_is_cached(world: Env) -> None:
 
 def test_engine_install_of_an_unknown_engine_is_refused(world: Env) -> None:
     result = world.run("engine", "install", "no-such-engine")
-    assert result.returncode == 1
+    assert result.returncode == 2  # a bad value, as every other command
     assert "cannot install engine 'no-such-engine'" in result.stderr
     assert "fix:" in result.stderr
 
